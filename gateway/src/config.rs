@@ -1,0 +1,436 @@
+//! Typed, layered configuration: defaults, then an optional TOML file, then
+//! `CALLSTREAM_*` environment variables (`__` separates levels, e.g.
+//! `CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS=2000`), then the plain variables
+//! `KAFKA_BOOTSTRAP_SERVERS` and `GATEWAY_LISTEN`. Invalid settings stop
+//! start-up with a message naming the setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use callstream_schemas::{providers, Topic};
+
+/// Providers give up after 10 s; answering later than this is pointless.
+const PROVIDER_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP server binds (`GATEWAY_LISTEN`).
+    pub listen: String,
+    /// Largest accepted request body; bigger bodies get 413.
+    pub max_body_bytes: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout_secs: u64,
+    /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
+    pub log_format: LogFormat,
+    pub kafka: KafkaSettings,
+    pub topics: TopicNames,
+    /// Per provider, keyed by provider name (`onoff`, `xarios`, `telecmi`).
+    pub sources: BTreeMap<String, SourceSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated brokers (`KAFKA_BOOTSTRAP_SERVERS`). Empty: start the
+    /// embedded in-memory broker (for trying things out only).
+    pub bootstrap_servers: String,
+    /// How long a request waits for Kafka to acknowledge before answering 503.
+    /// Must stay well under the providers' 10 s timeout.
+    pub publish_timeout_ms: u64,
+    /// Producer batching delay. Small, because every request waits on it.
+    pub linger_ms: u64,
+    /// Partitions per topic created by the embedded broker.
+    pub embedded_partitions: i32,
+    /// Extra librdkafka properties (security.protocol, sasl.*, ...). They
+    /// cannot weaken durability: `acks` and `enable.idempotence` are fixed.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Topic names; see `callstream_schemas::Topic` for what each carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicNames {
+    pub raw: String,
+    pub events: String,
+    pub dlq: String,
+}
+
+impl TopicNames {
+    pub fn name(&self, topic: Topic) -> &str {
+        match topic {
+            Topic::Raw => &self.raw,
+            Topic::Events => &self.events,
+            Topic::Dlq => &self.dlq,
+            other => other.default_name(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceSettings {
+    /// A disabled source serves no routes (404).
+    pub enabled: bool,
+    /// Tenant recorded on events whose payload names none.
+    pub tenant: String,
+    /// Accepted keys; several so keys can rotate. None: accept everything.
+    pub api_keys: Vec<SecretString>,
+    /// Extra header that may carry the key (besides `?token=`,
+    /// `Authorization: x-api-key <key>`, `Authorization: Bearer <key>`, `x-api-key`).
+    pub auth_header: Option<String>,
+    /// Path overrides by route name (`cdr`, `sms`, `postcall`, `event`).
+    pub paths: BTreeMap<String, String>,
+}
+
+impl Default for SourceSettings {
+    fn default() -> Self {
+        SourceSettings {
+            enabled: true,
+            tenant: "default".into(),
+            api_keys: Vec::new(),
+            auth_header: None,
+            paths: BTreeMap::new(),
+        }
+    }
+}
+
+/// Defaults, as a serializable document figment layers the rest over.
+#[derive(Serialize)]
+struct Defaults {
+    listen: &'static str,
+    max_body_bytes: usize,
+    shutdown_timeout_secs: u64,
+    log_format: LogFormat,
+    kafka: KafkaSettings,
+    topics: TopicNames,
+    sources: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        listen: "0.0.0.0:8080",
+        max_body_bytes: 1024 * 1024,
+        shutdown_timeout_secs: 30,
+        log_format: LogFormat::Auto,
+        kafka: KafkaSettings {
+            bootstrap_servers: String::new(),
+            publish_timeout_ms: 5_000,
+            linger_ms: 1,
+            embedded_partitions: 3,
+            properties: BTreeMap::new(),
+        },
+        topics: TopicNames {
+            raw: Topic::Raw.default_name().into(),
+            events: Topic::Events.default_name().into(),
+            dlq: Topic::Dlq.default_name().into(),
+        },
+        sources: providers::all()
+            .iter()
+            .map(|p| (p.id().as_str().to_string(), BTreeMap::new()))
+            .collect(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: `{setting}` {problem}")]
+    Invalid { setting: String, problem: String },
+}
+
+fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Settings {
+    /// Loads settings from the optional file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The layered sources, exposed so tests can add their own layer on top.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Self::defaults();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("CALLSTREAM_").split("__"))
+            .merge(
+                Env::raw()
+                    .only(&["KAFKA_BOOTSTRAP_SERVERS"])
+                    .map(|_| "kafka.bootstrap_servers".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["GATEWAY_LISTEN"])
+                    .map(|_| "listen".into()),
+            )
+    }
+
+    /// Only the built-in defaults, no file and no environment (for tests).
+    pub fn defaults() -> Figment {
+        Figment::from(Serialized::defaults(defaults()))
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("listen", format!("is not a socket address ({e})")))?;
+        if self.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be greater than 0"));
+        }
+        let k = &self.kafka;
+        if k.publish_timeout_ms == 0 || k.publish_timeout_ms >= PROVIDER_TIMEOUT_MS {
+            return Err(invalid(
+                "kafka.publish_timeout_ms",
+                format!(
+                    "must be between 1 and {} (providers time out at 10 s)",
+                    PROVIDER_TIMEOUT_MS - 1
+                ),
+            ));
+        }
+        if k.embedded_partitions < 1 {
+            return Err(invalid("kafka.embedded_partitions", "must be at least 1"));
+        }
+        for fixed in ["acks", "enable.idempotence", "bootstrap.servers"] {
+            if k.properties.contains_key(fixed) {
+                return Err(invalid(
+                    format!("kafka.properties.{fixed}"),
+                    "is set by the gateway and cannot be overridden",
+                ));
+            }
+        }
+        for (name, topic) in [
+            ("raw", &self.topics.raw),
+            ("events", &self.topics.events),
+            ("dlq", &self.topics.dlq),
+        ] {
+            if topic.trim().is_empty() {
+                return Err(invalid(format!("topics.{name}"), "must not be empty"));
+            }
+        }
+        let known = providers::all();
+        let mut seen_paths = BTreeMap::new();
+        for (source, cfg) in &self.sources {
+            let setting = format!("sources.{source}");
+            let provider = known
+                .iter()
+                .find(|p| p.id().as_str() == source)
+                .ok_or_else(|| {
+                    invalid(&setting, "is not a known provider (onoff, xarios, telecmi)")
+                })?;
+            for route in cfg.paths.keys() {
+                if !provider.routes().iter().any(|r| r.name == route) {
+                    let names: Vec<_> = provider.routes().iter().map(|r| r.name).collect();
+                    return Err(invalid(
+                        format!("{setting}.paths.{route}"),
+                        format!("is not a route of {source} (routes: {})", names.join(", ")),
+                    ));
+                }
+            }
+            if !cfg.enabled {
+                continue;
+            }
+            for route in provider.routes() {
+                let path = self.path_of(source, route);
+                if !path.starts_with('/') {
+                    return Err(invalid(
+                        format!("{setting}.paths.{}", route.name),
+                        "must start with `/`",
+                    ));
+                }
+                if let Some(other) =
+                    seen_paths.insert(path.to_string(), format!("{source}.{}", route.name))
+                {
+                    return Err(invalid(
+                        format!("{setting}.paths.{}", route.name),
+                        format!("`{path}` is already used by {other}"),
+                    ));
+                }
+            }
+            if let Some(header) = &cfg.auth_header {
+                actix_web::http::header::HeaderName::try_from(header.as_str()).map_err(|_| {
+                    invalid(
+                        format!("{setting}.auth_header"),
+                        "is not a valid header name",
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured path of a provider route.
+    pub fn path_of<'a>(&'a self, source: &str, route: &'a callstream_schemas::Route) -> &'a str {
+        self.sources
+            .get(source)
+            .and_then(|s| s.paths.get(route.name))
+            .map(String::as_str)
+            .unwrap_or(route.default_path)
+    }
+
+    pub fn embedded_broker(&self) -> bool {
+        self.kafka.bootstrap_servers.trim().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(f: impl FnOnce(Figment) -> Figment) -> Result<Settings, ConfigError> {
+        Settings::from_figment(f(Settings::defaults()))
+    }
+
+    fn error_of(f: impl FnOnce(Figment) -> Figment) -> String {
+        load(f).expect_err("config must be refused").to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_serve_every_provider() {
+        let s = load(|f| f).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8080");
+        assert!(s.embedded_broker());
+        assert_eq!(s.max_body_bytes, 1024 * 1024);
+        assert!(s.kafka.publish_timeout_ms < PROVIDER_TIMEOUT_MS);
+        assert_eq!(s.topics.name(Topic::Raw), "callstream.raw.v1");
+        for source in ["onoff", "xarios", "telecmi"] {
+            let cfg = &s.sources[source];
+            assert!(cfg.enabled && cfg.api_keys.is_empty() && cfg.tenant == "default");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type.
+    fn toml_file_then_environment_layering() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gw.toml",
+                r#"
+                listen = "127.0.0.1:9000"
+                [kafka]
+                publish_timeout_ms = 2000
+                [sources.onoff]
+                api_keys = ["from-file"]
+                tenant = "acme"
+                "#,
+            )?;
+            jail.set_env("CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS", "3000");
+            jail.set_env("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092");
+            jail.set_env("GATEWAY_LISTEN", "127.0.0.1:9100");
+            jail.set_env("CALLSTREAM_SOURCES__XARIOS__API_KEYS", "[old, new]");
+            let s = Settings::load(Some(Path::new("gw.toml"))).expect("valid");
+            assert_eq!(s.listen, "127.0.0.1:9100");
+            assert_eq!(s.kafka.publish_timeout_ms, 3000);
+            assert_eq!(s.kafka.bootstrap_servers, "kafka-1:9092,kafka-2:9092");
+            assert!(!s.embedded_broker());
+            assert_eq!(s.sources["onoff"].tenant, "acme");
+            assert_eq!(s.sources["onoff"].api_keys.len(), 1);
+            assert_eq!(s.sources["xarios"].api_keys.len(), 2);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = load(|f| f.merge(("sources.onoff.api_keys", ["hunter2-secret"]))).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2-secret"));
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_naming_the_setting() {
+        for (f, setting) in [
+            (
+                Box::new(|f: Figment| f.merge(("listen", "nope")))
+                    as Box<dyn FnOnce(Figment) -> Figment>,
+                "`listen`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("kafka.publish_timeout_ms", 10_000))),
+                "`kafka.publish_timeout_ms`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("kafka.publish_timeout_ms", 0))),
+                "`kafka.publish_timeout_ms`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("max_body_bytes", 0))),
+                "`max_body_bytes`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("kafka.properties.acks", "1"))),
+                "`kafka.properties.acks`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("sources.twilio.enabled", true))),
+                "`sources.twilio`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("sources.onoff.paths.voice", "/x"))),
+                "`sources.onoff.paths.voice`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("sources.onoff.paths.cdr", "no-slash"))),
+                "`sources.onoff.paths.cdr`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("sources.xarios.paths.postcall", "/v1/onoff/cdr"))),
+                "`sources.xarios.paths.postcall`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("sources.onoff.auth_header", "bad header"))),
+                "`sources.onoff.auth_header`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("topics.raw", " "))),
+                "`topics.raw`",
+            ),
+        ] {
+            let message = error_of(f);
+            assert!(
+                message.contains(setting),
+                "{message:?} should name {setting}"
+            );
+        }
+        // figment's own errors name the key path too.
+        let message = error_of(|f| f.merge(("kafka.linger_ms", "soon")));
+        assert!(message.contains("linger_ms"), "{message}");
+        let message = error_of(|f| f.merge(("kafka.bootstrap", "x")));
+        assert!(message.contains("bootstrap"), "{message}");
+    }
+
+    #[test]
+    fn a_disabled_source_may_keep_a_clashing_path() {
+        let s = load(|f| {
+            f.merge(("sources.xarios.enabled", false))
+                .merge(("sources.xarios.paths.postcall", "/v1/onoff/cdr"))
+        });
+        assert!(s.is_ok());
+    }
+}

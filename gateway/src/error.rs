@@ -1,0 +1,55 @@
+//! Every error answer is a short JSON `{"error": "..."}` a person can act on.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid API key: send it as `Authorization: x-api-key <key>`, `x-api-key: <key>` or `?token=<key>`")]
+    Unauthorized,
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("could not read the request body: {0}")]
+    BadRequest(String),
+    #[error(
+        "event not stored: Kafka did not acknowledge in time; retry after {retry_after_secs} s"
+    )]
+    Unavailable { retry_after_secs: u64 },
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed { method: String, allowed: String },
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unavailable { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::MethodNotAllowed { allowed, .. } => {
+                if let Ok(value) = HeaderValue::from_str(allowed) {
+                    response.insert_header((header::ALLOW, value));
+                }
+            }
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "x-api-key"));
+            }
+            _ => {}
+        }
+        response.json(serde_json::json!({ "error": self.to_string() }))
+    }
+}

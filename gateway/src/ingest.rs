@@ -1,0 +1,268 @@
+//! The one handler every provider route shares: authenticate, read the body
+//! within the limit, normalize, publish the raw record plus the normalized
+//! (or DLQ) record, and answer.
+//!
+//! Guarantee: 200 only after Kafka acknowledged both records (see
+//! [`crate::publish`]). A delivery that authenticates but cannot be
+//! normalized still gets 200 once it is in the DLQ: a 4xx would only make the
+//! provider retry the same bytes and then drop them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{SecondsFormat, Utc};
+use futures_util::StreamExt;
+use tracing_actix_web::RequestId;
+
+use callstream_schemas::raw as h;
+use callstream_schemas::{Context, Event, NormalizeError, Provider, RawRequest, Route, Topic};
+
+use crate::auth::{redact_query, Auth};
+use crate::error::ApiError;
+use crate::metrics::{Metrics, Outcome};
+use crate::publish::{header, HeaderPair, OutRecord, Publisher};
+
+/// Everything a provider route needs, attached to its actix resource.
+pub struct SourceRoute {
+    pub provider: Arc<dyn Provider>,
+    pub route: &'static Route,
+    pub auth: Arc<Auth>,
+    pub tenant: String,
+}
+
+/// Shared by all routes.
+pub struct Ingest {
+    pub publisher: Publisher,
+    pub metrics: Metrics,
+    pub max_body_bytes: usize,
+    /// `Retry-After` seconds on a 503.
+    pub retry_after_secs: u64,
+}
+
+/// Decrements the in-flight gauge however the request ends.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+pub async fn handle(
+    req: HttpRequest,
+    body: web::Payload,
+    source: web::Data<SourceRoute>,
+    ingest: web::Data<Ingest>,
+    request_id: RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let _in_flight = InFlight::start(&ingest.metrics);
+    let source_name = source.provider.id().as_str();
+    let result = ingest
+        .accept(&req, body, &source, &request_id.to_string())
+        .await;
+    let outcome = match &result {
+        Ok(outcome) => *outcome,
+        Err(ApiError::Unauthorized) => Outcome::Unauthorized,
+        Err(ApiError::PayloadTooLarge { .. }) => Outcome::TooLarge,
+        Err(ApiError::Unavailable { .. }) => Outcome::Unavailable,
+        Err(_) => Outcome::BadRequest,
+    };
+    let m = &ingest.metrics;
+    m.requests
+        .with_label_values(&[source_name, outcome.as_str()])
+        .inc();
+    m.request_duration
+        .with_label_values(&[source_name])
+        .observe(started.elapsed().as_secs_f64());
+    result.map(|outcome| {
+        HttpResponse::Ok().json(serde_json::json!({
+            "status": outcome.as_str(),
+            "request_id": request_id.to_string(),
+        }))
+    })
+}
+
+impl Ingest {
+    async fn accept(
+        &self,
+        req: &HttpRequest,
+        body: web::Payload,
+        source: &SourceRoute,
+        request_id: &str,
+    ) -> Result<Outcome, ApiError> {
+        let source_name = source.provider.id().as_str();
+        if !source.auth.verify(req.headers(), req.query_string()) {
+            self.metrics
+                .auth_failures
+                .with_label_values(&[source_name])
+                .inc();
+            tracing::warn!(source = source_name, "refused: missing or invalid API key");
+            return Err(ApiError::Unauthorized);
+        }
+        let body = self.read_body(req, body).await?;
+        let received_at = Utc::now();
+        let query = redact_query(req.query_string());
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let raw = RawRequest {
+            method: req.method().as_str(),
+            route: source.route.name,
+            query: &query,
+            content_type,
+            body: &body,
+        };
+        let ctx = Context {
+            default_tenant: &source.tenant,
+            received_at,
+            request_id,
+            raw_topic: self.publisher.topics().name(Topic::Raw),
+        };
+        let mut raw_headers = vec![
+            header(h::H_REQUEST_ID, request_id),
+            header(h::H_SOURCE, source_name),
+            header(h::H_ROUTE, source.route.name),
+            header(h::H_METHOD, raw.method),
+            header(h::H_PATH, req.path()),
+            header(h::H_QUERY, query.as_str()),
+            header(
+                h::H_RECEIVED_AT,
+                received_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            ),
+        ];
+        if let Some(ct) = content_type {
+            raw_headers.push(header(h::H_CONTENT_TYPE, ct));
+        }
+        raw_headers.extend(copied_headers(req));
+
+        let (outcome, records) = match source.provider.normalize(&raw, &ctx) {
+            Ok(event) => {
+                tracing::info!(
+                    source = source_name,
+                    kind = event.kind.as_str(),
+                    event_id = %event.event_id,
+                    "normalized"
+                );
+                let raw_record = OutRecord {
+                    topic: Topic::Raw,
+                    key: event.identity.clone(),
+                    payload: body.to_vec(),
+                    headers: raw_headers,
+                };
+                (Outcome::Published, [raw_record, event_record(&event)])
+            }
+            Err(err) => {
+                tracing::warn!(source = source_name, reason = err.code(), error = %err, "not normalized: dead-lettering");
+                self.metrics
+                    .dlq_records
+                    .with_label_values(&[source_name, err.code()])
+                    .inc();
+                let dlq_record = dlq_record(request_id, &body, &raw_headers, &err);
+                let raw_record = OutRecord {
+                    topic: Topic::Raw,
+                    key: request_id.to_string(),
+                    payload: body.to_vec(),
+                    headers: raw_headers,
+                };
+                (Outcome::DeadLettered, [raw_record, dlq_record])
+            }
+        };
+
+        self.publisher.publish(&records).await.map_err(|err| {
+            tracing::error!(source = source_name, error = %err, "not stored: answering 503");
+            ApiError::Unavailable {
+                retry_after_secs: self.retry_after_secs,
+            }
+        })?;
+        Ok(outcome)
+    }
+
+    /// Reads the body, refusing early on a declared length over the limit and
+    /// stopping as soon as the streamed body passes it.
+    async fn read_body(
+        &self,
+        req: &HttpRequest,
+        mut body: web::Payload,
+    ) -> Result<web::Bytes, ApiError> {
+        let limit = self.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        let mut buf = web::BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+fn copied_headers(req: &HttpRequest) -> impl Iterator<Item = HeaderPair> + '_ {
+    h::COPIED_HEADERS
+        .iter()
+        .filter_map(|(name, key)| req.headers().get(*name).map(|v| header(key, v.as_bytes())))
+}
+
+/// The normalized record: JSON, keyed by identity so every resend of one
+/// event lands on one partition, with CloudEvents Kafka-binding headers.
+/// `ce_id` is the fingerprint: equal `ce_id` means an exact resend.
+fn event_record(event: &Event) -> OutRecord {
+    let time = event.started_at.unwrap_or(event.received_at);
+    OutRecord {
+        topic: Topic::Events,
+        key: event.identity.clone(),
+        payload: serde_json::to_vec(event).expect("an Event always serializes"),
+        headers: vec![
+            header("ce_specversion", "1.0"),
+            header("ce_id", event.fingerprint.as_str()),
+            header(
+                "ce_source",
+                format!("/callstream/{}/{}", event.provider.as_str(), event.tenant),
+            ),
+            header(
+                "ce_type",
+                format!("io.callstream.{}.v1", event.kind.as_str()),
+            ),
+            header("ce_subject", event.identity.as_str()),
+            header("ce_time", time.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            header("content-type", "application/json"),
+            header(h::H_REQUEST_ID, event.raw.request_id.as_str()),
+        ],
+    }
+}
+
+fn dlq_record(
+    request_id: &str,
+    body: &[u8],
+    raw_headers: &[HeaderPair],
+    err: &NormalizeError,
+) -> OutRecord {
+    let mut headers = raw_headers.to_vec();
+    headers.push(header(h::H_DLQ_REASON, err.code()));
+    headers.push(header(h::H_DLQ_DETAIL, err.to_string()));
+    OutRecord {
+        topic: Topic::Dlq,
+        key: request_id.to_string(),
+        payload: body.to_vec(),
+        headers,
+    }
+}

@@ -1,0 +1,196 @@
+//! Builds the HTTP application: one resource per enabled provider route, all
+//! served by [`crate::ingest::handle`], plus `/metrics`, `/healthz`, `/readyz`.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+pub use actix_web::dev::ServerHandle;
+use actix_web::http::Method as HttpMethod;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use tracing_actix_web::TracingLogger;
+
+use callstream_schemas::provider::Method;
+use callstream_schemas::providers;
+
+use crate::auth::Auth;
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::ingest::{self, Ingest, SourceRoute};
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+use crate::telemetry::RedactingRootSpan;
+
+/// How long `/readyz` waits for a Kafka metadata answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    publisher: Publisher,
+}
+
+impl Application {
+    /// Binds the listener, connects the producer and wires the routes. The
+    /// server does not run until [`Application::run_until_stopped`].
+    pub fn build(settings: &Settings) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(&settings.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on `{}` (listen): {e}", settings.listen))?;
+        Self::build_with_listener(settings, listener)
+    }
+
+    pub fn build_with_listener(
+        settings: &Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Application> {
+        let port = listener.local_addr()?.port();
+        let metrics = Metrics::new();
+        let publisher = Publisher::new(
+            &settings.kafka,
+            &settings.kafka.bootstrap_servers,
+            settings.topics.clone(),
+            settings.max_body_bytes,
+            metrics.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("invalid Kafka producer configuration (kafka.*): {e}"))?;
+        let ingest = web::Data::new(Ingest {
+            publisher: publisher.clone(),
+            metrics: metrics.clone(),
+            max_body_bytes: settings.max_body_bytes,
+            retry_after_secs: 5,
+        });
+        let routes = Arc::new(source_routes(settings));
+        let server = HttpServer::new(move || {
+            let mut app = App::new()
+                .wrap(TracingLogger::<RedactingRootSpan>::new())
+                .app_data(ingest.clone())
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics_text));
+            for (path, route) in routes.iter() {
+                app = app.service(route_resource(path, route.clone()));
+            }
+            app.default_service(web::to(not_found))
+        })
+        .listen(listener)?
+        .shutdown_timeout(settings.shutdown_timeout_secs)
+        // Slow clients may not hold a worker: headers must arrive in time.
+        .client_request_timeout(Duration::from_secs(5))
+        .run();
+        Ok(Application {
+            port,
+            server,
+            publisher,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server gracefully when called (tests; signals do it in production).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or [`Application::handle`]`.stop`): stops
+    /// accepting, lets in-flight requests finish, then flushes the producer.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await?;
+        tracing::info!("HTTP server stopped; flushing Kafka producer");
+        let publisher = self.publisher;
+        tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10)))
+            .await?
+            .map_err(|e| anyhow::anyhow!("Kafka flush did not complete: {e}"))?;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// (path, route) for every enabled source route, with its auth and tenant.
+fn source_routes(settings: &Settings) -> Vec<(String, web::Data<SourceRoute>)> {
+    let mut out = Vec::new();
+    for provider in providers::all() {
+        let provider: Arc<dyn callstream_schemas::Provider> = Arc::from(provider);
+        let name = provider.id().as_str();
+        let Some(cfg) = settings.sources.get(name) else {
+            continue;
+        };
+        if !cfg.enabled {
+            tracing::info!(source = name, "source disabled");
+            continue;
+        }
+        let auth = Arc::new(Auth::new(&cfg.api_keys, cfg.auth_header.clone()));
+        if auth.is_open() {
+            tracing::warn!(
+                source = name,
+                "no API key configured: accepting every request (set sources.{name}.api_keys)"
+            );
+        }
+        for route in provider.routes() {
+            let path = settings.path_of(name, route).to_string();
+            tracing::info!(source = name, route = route.name, %path, "serving");
+            out.push((
+                path,
+                web::Data::new(SourceRoute {
+                    provider: provider.clone(),
+                    route,
+                    auth: auth.clone(),
+                    tenant: cfg.tenant.clone(),
+                }),
+            ));
+        }
+    }
+    out
+}
+
+fn route_resource(path: &str, route: web::Data<SourceRoute>) -> actix_web::Resource {
+    let methods = route.route.methods;
+    let allowed = methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut resource = web::resource(path).app_data(route);
+    for method in methods {
+        let method = match method {
+            Method::Get => HttpMethod::GET,
+            Method::Post => HttpMethod::POST,
+            Method::Put => HttpMethod::PUT,
+        };
+        resource = resource.route(web::method(method).to(ingest::handle));
+    }
+    resource.default_service(web::to(move |req: HttpRequest| {
+        let allowed = allowed.clone();
+        async move {
+            Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+                method: req.method().to_string(),
+                allowed,
+            })
+        }
+    }))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(req.path().to_string()))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
+}
+
+async fn readyz(ingest: web::Data<Ingest>) -> HttpResponse {
+    if ingest.publisher.kafka_reachable(READY_TIMEOUT).await {
+        HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "error": "Kafka is not reachable: check kafka.bootstrap_servers and the brokers" }))
+    }
+}
+
+async fn metrics_text(ingest: web::Data<Ingest>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(ingest.metrics.render())
+}

@@ -1,0 +1,67 @@
+//! Logging: JSON lines in production, readable text on a terminal. Every line
+//! logged while serving a request carries its `request_id` (the same id that
+//! is stored on the raw Kafka record). Bodies, keys and query strings (which
+//! may hold `?token=`) are never logged.
+
+use std::io::IsTerminal;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::{Error, HttpMessage};
+use tracing::Span;
+use tracing_actix_web::{RequestId, RootSpanBuilder};
+use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default `info`.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = fmt().with_env_filter(filter).with_target(false);
+    // try_init: tests may install a subscriber more than once per process.
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Root span per request: method, path (no query: it may carry a token),
+/// request id, then status and latency when the answer goes out.
+pub struct RedactingRootSpan;
+
+impl RootSpanBuilder for RedactingRootSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let request_id = request.extensions().get::<RequestId>().copied();
+        tracing::info_span!(
+            "request",
+            request_id = %request_id.map(|id| id.to_string()).unwrap_or_default(),
+            method = %request.method(),
+            path = %request.path(),
+            status = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        let status = match outcome {
+            Ok(response) => response.status().as_u16(),
+            Err(error) => error.as_response_error().status_code().as_u16(),
+        };
+        span.record("status", status);
+        let _entered = span.enter();
+        if status >= 500 {
+            tracing::warn!(status, "request failed");
+        } else {
+            tracing::info!(status, "request done");
+        }
+    }
+}

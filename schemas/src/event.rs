@@ -1,0 +1,311 @@
+//! The normalized, cross-provider event published on `callstream.events.v1`.
+//!
+//! One shape for every provider. Consumers key on [`Event::identity`] (what
+//! the event *is*) and [`Event::fingerprint`] (what it *says*): the same
+//! identity with the same fingerprint is an exact resend; the same identity
+//! with a new fingerprint is an update (for example notes added after a call).
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Namespace for [`Event::event_id`] (UUIDv5 of the identity).
+pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b2f_1c2e_9a1d_4c55_8f1e_3b7d_0c9a_51e4);
+
+/// The provider a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderId {
+    Onoff,
+    Xarios,
+    Telecmi,
+}
+
+impl ProviderId {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderId::Onoff => "onoff",
+            ProviderId::Xarios => "xarios",
+            ProviderId::Telecmi => "telecmi",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A completed call (a call detail record).
+    Call,
+    /// An SMS sent or received.
+    Sms,
+    /// A call that ended in voicemail.
+    Voicemail,
+    /// A completed call that carries a recording (Onoff sends this *instead of* `call`).
+    Recording,
+    /// A live step of a call in progress (waiting, ringing, answered, hang-up).
+    CallProgress,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Call => "call",
+            Kind::Sms => "sms",
+            Kind::Voicemail => "voicemail",
+            Kind::Recording => "recording",
+            Kind::CallProgress => "call_progress",
+        }
+    }
+}
+
+/// Direction, seen from the call centre.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+    Internal,
+    #[default]
+    Unknown,
+}
+
+/// Normalized outcome. The provider's own value is kept in `provider_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The call was answered (for `call_progress`: it has just been answered).
+    Answered,
+    /// Nobody answered (missed, abandoned, lost).
+    Missed,
+    /// The callee was busy.
+    Busy,
+    /// The call could not be placed (wrong number, rejected, error).
+    Failed,
+    /// The caller reached voicemail.
+    Voicemail,
+    /// `call_progress`: the caller is queued or waiting.
+    Waiting,
+    /// `call_progress`: the call is ringing.
+    Ringing,
+    /// `call_progress`: the call has hung up.
+    Ended,
+    /// An SMS that was sent or received.
+    Completed,
+    #[default]
+    Unknown,
+}
+
+/// A person or line on one side of the call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Party {
+    /// The provider's id for this party (agent id, user id, contact id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Phone number or extension, as the provider wrote it (no reformatting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company: Option<String>,
+}
+
+/// A label attached to the call by a user or the platform.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Tag {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub name: String,
+    /// Xarios tags are key/value pairs; the value goes here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<String>,
+}
+
+/// Where a recording or voicemail can be found. Providers give different
+/// handles (an URL, a file name, or opaque ids); all that was given is kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MediaRef {
+    /// Download URL (Onoff). Such links expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// File name on the provider's side (TeleCMI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    /// Opaque ids (Xarios `recordingIds`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+}
+
+/// Ids that tie several events to one call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Correlation {
+    /// The provider's id for the call (shared by its legs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// Groups legs and transfers of one conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// This leg's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg_id: Option<String>,
+    /// Leg name (`a`: agent side, `b`: customer side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<String>,
+}
+
+/// Pointer to the raw record this event was derived from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RawPointer {
+    /// Topic holding the raw record.
+    pub topic: String,
+    /// The `cs_request_id` header of the raw record.
+    pub request_id: String,
+}
+
+/// One normalized event (`callstream.events.v1`, JSON, keyed by `identity`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    /// Stable id: UUIDv5 of `identity`. Every resend and every revision of one
+    /// event carries the same `event_id`.
+    pub event_id: Uuid,
+    /// Dedup identity: `provider:tenant:kind:provider_id`. Two legs of one
+    /// call, or two webhook triggers for one call, are distinct identities.
+    pub identity: String,
+    /// Hex SHA-256 of the event's content (every field but `fingerprint`,
+    /// `received_at` and `raw`): an exact resend has the same fingerprint.
+    pub fingerprint: String,
+    pub provider: ProviderId,
+    /// The provider's account / tenant / app id, or the source's configured tenant.
+    pub tenant: String,
+    pub kind: Kind,
+    pub direction: Direction,
+    pub status: Status,
+    /// The provider's own status value, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<String>,
+    /// The provider's own event type (`CDR`, `VM`, `cdr`, `event`, trigger id ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_event_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Duration as the provider reports it (never recomputed from timestamps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub talk_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_seconds: Option<f64>,
+    /// The call centre's side: the user or agent.
+    pub internal: Party,
+    /// The other side: customer, caller, callee.
+    pub external: Party,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<MediaRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voicemail: Option<MediaRef>,
+    #[serde(default)]
+    pub correlation: Correlation,
+    /// Provider-specific extras kept verbatim (TeleCMI `custom`, Xarios `customData`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<serde_json::Value>,
+    /// When the gateway received the delivery (RFC 3339, UTC).
+    pub received_at: DateTime<Utc>,
+    pub raw: RawPointer,
+}
+
+impl Event {
+    /// Builds the identity string from its parts.
+    pub fn identity_for(
+        provider: ProviderId,
+        tenant: &str,
+        kind: Kind,
+        provider_id: &str,
+    ) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            provider.as_str(),
+            tenant,
+            kind.as_str(),
+            provider_id
+        )
+    }
+
+    /// Sets `identity`, `event_id` and `fingerprint` from the content.
+    /// Normalizers call this last, after every content field is set.
+    pub fn seal(&mut self, provider_id: &str) {
+        self.identity = Self::identity_for(self.provider, &self.tenant, self.kind, provider_id);
+        self.event_id = Uuid::new_v5(&EVENT_ID_NAMESPACE, self.identity.as_bytes());
+        self.fingerprint = self.compute_fingerprint();
+    }
+
+    /// Hex SHA-256 over the canonical JSON of the content fields.
+    pub fn compute_fingerprint(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("an Event always serializes");
+        if let Some(map) = value.as_object_mut() {
+            for delivery_field in ["fingerprint", "received_at", "raw"] {
+                map.remove(delivery_field);
+            }
+        }
+        // serde_json's Map is ordered by key, so this is canonical.
+        let digest = Sha256::digest(value.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// An empty event for normalizers to fill; `seal` completes it.
+    pub fn new(provider: ProviderId, tenant: String, kind: Kind, ctx: &crate::Context<'_>) -> Self {
+        Event {
+            event_id: Uuid::nil(),
+            identity: String::new(),
+            fingerprint: String::new(),
+            provider,
+            tenant,
+            kind,
+            direction: Direction::Unknown,
+            status: Status::Unknown,
+            provider_status: None,
+            provider_event_type: None,
+            started_at: None,
+            answered_at: None,
+            ended_at: None,
+            duration_seconds: None,
+            ring_seconds: None,
+            talk_seconds: None,
+            hold_seconds: None,
+            internal: Party::default(),
+            external: Party::default(),
+            sms_body: None,
+            notes: None,
+            tags: Vec::new(),
+            recording: None,
+            voicemail: None,
+            correlation: Correlation::default(),
+            custom: None,
+            received_at: ctx.received_at,
+            raw: RawPointer {
+                topic: ctx.raw_topic.to_string(),
+                request_id: ctx.request_id.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The one trait every provider implements, and what it is given.
+//!
+//! The gateway owns everything around a delivery (routing, authentication,
+//! body limits, publishing, metrics, the HTTP answer). A provider only says
+//! which routes it serves and turns one request into one [`Event`], or says
+//! why it cannot. It must never panic: a property test feeds it garbage.
+
+use chrono::{DateTime, Utc};
+
+use crate::event::{Event, ProviderId};
+
+/// HTTP methods a route may accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+        }
+    }
+}
+
+/// One webhook endpoint a provider serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// Stable name, used in config (`sources.<provider>.paths.<name>`) and
+    /// handed back to the provider in [`RawRequest::route`].
+    pub name: &'static str,
+    pub default_path: &'static str,
+    pub methods: &'static [Method],
+}
+
+/// A delivery as received, independent of any HTTP framework.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRequest<'a> {
+    /// `GET`, `POST` or `PUT`.
+    pub method: &'a str,
+    /// Name of the [`Route`] that received it.
+    pub route: &'a str,
+    /// The query string, without the leading `?` and without the auth token.
+    pub query: &'a str,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<&'a str>,
+    /// The body, byte-exact.
+    pub body: &'a [u8],
+}
+
+/// What the gateway knows about the delivery besides the request itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Tenant configured for the source; used when the payload names none.
+    pub default_tenant: &'a str,
+    pub received_at: DateTime<Utc>,
+    pub request_id: &'a str,
+    /// Name of the raw topic, for [`crate::event::RawPointer`].
+    pub raw_topic: &'a str,
+}
+
+/// Why a delivery could not be normalized. It goes to the DLQ with
+/// [`NormalizeError::code`] in a header; the provider still gets 200.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NormalizeError {
+    #[error("body is not valid {format}: {detail}")]
+    Malformed {
+        format: &'static str,
+        detail: String,
+    },
+    #[error("required field `{0}` is missing or empty")]
+    MissingField(&'static str),
+    #[error("field `{field}` has an invalid value: {detail}")]
+    InvalidField { field: &'static str, detail: String },
+    #[error("unknown event type `{0}`")]
+    UnknownEventType(String),
+    #[error("empty body")]
+    EmptyBody,
+}
+
+impl NormalizeError {
+    /// Short machine-readable reason, for the `cs_dlq_reason` header.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NormalizeError::Malformed { .. } => "malformed",
+            NormalizeError::MissingField(_) => "missing_field",
+            NormalizeError::InvalidField { .. } => "invalid_field",
+            NormalizeError::UnknownEventType(_) => "unknown_event_type",
+            NormalizeError::EmptyBody => "empty_body",
+        }
+    }
+}
+
+/// A webhook source. Implementations live one per file in [`crate::providers`]
+/// and are registered in [`crate::providers::all`].
+pub trait Provider: Send + Sync + 'static {
+    fn id(&self) -> ProviderId;
+
+    /// The endpoints this provider delivers to.
+    fn routes(&self) -> &'static [Route];
+
+    /// Turns one delivery into one event. Must not panic on any input.
+    fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Event, NormalizeError>;
+}

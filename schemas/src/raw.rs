@@ -1,0 +1,56 @@
+//! Layout of a `callstream.raw.v1` (and `callstream.dlq.v1`) record.
+//!
+//! The record *value* is the request body, byte-exact. Everything else about
+//! the request travels in Kafka headers named below, so a raw record can be
+//! turned back into a [`crate::RawRequest`] and normalized again at any time.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const H_REQUEST_ID: &str = "cs_request_id";
+pub const H_SOURCE: &str = "cs_source";
+pub const H_ROUTE: &str = "cs_route";
+pub const H_METHOD: &str = "cs_method";
+pub const H_PATH: &str = "cs_path";
+pub const H_QUERY: &str = "cs_query";
+pub const H_CONTENT_TYPE: &str = "cs_content_type";
+pub const H_RECEIVED_AT: &str = "cs_received_at";
+/// DLQ only: machine-readable reason ([`crate::NormalizeError::code`]).
+pub const H_DLQ_REASON: &str = "cs_dlq_reason";
+/// DLQ only: human-readable reason.
+pub const H_DLQ_DETAIL: &str = "cs_dlq_detail";
+
+/// Request headers copied onto raw records: (request header, Kafka header).
+/// Credentials (`Authorization`, `x-api-key`, ...) never are.
+pub const COPIED_HEADERS: &[(&str, &str)] = &[
+    ("user-agent", "cs_h_user_agent"),
+    ("x-forwarded-for", "cs_h_x_forwarded_for"),
+    ("x-real-ip", "cs_h_x_real_ip"),
+    ("x-request-id", "cs_h_x_request_id"),
+];
+
+/// The Kafka headers of a raw or DLQ record, as a document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RawMeta {
+    /// `cs_request_id`: unique per delivery, also logged by the gateway.
+    pub cs_request_id: String,
+    /// `cs_source`: provider name (`onoff`, `xarios`, `telecmi`).
+    pub cs_source: String,
+    /// `cs_route`: the provider route name (`cdr`, `sms`, `postcall`, `event`).
+    pub cs_route: String,
+    pub cs_method: String,
+    pub cs_path: String,
+    /// Query string with any `token` parameter removed.
+    pub cs_query: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cs_content_type: Option<String>,
+    /// RFC 3339, UTC.
+    pub cs_received_at: DateTime<Utc>,
+    /// DLQ only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cs_dlq_reason: Option<String>,
+    /// DLQ only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cs_dlq_detail: Option<String>,
+}

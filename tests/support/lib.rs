@@ -1,0 +1,201 @@
+//! Test kit for the end-to-end tests: a real gateway on port 0 against a
+//! real Kafka-protocol broker (librdkafka's mock cluster, in-process), and a
+//! real Kafka consumer to read what was published. Each test gets its own
+//! broker, so topic names never collide between tests.
+
+use std::time::{Duration, Instant};
+
+use callstream_gateway::startup::ServerHandle;
+use figment::Figment;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use callstream_gateway::config::Settings;
+use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_gateway::startup::Application;
+use callstream_schemas::Topic;
+
+pub const PARTITIONS: i32 = 3;
+
+/// A running gateway and the broker it publishes to.
+pub struct TestGateway {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    pub broker: EmbeddedBroker,
+    handle: ServerHandle,
+}
+
+/// Starts a broker and a gateway on 127.0.0.1:0; `configure` adds settings
+/// on top of the defaults (e.g. `|f| f.merge(("sources.onoff.api_keys", ["k"]))`).
+pub async fn spawn_gateway(configure: impl FnOnce(Figment) -> Figment) -> TestGateway {
+    let figment = configure(Settings::defaults().merge(("listen", "127.0.0.1:0")));
+    let mut settings = Settings::from_figment(figment).expect("test settings are valid");
+    let broker = EmbeddedBroker::start(PARTITIONS, &settings.topics).expect("mock broker starts");
+    settings.kafka.bootstrap_servers = broker.bootstrap_servers();
+    let app = Application::build(&settings).expect("gateway builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    TestGateway {
+        address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client builds"),
+        settings,
+        broker,
+        handle,
+    }
+}
+
+/// One record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    pub fn key_str(&self) -> &str {
+        std::str::from_utf8(&self.key).expect("keys are UTF-8")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("payload is JSON")
+    }
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn topic(&self, topic: Topic) -> String {
+        self.settings.topics.name(topic).to_string()
+    }
+
+    /// Number of records in a topic (sum of high watermarks). Exact, because
+    /// the gateway answers only after Kafka acknowledged.
+    pub fn count(&self, topic: Topic) -> i64 {
+        count_records(&self.broker.bootstrap_servers(), &self.topic(topic))
+    }
+
+    /// Reads every record of a topic, waiting until at least `expected` are there.
+    pub fn read(&self, topic: Topic, expected: usize) -> Vec<Record> {
+        read_topic(
+            &self.broker.bootstrap_servers(),
+            &self.topic(topic),
+            expected,
+            Duration::from_secs(20),
+        )
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}
+
+fn consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer builds")
+}
+
+pub fn count_records(bootstrap: &str, topic: &str) -> i64 {
+    let consumer = consumer(bootstrap);
+    (0..PARTITIONS)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}
+
+/// Reads a topic from the beginning until `expected` records arrived or the
+/// deadline passed; returns what it has (callers assert on the count).
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    deadline: Duration,
+) -> Vec<Record> {
+    let consumer = consumer(bootstrap);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < expected && start.elapsed() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => out.push(Record {
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key().unwrap_or_default().to_vec(),
+                payload: msg.payload().unwrap_or_default().to_vec(),
+                headers: msg
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            Some(Err(e)) => panic!("consumer error: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The published JSON Schema of `callstream.events.v1`, compiled.
+pub fn event_schema() -> jsonschema::Validator {
+    let text = include_str!("../../schemas/json/callstream.events.v1.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(text).expect("schema file is JSON");
+    jsonschema::validator_for(&schema).expect("schema compiles")
+}
+
+/// Panics with every violation if `event` does not match the schema.
+pub fn assert_valid_event(event: &serde_json::Value) {
+    let schema = event_schema();
+    let errors: Vec<String> = schema
+        .iter_errors(event)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "event violates the schema: {errors:?}\n{event:#}"
+    );
+}
