@@ -441,8 +441,12 @@ async fn sources_can_be_disabled_and_repathed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_does_not_answer_gives_503_never_200() {
-    let gw = spawn_gateway(|f| f.merge(("kafka.publish_timeout_ms", 1500))).await;
+async fn without_a_spool_a_broker_that_does_not_answer_gives_503_never_200() {
+    let gw = spawn_gateway(|f| {
+        f.merge(("kafka.publish_timeout_ms", 1500))
+            .merge(("spool.enabled", false))
+    })
+    .await;
     let ready = gw.client.get(gw.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     gw.broker.cluster().broker_down(-1).unwrap();
@@ -473,7 +477,8 @@ async fn an_unreachable_bootstrap_server_gives_503() {
     let figment = callstream_gateway::config::Settings::defaults()
         .merge(("listen", "127.0.0.1:0"))
         .merge(("kafka.bootstrap_servers", addr.to_string()))
-        .merge(("kafka.publish_timeout_ms", 800));
+        .merge(("kafka.publish_timeout_ms", 800))
+        .merge(("spool.enabled", false));
     let settings = callstream_gateway::config::Settings::from_figment(figment).unwrap();
     let app = callstream_gateway::startup::Application::build(&settings).unwrap();
     let url = format!("http://127.0.0.1:{}/v1/onoff/sms", app.port());
@@ -510,5 +515,84 @@ async fn metrics_count_requests_and_published_records() {
     ] {
         assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
     }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_kafka_is_down_deliveries_are_spooled_then_drained() {
+    let gw = spawn_gateway(|f| f.merge(("kafka.publish_timeout_ms", 500))).await;
+    gw.broker.cluster().broker_down(-1).unwrap();
+    for i in 0..5 {
+        let body = ONOFF_SMS.replace("sms-77", &format!("sms-{i}"));
+        let resp = post_json(&gw, "/v1/onoff/sms", &body).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(answer["status"], "spooled");
+    }
+    assert_eq!(gw.metric("callstream_gateway_spool_records").await, 5.0);
+    assert_eq!(gw.metric("callstream_gateway_kafka_degraded").await, 1.0);
+    let ready: serde_json::Value = gw
+        .client
+        .get(gw.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "degraded");
+
+    gw.broker.cluster().broker_up(-1).unwrap();
+    let raw = gw.read(Topic::Raw, 5);
+    assert_eq!(raw.len(), 5, "every spooled delivery reaches Kafka");
+    let events = gw.read(Topic::Events, 5);
+    assert_eq!(events.len(), 5);
+    events.iter().for_each(|e| assert_valid_event(&e.json()));
+    let drained = callstream_testkit::eventually(Duration::from_secs(20), || {
+        std::fs::read_dir(gw.spool_dir.path()).unwrap().count() <= 1
+    })
+    .await;
+    assert!(drained, "drained segments are deleted");
+    assert_eq!(
+        gw.metric("callstream_gateway_spool_drained_records_total")
+            .await,
+        5.0
+    );
+    let back = post_json(&gw, "/v1/onoff/sms", ONOFF_SMS).await;
+    let answer: serde_json::Value = back.json().await.unwrap();
+    assert_eq!(answer["status"], "published", "direct again once drained");
+    assert_eq!(gw.metric("callstream_gateway_spool_records").await, 0.0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_answers_503_never_drops() {
+    let gw = spawn_gateway(|f| {
+        f.merge(("kafka.publish_timeout_ms", 300))
+            .merge(("max_body_bytes", 1024))
+            .merge(("spool.max_bytes", 4096))
+    })
+    .await;
+    gw.broker.cluster().broker_down(-1).unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let body = ONOFF_SMS.replace("sms-77", &format!("sms-{i}"));
+        statuses.push(post_json(&gw, "/v1/onoff/sms", &body).await.status());
+    }
+    let spooled = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert!(spooled > 0 && spooled < 20, "{statuses:?}");
+    assert!(statuses[spooled..]
+        .iter()
+        .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE));
+    let resp = post_json(&gw, "/v1/onoff/sms", ONOFF_SMS).await;
+    assert_eq!(resp.headers()["retry-after"], "5");
+    assert!(error_of(resp).await.contains("spool is full"));
+
+    gw.broker.cluster().broker_up(-1).unwrap();
+    assert_eq!(
+        gw.read(Topic::Raw, spooled).len(),
+        spooled,
+        "what got 200 reaches Kafka"
+    );
     gw.stop().await;
 }

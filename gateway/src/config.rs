@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use callstream_schemas::{providers, Topic};
 
-/// Providers give up after 10 s; answering later than this is pointless.
-const PROVIDER_TIMEOUT_MS: u64 = 10_000;
+/// Providers give up after 10 s. A publish may take its deadline plus a
+/// 1 s safety margin, and a spool write after that, so stay well below.
+const MAX_PUBLISH_TIMEOUT_MS: u64 = 8_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,7 +30,15 @@ pub struct Settings {
     pub shutdown_timeout_secs: u64,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: LogFormat,
+    /// Webhook requests processed at once; more get 503 + `Retry-After`
+    /// immediately, so memory stays flat under overload.
+    pub max_in_flight: usize,
+    /// A client must deliver its whole body within this time.
+    pub body_read_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this many seconds.
+    pub keep_alive_secs: u64,
     pub kafka: KafkaSettings,
+    pub spool: SpoolSettings,
     pub topics: TopicNames,
     /// Per provider, keyed by provider name (`onoff`, `xarios`, `telecmi`).
     pub sources: BTreeMap<String, SourceSettings>,
@@ -59,6 +68,20 @@ pub struct KafkaSettings {
     /// Extra librdkafka properties (security.protocol, sasl.*, ...). They
     /// cannot weaken durability: `acks` and `enable.idempotence` are fixed.
     pub properties: BTreeMap<String, String>,
+}
+
+/// The local write-ahead spool that takes deliveries while Kafka cannot.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSettings {
+    /// Off: a Kafka outage answers 503 (providers retry a few times, then drop).
+    pub enabled: bool,
+    /// Directory of the segment files; must survive restarts (a volume).
+    pub dir: std::path::PathBuf,
+    /// Upper bound of the spool on disk; when full, requests get 503.
+    pub max_bytes: u64,
+    /// Size at which a segment file is closed and a new one started.
+    pub segment_bytes: u64,
 }
 
 /// Topic names; see `callstream_schemas::Topic` for what each carries.
@@ -116,7 +139,11 @@ struct Defaults {
     max_body_bytes: usize,
     shutdown_timeout_secs: u64,
     log_format: LogFormat,
+    max_in_flight: usize,
+    body_read_timeout_ms: u64,
+    keep_alive_secs: u64,
     kafka: KafkaSettings,
+    spool: SpoolSettings,
     topics: TopicNames,
     sources: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -127,6 +154,15 @@ fn defaults() -> Defaults {
         max_body_bytes: 1024 * 1024,
         shutdown_timeout_secs: 30,
         log_format: LogFormat::Auto,
+        max_in_flight: 4096,
+        body_read_timeout_ms: 5_000,
+        keep_alive_secs: 30,
+        spool: SpoolSettings {
+            enabled: true,
+            dir: "spool".into(),
+            max_bytes: 1024 * 1024 * 1024,
+            segment_bytes: 16 * 1024 * 1024,
+        },
         kafka: KafkaSettings {
             bootstrap_servers: String::new(),
             publish_timeout_ms: 5_000,
@@ -206,14 +242,36 @@ impl Settings {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
         }
         let k = &self.kafka;
-        if k.publish_timeout_ms == 0 || k.publish_timeout_ms >= PROVIDER_TIMEOUT_MS {
+        if !(100..=MAX_PUBLISH_TIMEOUT_MS).contains(&k.publish_timeout_ms) {
             return Err(invalid(
                 "kafka.publish_timeout_ms",
                 format!(
-                    "must be between 1 and {} (providers time out at 10 s)",
-                    PROVIDER_TIMEOUT_MS - 1
+                    "must be between 100 and {MAX_PUBLISH_TIMEOUT_MS} (providers time out at 10 s)"
                 ),
             ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(invalid("max_in_flight", "must be at least 1"));
+        }
+        if self.body_read_timeout_ms == 0 {
+            return Err(invalid("body_read_timeout_ms", "must be greater than 0"));
+        }
+        if self.spool.enabled {
+            if self.spool.dir.as_os_str().is_empty() {
+                return Err(invalid(
+                    "spool.dir",
+                    "must not be empty when the spool is enabled",
+                ));
+            }
+            if self.spool.max_bytes < 2 * self.max_body_bytes as u64 {
+                return Err(invalid(
+                    "spool.max_bytes",
+                    "must hold at least two bodies of max_body_bytes",
+                ));
+            }
+            if self.spool.segment_bytes == 0 {
+                return Err(invalid("spool.segment_bytes", "must be greater than 0"));
+            }
         }
         if k.embedded_partitions < 1 {
             return Err(invalid("kafka.embedded_partitions", "must be at least 1"));
@@ -318,7 +376,7 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:8080");
         assert!(s.embedded_broker());
         assert_eq!(s.max_body_bytes, 1024 * 1024);
-        assert!(s.kafka.publish_timeout_ms < PROVIDER_TIMEOUT_MS);
+        assert!(s.kafka.publish_timeout_ms <= MAX_PUBLISH_TIMEOUT_MS);
         assert_eq!(s.topics.name(Topic::Raw), "callstream.raw.v1");
         for source in ["onoff", "xarios", "telecmi"] {
             let cfg = &s.sources[source];
@@ -372,7 +430,7 @@ mod tests {
                 "`listen`",
             ),
             (
-                Box::new(|f: Figment| f.merge(("kafka.publish_timeout_ms", 10_000))),
+                Box::new(|f: Figment| f.merge(("kafka.publish_timeout_ms", 9_000))),
                 "`kafka.publish_timeout_ms`",
             ),
             (

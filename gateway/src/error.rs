@@ -12,10 +12,15 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     BadRequest(String),
-    #[error(
-        "event not stored: Kafka did not acknowledge in time; retry after {retry_after_secs} s"
-    )]
-    Unavailable { retry_after_secs: u64 },
+    #[error("request body not received within {timeout_ms} ms")]
+    BodyTimeout { timeout_ms: u64 },
+    #[error("event not stored: {reason}; retry after {retry_after_secs} s")]
+    Unavailable {
+        retry_after_secs: u64,
+        reason: &'static str,
+    },
+    #[error("gateway overloaded: too many requests in flight; retry after {retry_after_secs} s")]
+    Overloaded { retry_after_secs: u64 },
     #[error("no such endpoint: {0}")]
     NotFound(String),
     #[error("method {method} is not allowed here; allowed: {allowed}")]
@@ -28,7 +33,10 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unavailable { .. } | ApiError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -37,7 +45,10 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::Unavailable { retry_after_secs } => {
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            }
+            | ApiError::Overloaded { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             ApiError::MethodNotAllowed { allowed, .. } => {

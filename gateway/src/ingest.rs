@@ -2,13 +2,14 @@
 //! within the limit, normalize, publish the raw record plus the normalized
 //! (or DLQ) record, and answer.
 //!
-//! Guarantee: 200 only after Kafka acknowledged both records (see
-//! [`crate::publish`]). A delivery that authenticates but cannot be
+//! Guarantee: 200 only after both records are durable: acknowledged by
+//! Kafka, or fsynced to the local spool while Kafka cannot take them (see
+//! [`crate::deliver`]). A delivery that authenticates but cannot be
 //! normalized still gets 200 once it is in the DLQ: a 4xx would only make the
 //! provider retry the same bytes and then drop them.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -20,9 +21,10 @@ use callstream_schemas::raw as h;
 use callstream_schemas::{Context, Event, NormalizeError, Provider, RawRequest, Route, Topic};
 
 use crate::auth::{redact_query, Auth};
+use crate::deliver::{DeliverError, Deliverer, Stored};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Outcome};
-use crate::publish::{header, HeaderPair, OutRecord, Publisher};
+use crate::publish::{header, HeaderPair, OutRecord};
 
 /// Everything a provider route needs, attached to its actix resource.
 pub struct SourceRoute {
@@ -34,9 +36,12 @@ pub struct SourceRoute {
 
 /// Shared by all routes.
 pub struct Ingest {
-    pub publisher: Publisher,
+    pub deliverer: Arc<Deliverer>,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    /// Bounds the requests being processed; over it, 503 at once.
+    pub in_flight: tokio::sync::Semaphore,
     /// `Retry-After` seconds on a 503.
     pub retry_after_secs: u64,
 }
@@ -109,7 +114,11 @@ impl Ingest {
             tracing::warn!(source = source_name, "refused: missing or invalid API key");
             return Err(ApiError::Unauthorized);
         }
-        let body = self.read_body(req, body).await?;
+        let body = tokio::time::timeout(self.body_read_timeout, self.read_body(req, body))
+            .await
+            .map_err(|_| ApiError::BodyTimeout {
+                timeout_ms: self.body_read_timeout.as_millis() as u64,
+            })??;
         let received_at = Utc::now();
         let query = redact_query(req.query_string());
         let content_type = req
@@ -127,7 +136,7 @@ impl Ingest {
             default_tenant: &source.tenant,
             received_at,
             request_id,
-            raw_topic: self.publisher.topics().name(Topic::Raw),
+            raw_topic: self.deliverer.publisher().topics().name(Topic::Raw),
         };
         let mut raw_headers = vec![
             header(h::H_REQUEST_ID, request_id),
@@ -179,13 +188,22 @@ impl Ingest {
             }
         };
 
-        self.publisher.publish(&records).await.map_err(|err| {
-            tracing::error!(source = source_name, error = %err, "not stored: answering 503");
-            ApiError::Unavailable {
-                retry_after_secs: self.retry_after_secs,
+        match self.deliverer.deliver(&records).await {
+            Ok(Stored::Kafka) => Ok(outcome),
+            Ok(Stored::Spool) => Ok(Outcome::Spooled),
+            Err(err) => {
+                tracing::error!(source = source_name, error = %err, "not stored: answering 503");
+                Err(ApiError::Unavailable {
+                    retry_after_secs: self.retry_after_secs,
+                    reason: match err {
+                        DeliverError::Spool(_) => {
+                            "Kafka did not acknowledge in time and the local spool is full"
+                        }
+                        DeliverError::Kafka(_) => "Kafka did not acknowledge in time",
+                    },
+                })
             }
-        })?;
-        Ok(outcome)
+        }
     }
 
     /// Reads the body, refusing early on a declared length over the limit and

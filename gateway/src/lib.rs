@@ -2,15 +2,18 @@
 //! (raw + normalized, or DLQ), and only then answers 200.
 //!
 //! Reading order for a newcomer: [`startup`] (routes) → [`ingest`] (the one
-//! handler) → [`publish`] (Kafka, and the durability guarantee). What each
+//! handler) → [`deliver`] (Kafka, or the local [`spool`] when Kafka cannot)
+//! → [`publish`] (Kafka, and the durability guarantee). What each
 //! provider's payload means lives in `callstream_schemas::providers`.
 
 pub mod auth;
 pub mod config;
+pub mod deliver;
 pub mod embedded;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod publish;
+pub mod spool;
 pub mod startup;
 pub mod telemetry;

@@ -3,7 +3,8 @@
 //! a key or a raw error message.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Answers that a request can end with; the `outcome` label.
@@ -15,8 +16,12 @@ pub enum Outcome {
     DeadLettered,
     Unauthorized,
     TooLarge,
-    /// Kafka did not acknowledge in time (503).
+    /// Kafka did not acknowledge in time; written to the local spool (200).
+    Spooled,
+    /// Kafka did not acknowledge in time and the spool could not take it (503).
     Unavailable,
+    /// Over the in-flight limit (503).
+    Overloaded,
     /// The client sent a body we could not read.
     BadRequest,
 }
@@ -28,7 +33,9 @@ impl Outcome {
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Unauthorized => "unauthorized",
             Outcome::TooLarge => "too_large",
+            Outcome::Spooled => "spooled",
             Outcome::Unavailable => "unavailable",
+            Outcome::Overloaded => "overloaded",
             Outcome::BadRequest => "bad_request",
         }
     }
@@ -45,6 +52,13 @@ pub struct Metrics {
     pub produce_duration: HistogramVec,
     pub produce_errors: IntCounterVec,
     pub records_published: IntCounterVec,
+    pub spool_records: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub spool_oldest_age: Gauge,
+    pub spool_appended: IntCounter,
+    pub spool_drained: IntCounter,
+    pub spool_corrupt: IntCounter,
+    pub kafka_degraded: IntGauge,
 }
 
 /// Latency buckets in seconds, dense below 10 ms where the gateway should live.
@@ -106,14 +120,56 @@ impl Metrics {
             "Records acknowledged by Kafka, by topic.",
             &["topic"],
         );
-        let in_flight = IntGauge::new(
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let in_flight = int_gauge(
             "callstream_gateway_requests_in_flight",
             "Webhook requests being processed.",
+        );
+        let spool_records = int_gauge(
+            "callstream_gateway_spool_records",
+            "Deliveries waiting in the local spool for Kafka.",
+        );
+        let spool_bytes = int_gauge(
+            "callstream_gateway_spool_bytes",
+            "Bytes in the local spool.",
+        );
+        let spool_oldest_age = Gauge::new(
+            "callstream_gateway_spool_oldest_age_seconds",
+            "Age of the oldest delivery waiting in the spool (0 when empty).",
         )
         .expect("valid metric");
         registry
-            .register(Box::new(in_flight.clone()))
+            .register(Box::new(spool_oldest_age.clone()))
             .expect("unique metric");
+        let spool_appended = plain_counter(
+            "callstream_gateway_spool_appended_records_total",
+            "Deliveries written to the spool because Kafka did not acknowledge in time.",
+        );
+        let spool_drained = plain_counter(
+            "callstream_gateway_spool_drained_records_total",
+            "Spooled deliveries acknowledged by Kafka (the drain rate).",
+        );
+        let spool_corrupt = plain_counter(
+            "callstream_gateway_spool_corrupt_records_total",
+            "Corrupt or torn spool tails found and cut off.",
+        );
+        let kafka_degraded = int_gauge(
+            "callstream_gateway_kafka_degraded",
+            "1 while Kafka is failing and new deliveries go to the spool.",
+        );
         Metrics {
             registry,
             requests,
@@ -124,6 +180,13 @@ impl Metrics {
             produce_duration,
             produce_errors,
             records_published,
+            spool_records,
+            spool_bytes,
+            spool_oldest_age,
+            spool_appended,
+            spool_drained,
+            spool_corrupt,
+            kafka_degraded,
         }
     }
 

@@ -2,11 +2,17 @@
 //! has acknowledged *every* record of the delivery with `acks=all` from an
 //! idempotent producer; only then may the HTTP handler answer 2xx.
 //!
+//! The deadline is librdkafka's own `message.timeout.ms`: when `publish`
+//! fails, librdkafka has already given the record up, so a delivery that is
+//! then spooled cannot also arrive late through the producer and overtake
+//! newer records for its key. (The outer timer is a safety net only.)
+//!
 //! What breaks it: a broker configured with `min.insync.replicas=1` on a
 //! single replica acknowledges a write that one disk failure can lose. A
-//! publish that times out is answered 503, yet librdkafka may still deliver
-//! it later; the provider's retry then produces a duplicate, which the dedup
-//! consumer drops. Never the other way round: nothing unacknowledged gets 2xx.
+//! record that timed out after reaching the broker may still have been
+//! written ("possibly persisted"); its retry or spooled copy is then a
+//! duplicate, which the dedup consumer drops. Never the other way round:
+//! nothing unacknowledged gets 2xx.
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -63,6 +69,8 @@ pub struct Publisher {
 
 /// librdkafka message size margin over the body for key and headers.
 const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
+/// Extra wait beyond `message.timeout.ms` before giving up on librdkafka.
+const SAFETY_MARGIN: Duration = Duration::from_millis(1_000);
 
 impl Publisher {
     pub fn new(
@@ -89,13 +97,12 @@ impl Publisher {
                 "message.max.bytes",
                 (max_body_bytes + RECORD_OVERHEAD_BYTES).to_string(),
             )
-            // Let librdkafka give up shortly after we have answered 503, so a
-            // late success stays the exception.
+            // librdkafka decides when a record has failed (see module docs).
             .set("message.timeout.ms", kafka.publish_timeout_ms.to_string());
         Ok(Publisher {
             producer: config.create()?,
             topics,
-            timeout: Duration::from_millis(kafka.publish_timeout_ms),
+            timeout: Duration::from_millis(kafka.publish_timeout_ms) + SAFETY_MARGIN,
             metrics,
         })
     }

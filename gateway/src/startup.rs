@@ -16,10 +16,12 @@ use callstream_schemas::providers;
 
 use crate::auth::Auth;
 use crate::config::Settings;
+use crate::deliver::Deliverer;
 use crate::error::ApiError;
 use crate::ingest::{self, Ingest, SourceRoute};
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
+use crate::spool::Spool;
 use crate::telemetry::RedactingRootSpan;
 
 /// How long `/readyz` waits for a Kafka metadata answer.
@@ -28,7 +30,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Application {
     port: u16,
     server: Server,
-    publisher: Publisher,
+    deliverer: Arc<Deliverer>,
 }
 
 impl Application {
@@ -54,10 +56,29 @@ impl Application {
             metrics.clone(),
         )
         .map_err(|e| anyhow::anyhow!("invalid Kafka producer configuration (kafka.*): {e}"))?;
+        let spool = if settings.spool.enabled {
+            let s = &settings.spool;
+            let spool = Spool::open(&s.dir, s.max_bytes, s.segment_bytes, metrics.clone())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot open the spool directory `{}` (spool.dir): {e}",
+                        s.dir.display()
+                    )
+                })?;
+            Some(Arc::new(spool))
+        } else {
+            tracing::warn!(
+                "spool disabled: a Kafka outage will answer 503 and providers may drop events"
+            );
+            None
+        };
+        let deliverer = Arc::new(Deliverer::new(publisher, spool, metrics.clone()));
         let ingest = web::Data::new(Ingest {
-            publisher: publisher.clone(),
+            deliverer: deliverer.clone(),
             metrics: metrics.clone(),
             max_body_bytes: settings.max_body_bytes,
+            body_read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
+            in_flight: tokio::sync::Semaphore::new(settings.max_in_flight),
             retry_after_secs: 5,
         });
         let routes = Arc::new(source_routes(settings));
@@ -75,13 +96,16 @@ impl Application {
         })
         .listen(listener)?
         .shutdown_timeout(settings.shutdown_timeout_secs)
-        // Slow clients may not hold a worker: headers must arrive in time.
+        // Slow clients may not hold a connection: headers must arrive in
+        // time, idle keep-alive connections are closed.
         .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(Duration::from_secs(settings.keep_alive_secs))
         .run();
         Ok(Application {
             port,
             server,
-            publisher,
+            deliverer,
         })
     }
 
@@ -95,11 +119,18 @@ impl Application {
     }
 
     /// Serves until SIGTERM/SIGINT (or [`Application::handle`]`.stop`): stops
-    /// accepting, lets in-flight requests finish, then flushes the producer.
+    /// accepting, lets in-flight requests finish, stops the spool drainer
+    /// (what is still spooled stays on disk for the next start), then
+    /// flushes the producer. Every 200 was durable before it was sent, so
+    /// nothing acknowledged is only in memory at any point.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let (stop_drain, drain_stopped) = tokio::sync::watch::channel(false);
+        let drainer = tokio::spawn(self.deliverer.clone().drain(drain_stopped));
         self.server.await?;
+        let _ = stop_drain.send(true);
+        let _ = drainer.await;
         tracing::info!("HTTP server stopped; flushing Kafka producer");
-        let publisher = self.publisher;
+        let publisher = self.deliverer.publisher().clone();
         tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10)))
             .await?
             .map_err(|e| anyhow::anyhow!("Kafka flush did not complete: {e}"))?;
@@ -180,16 +211,28 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
 }
 
+/// 200 `ready` when Kafka answers and nothing is spooled; 200 `degraded`
+/// while deliveries are being spooled (still accepting, durably); 503 when
+/// Kafka is unreachable and there is no spool to fall back on.
 async fn readyz(ingest: web::Data<Ingest>) -> HttpResponse {
-    if ingest.publisher.kafka_reachable(READY_TIMEOUT).await {
-        HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "error": "Kafka is not reachable: check kafka.bootstrap_servers and the brokers" }))
+    let deliverer = &ingest.deliverer;
+    let reachable = deliverer.publisher().kafka_reachable(READY_TIMEOUT).await;
+    match deliverer.spool() {
+        Some(spool) if !reachable || deliverer.degraded() || !spool.is_empty() => HttpResponse::Ok().json(serde_json::json!({
+            "status": "degraded",
+            "kafka_reachable": reachable,
+            "spooled_deliveries": spool.len(),
+        })),
+        _ if reachable => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        _ => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "error": "Kafka is not reachable: check kafka.bootstrap_servers and the brokers" })),
     }
 }
 
 async fn metrics_text(ingest: web::Data<Ingest>) -> HttpResponse {
+    if let Some(spool) = ingest.deliverer.spool() {
+        spool.update_gauges();
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(ingest.metrics.render())

@@ -24,13 +24,20 @@ pub struct TestGateway {
     pub client: reqwest::Client,
     pub settings: Settings,
     pub broker: EmbeddedBroker,
+    /// The spool directory, removed when the test ends.
+    pub spool_dir: tempfile::TempDir,
     handle: ServerHandle,
 }
 
 /// Starts a broker and a gateway on 127.0.0.1:0; `configure` adds settings
 /// on top of the defaults (e.g. `|f| f.merge(("sources.onoff.api_keys", ["k"]))`).
 pub async fn spawn_gateway(configure: impl FnOnce(Figment) -> Figment) -> TestGateway {
-    let figment = configure(Settings::defaults().merge(("listen", "127.0.0.1:0")));
+    let spool_dir = tempfile::tempdir().expect("temp dir");
+    let figment = configure(
+        Settings::defaults()
+            .merge(("listen", "127.0.0.1:0"))
+            .merge(("spool.dir", spool_dir.path())),
+    );
     let mut settings = Settings::from_figment(figment).expect("test settings are valid");
     let broker = EmbeddedBroker::start(PARTITIONS, &settings.topics).expect("mock broker starts");
     settings.kafka.bootstrap_servers = broker.bootstrap_servers();
@@ -46,6 +53,7 @@ pub async fn spawn_gateway(configure: impl FnOnce(Figment) -> Figment) -> TestGa
             .expect("client builds"),
         settings,
         broker,
+        spool_dir,
         handle,
     }
 }
@@ -102,6 +110,14 @@ impl TestGateway {
         )
     }
 
+    /// Value of an unlabelled metric, e.g. `callstream_gateway_spool_records`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found in\n{text}"))
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(self.url("/metrics"))
@@ -138,6 +154,18 @@ pub fn count_records(bootstrap: &str, topic: &str) -> i64 {
             high - low
         })
         .sum()
+}
+
+/// Polls `check` every 50 ms until it holds or `deadline` passes.
+pub async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check()
 }
 
 /// Reads a topic from the beginning until `expected` records arrived or the

@@ -1,0 +1,194 @@
+//! Where a delivery becomes durable: Kafka, or the local spool when Kafka
+//! cannot acknowledge in time. The HTTP handler answers 200 on `Ok` only.
+//!
+//! Per-key order: deliveries sharing a key (the raw record's key, i.e. the
+//! event identity) are serialized by a sharded lock, and while the spool
+//! holds any delivery for a key, newer ones for that key go to the spool
+//! behind it. The drainer replays the spool in order and releases a key only
+//! after Kafka acknowledged it, so a newer delivery never overtakes an older.
+//!
+//! Degraded mode: after a failed publish every new delivery goes straight to
+//! the spool (fast 200s instead of each waiting out the publish deadline),
+//! until the drainer has emptied the spool into a working Kafka again.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::{watch, Mutex};
+
+use crate::metrics::Metrics;
+use crate::publish::{OutRecord, PublishError, Publisher};
+use crate::spool::{Spool, SpoolError};
+
+const KEY_SHARDS: usize = 1024;
+/// Deliveries the drainer has in flight at once (pipelined; the idempotent
+/// producer keeps their order per partition).
+const DRAIN_CHUNK: usize = 512;
+
+/// Where a delivery was made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Kafka,
+    Spool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error(transparent)]
+    Kafka(#[from] PublishError),
+    #[error("Kafka is unavailable and {0}")]
+    Spool(#[from] SpoolError),
+}
+
+pub struct Deliverer {
+    publisher: Publisher,
+    spool: Option<Arc<Spool>>,
+    shards: Vec<Mutex<()>>,
+    degraded: AtomicBool,
+    metrics: Metrics,
+}
+
+impl Deliverer {
+    pub fn new(publisher: Publisher, spool: Option<Arc<Spool>>, metrics: Metrics) -> Deliverer {
+        Deliverer {
+            publisher,
+            spool,
+            shards: (0..KEY_SHARDS).map(|_| Mutex::new(())).collect(),
+            degraded: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    pub fn spool(&self) -> Option<&Spool> {
+        self.spool.as_deref()
+    }
+
+    /// Whether new deliveries currently bypass Kafka for the spool.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Acquire)
+    }
+
+    fn set_degraded(&self, on: bool) {
+        if self.degraded.swap(on, Ordering::AcqRel) != on {
+            self.metrics.kafka_degraded.set(i64::from(on));
+            if on {
+                tracing::warn!("Kafka is failing: spooling deliveries locally until it is back");
+            } else {
+                tracing::info!("spool drained: publishing to Kafka directly again");
+            }
+        }
+    }
+
+    /// Makes `records` (one delivery, ordered by its first record's key) durable.
+    pub async fn deliver(&self, records: &[OutRecord]) -> Result<Stored, DeliverError> {
+        let Some(spool) = &self.spool else {
+            self.publisher.publish(records).await?;
+            return Ok(Stored::Kafka);
+        };
+        let key = records.first().map_or("", |r| r.key.as_str());
+        let _ordered = self.shard(key).lock().await;
+        if !self.degraded() && !spool.holds(key) {
+            match self.publisher.publish(records).await {
+                Ok(()) => return Ok(Stored::Kafka),
+                Err(err) => {
+                    tracing::warn!(error = %err, "publish failed: spooling");
+                    self.set_degraded(true);
+                }
+            }
+        }
+        spool.append(records).await?;
+        Ok(Stored::Spool)
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<()> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        &self.shards[(h.finish() as usize) % KEY_SHARDS]
+    }
+
+    /// Replays the spool to Kafka until `shutdown` turns true. Segments are
+    /// deleted only once every delivery in them was acknowledged.
+    pub async fn drain(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        let mut backoff = Backoff::default();
+        while !*shutdown.borrow() {
+            let segment = match spool.oldest_sealed().await {
+                Ok(Some(segment)) => segment,
+                Ok(None) => {
+                    self.set_degraded(false);
+                    tokio::select! {
+                        _ = spool.appended.notified() => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot read the spool");
+                    if sleep_or_shutdown(backoff.next(), &mut shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            for chunk in segment.deliveries.chunks(DRAIN_CHUNK) {
+                loop {
+                    let results =
+                        join_all(chunk.iter().map(|d| self.publisher.publish(&d.records))).await;
+                    let failed = results.iter().filter(|r| r.is_err()).count();
+                    if failed == 0 {
+                        break;
+                    }
+                    // Retry the whole chunk: acknowledged copies repeat in the
+                    // same order (at-least-once), so no key is reordered.
+                    tracing::warn!(failed, "Kafka still failing; spool drain retries");
+                    if sleep_or_shutdown(backoff.next(), &mut shutdown).await {
+                        return;
+                    }
+                }
+                backoff.reset();
+                for d in chunk {
+                    spool.delivered(&d.records);
+                }
+            }
+            if let Err(err) = spool.finish(segment.seq) {
+                tracing::error!(error = %err, seq = segment.seq, "cannot delete a drained spool segment");
+            }
+        }
+    }
+}
+
+/// Sleeps, or returns true early if shutdown was signalled.
+async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// Exponential back-off for drain retries: 100 ms doubling to 5 s.
+#[derive(Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let ms = 100u64.saturating_mul(1 << self.attempt.min(6)).min(5_000);
+        self.attempt += 1;
+        Duration::from_millis(ms)
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}

@@ -1,0 +1,658 @@
+//! Durable write-ahead spool for deliveries Kafka could not take in time.
+//!
+//! Guarantee: [`Spool::append`] returns `Ok` only after the delivery's frame
+//! is written *and fsynced* to a segment file, so the gateway may answer 200
+//! for it. Appends from concurrent requests are group-committed: the writer
+//! thread takes every append waiting, writes them, and syncs once.
+//!
+//! Segments are deleted only after the drainer (see [`crate::deliver`]) had
+//! every record in them acknowledged by Kafka; a crash while draining
+//! replays the segment from its start, so Kafka may see a spooled delivery
+//! twice (at-least-once; the dedup consumer drops the copy), never zero times.
+//!
+//! What breaks it: a disk or filesystem that acknowledges `fsync` without
+//! persisting (some virtualized or consumer disks), or losing the spool
+//! directory itself.
+
+pub mod format;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::metrics::Metrics;
+use crate::publish::OutRecord;
+pub use format::Delivery;
+
+const SEGMENT_SUFFIX: &str = "seg";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool is full ({max_bytes} bytes)")]
+    Full { max_bytes: u64 },
+    #[error("spool write failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One segment file; the last in the queue is the one being appended to.
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    bytes: u64,
+    deliveries: u64,
+    oldest_ms: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    segments: VecDeque<Segment>,
+    bytes: u64,
+    deliveries: u64,
+    /// Deliveries in the spool per record key: while a key has any, newer
+    /// deliveries for it must be spooled too, or they would overtake.
+    keys: HashMap<String, u32>,
+}
+
+/// One frame to write; `reply` gets the outcome once it is fsynced.
+struct Append {
+    frame: Vec<u8>,
+    spooled_at_ms: u64,
+    reply: oneshot::Sender<io::Result<()>>,
+}
+
+enum Cmd {
+    Append(Append),
+    /// Close the active segment (if it holds anything) and start a new one;
+    /// replies with the sealed segment's sequence number.
+    Seal {
+        reply: oneshot::Sender<io::Result<Option<u64>>>,
+    },
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    state: Arc<Mutex<State>>,
+    writer: mpsc::UnboundedSender<Cmd>,
+    /// Wakes the drainer when something was appended.
+    pub appended: Notify,
+    metrics: Metrics,
+}
+
+/// A sealed segment handed to the drainer.
+pub struct SealedSegment {
+    pub seq: u64,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir`, recovering what a
+    /// previous run left: torn or corrupt tails are cut off, counted and
+    /// logged; every good frame before them is kept for replay.
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+        metrics: Metrics,
+    ) -> io::Result<Spool> {
+        fs::create_dir_all(dir)?;
+        let mut state = State::default();
+        for seq in segment_seqs(dir)? {
+            let path = segment_path(dir, seq);
+            let buf = fs::read(&path)?;
+            let scan = format::scan(&buf);
+            if let Some(err) = &scan.corrupt {
+                let dropped = buf.len() - scan.good_bytes;
+                tracing::error!(
+                    segment = %path.display(),
+                    kept_deliveries = scan.deliveries.len(),
+                    dropped_bytes = dropped,
+                    error = %err,
+                    "spool segment has a corrupt or torn tail: truncating it"
+                );
+                metrics.spool_corrupt.inc();
+                let file = OpenOptions::new().write(true).open(&path)?;
+                file.set_len(scan.good_bytes as u64)?;
+                file.sync_all()?;
+            }
+            if scan.deliveries.is_empty() {
+                fs::remove_file(&path)?;
+                continue;
+            }
+            for d in &scan.deliveries {
+                if let Some(key) = delivery_key(&d.records) {
+                    *state.keys.entry(key.to_string()).or_default() += 1;
+                }
+            }
+            state.bytes += scan.good_bytes as u64;
+            state.deliveries += scan.deliveries.len() as u64;
+            state.segments.push_back(Segment {
+                seq,
+                bytes: scan.good_bytes as u64,
+                deliveries: scan.deliveries.len() as u64,
+                oldest_ms: scan.deliveries.first().map(|d| d.spooled_at_ms),
+            });
+        }
+        if state.deliveries > 0 {
+            tracing::warn!(
+                deliveries = state.deliveries,
+                bytes = state.bytes,
+                "spool holds deliveries from a previous run: replaying them to Kafka"
+            );
+        }
+        let next_seq = state.segments.back().map_or(1, |s| s.seq + 1);
+        state.segments.push_back(Segment {
+            seq: next_seq,
+            bytes: 0,
+            deliveries: 0,
+            oldest_ms: None,
+        });
+        let active = create_segment(dir, next_seq)?;
+        let state = Arc::new(Mutex::new(state));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            file: active,
+            seq: next_seq,
+            written: 0,
+            state: state.clone(),
+        };
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run(rx))?;
+        let spool = Spool {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            state,
+            writer: tx,
+            appended: Notify::new(),
+            metrics,
+        };
+        spool.update_gauges();
+        Ok(spool)
+    }
+
+    /// Appends one delivery durably; `Ok` means it is fsynced.
+    pub async fn append(&self, records: &[OutRecord]) -> Result<(), SpoolError> {
+        let spooled_at_ms = now_ms();
+        let frame = format::encode(&Delivery {
+            spooled_at_ms,
+            records: records.to_vec(),
+        });
+        let len = frame.len() as u64;
+        let key = delivery_key(records).map(str::to_string);
+        {
+            let mut st = self.state.lock().expect("spool state lock");
+            if st.bytes + len > self.max_bytes {
+                return Err(SpoolError::Full {
+                    max_bytes: self.max_bytes,
+                });
+            }
+            // Reserve before writing so concurrent appends cannot overshoot
+            // the bound, and so the key is "held" from now on.
+            st.bytes += len;
+            if let Some(key) = &key {
+                *st.keys.entry(key.clone()).or_default() += 1;
+            }
+        }
+        let (reply, done) = oneshot::channel();
+        let sent = self.writer.send(Cmd::Append(Append {
+            frame,
+            spooled_at_ms,
+            reply,
+        }));
+        let result = match sent {
+            Ok(()) => done
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("spool writer stopped"))),
+            Err(_) => Err(io::Error::other("spool writer stopped")),
+        };
+        if let Err(err) = result {
+            let mut st = self.state.lock().expect("spool state lock");
+            st.bytes -= len;
+            if let Some(key) = &key {
+                release(&mut st.keys, key);
+            }
+            drop(st);
+            self.update_gauges();
+            return Err(err.into());
+        }
+        self.metrics.spool_appended.inc();
+        self.update_gauges();
+        self.appended.notify_one();
+        Ok(())
+    }
+
+    /// Whether deliveries for `key` are waiting in the spool.
+    pub fn holds(&self, key: &str) -> bool {
+        self.state
+            .lock()
+            .expect("spool state lock")
+            .keys
+            .contains_key(key)
+    }
+
+    /// Deliveries waiting in the spool.
+    pub fn len(&self) -> u64 {
+        self.state.lock().expect("spool state lock").deliveries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The oldest segment, sealing the active one first if it is the only
+    /// one with data. `None` when the spool is empty.
+    pub async fn oldest_sealed(&self) -> io::Result<Option<SealedSegment>> {
+        let seq = {
+            let st = self.state.lock().expect("spool state lock");
+            match st.segments.front() {
+                Some(first) if st.segments.len() > 1 => Some(first.seq),
+                Some(first) if first.deliveries > 0 => None,
+                _ => return Ok(None),
+            }
+        };
+        let seq = match seq {
+            Some(seq) => seq,
+            None => {
+                let (reply, done) = oneshot::channel();
+                if self.writer.send(Cmd::Seal { reply }).is_err() {
+                    return Err(io::Error::other("spool writer stopped"));
+                }
+                match done
+                    .await
+                    .map_err(|_| io::Error::other("spool writer stopped"))??
+                {
+                    Some(seq) => seq,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let path = segment_path(&self.dir, seq);
+        let buf = tokio::task::spawn_blocking(move || fs::read(path))
+            .await
+            .map_err(io::Error::other)??;
+        let scan = format::scan(&buf);
+        if let Some(err) = scan.corrupt {
+            // Sealed segments were fsynced frame by frame; this means the
+            // disk changed under us. Keep what decodes, say so loudly.
+            tracing::error!(seq, error = %err, "sealed spool segment is corrupt past byte {}", scan.good_bytes);
+            self.metrics.spool_corrupt.inc();
+        }
+        Ok(Some(SealedSegment {
+            seq,
+            deliveries: scan.deliveries,
+        }))
+    }
+
+    /// One delivery of a segment was acknowledged by Kafka.
+    pub fn delivered(&self, records: &[OutRecord]) {
+        if let Some(key) = delivery_key(records) {
+            release(&mut self.state.lock().expect("spool state lock").keys, key);
+        }
+        self.metrics.spool_drained.inc();
+    }
+
+    /// Every delivery of segment `seq` was acknowledged: delete it.
+    pub fn finish(&self, seq: u64) -> io::Result<()> {
+        fs::remove_file(segment_path(&self.dir, seq))?;
+        let mut st = self.state.lock().expect("spool state lock");
+        if let Some(pos) = st.segments.iter().position(|s| s.seq == seq) {
+            let seg = st.segments.remove(pos).expect("position is valid");
+            st.bytes -= seg.bytes;
+            st.deliveries -= seg.deliveries;
+        }
+        drop(st);
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Refreshes the spool gauges (also called before each metrics scrape,
+    /// so the age of the oldest delivery keeps moving).
+    pub fn update_gauges(&self) {
+        let st = self.state.lock().expect("spool state lock");
+        self.metrics.spool_bytes.set(st.bytes as i64);
+        self.metrics.spool_records.set(st.deliveries as i64);
+        let oldest = st.segments.iter().filter_map(|s| s.oldest_ms).min();
+        let age = oldest.map_or(0.0, |ms| now_ms().saturating_sub(ms) as f64 / 1000.0);
+        self.metrics.spool_oldest_age.set(age);
+    }
+}
+
+/// The key that orders a delivery: its first record's (the raw record's).
+fn delivery_key(records: &[OutRecord]) -> Option<&str> {
+    records.first().map(|r| r.key.as_str())
+}
+
+fn release(keys: &mut HashMap<String, u32>, key: &str) {
+    if let Some(n) = keys.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            keys.remove(key);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.{SEGMENT_SUFFIX}"))
+}
+
+fn segment_seqs(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut seqs: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(&format!(".{SEGMENT_SUFFIX}"))?
+                .parse()
+                .ok()
+        })
+        .collect();
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(segment_path(dir, seq))?;
+    // The new file's directory entry must survive a crash too.
+    File::open(dir)?.sync_all()?;
+    Ok(file)
+}
+
+/// Owns the active segment file; the only code that writes segments.
+struct Writer {
+    dir: PathBuf,
+    segment_bytes: u64,
+    file: File,
+    seq: u64,
+    written: u64,
+    state: Arc<Mutex<State>>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            let mut batch = vec![cmd];
+            // Group commit: everything already waiting shares one fsync.
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            self.commit(batch);
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Cmd>) {
+        let mut appends = Vec::new();
+        let mut seals = Vec::new();
+        for cmd in batch {
+            match cmd {
+                Cmd::Append(append) => appends.push(append),
+                Cmd::Seal { reply } => seals.push(reply),
+            }
+        }
+        if !appends.is_empty() {
+            let result = self.write_all(&appends);
+            match result {
+                Ok(()) => {
+                    for Append { reply, .. } in appends {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Err(err) => {
+                    // Cut off any partial frame, or frames appended after it
+                    // (and acknowledged) would sit behind garbage.
+                    if let Err(trunc) = self.file.set_len(self.written) {
+                        tracing::error!(error = %trunc, "could not cut a failed spool write; starting a new segment");
+                        let _ = self.roll();
+                    }
+                    tracing::error!(error = %err, "spool write failed");
+                    for Append { reply, .. } in appends {
+                        let _ = reply.send(Err(io::Error::new(err.kind(), err.to_string())));
+                    }
+                }
+            }
+        }
+        for reply in seals {
+            let _ = reply.send(self.seal());
+        }
+    }
+
+    fn write_all(&mut self, appends: &[Append]) -> io::Result<()> {
+        if self.written >= self.segment_bytes {
+            self.roll()?;
+        }
+        let mut buf = Vec::with_capacity(appends.iter().map(|a| a.frame.len()).sum());
+        for a in appends {
+            buf.extend_from_slice(&a.frame);
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        self.written += buf.len() as u64;
+        let mut st = self.state.lock().expect("spool state lock");
+        st.deliveries += appends.len() as u64;
+        let seg = st
+            .segments
+            .back_mut()
+            .expect("the active segment is always present");
+        seg.bytes += buf.len() as u64;
+        seg.deliveries += appends.len() as u64;
+        seg.oldest_ms = seg.oldest_ms.or(appends.first().map(|a| a.spooled_at_ms));
+        Ok(())
+    }
+
+    fn seal(&mut self) -> io::Result<Option<u64>> {
+        if self.written == 0 {
+            return Ok(None);
+        }
+        let sealed = self.seq;
+        self.roll()?;
+        Ok(Some(sealed))
+    }
+
+    fn roll(&mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        let seq = self.seq + 1;
+        self.file = create_segment(&self.dir, seq)?;
+        self.seq = seq;
+        self.written = 0;
+        self.state
+            .lock()
+            .expect("spool state lock")
+            .segments
+            .push_back(Segment {
+                seq,
+                bytes: 0,
+                deliveries: 0,
+                oldest_ms: None,
+            });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::header;
+    use callstream_schemas::Topic;
+
+    fn records(key: &str, n: usize) -> Vec<OutRecord> {
+        vec![OutRecord {
+            topic: Topic::Raw,
+            key: key.to_string(),
+            payload: format!("body-{n}").into_bytes(),
+            headers: vec![header("cs_request_id", format!("req-{n}"))],
+        }]
+    }
+
+    fn open(dir: &Path, metrics: &Metrics) -> Spool {
+        Spool::open(dir, 1 << 20, 1 << 20, metrics.clone()).unwrap()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        segment_seqs(dir)
+            .unwrap()
+            .into_iter()
+            .map(|s| segment_path(dir, s))
+            .collect()
+    }
+
+    async fn fill(dir: &Path, n: usize) {
+        let spool = open(dir, &Metrics::new());
+        for i in 0..n {
+            spool
+                .append(&records(&format!("k{}", i % 3), i))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Reopens the spool and returns every delivery it would replay.
+    async fn replay(dir: &Path, metrics: &Metrics) -> Vec<Delivery> {
+        let spool = open(dir, metrics);
+        let mut out = Vec::new();
+        while let Some(seg) = spool.oldest_sealed().await.unwrap() {
+            for d in &seg.deliveries {
+                spool.delivered(&d.records);
+            }
+            out.extend(seg.deliveries);
+            spool.finish(seg.seq).unwrap();
+        }
+        assert!(spool.is_empty());
+        assert!(!spool.holds("k0"));
+        out
+    }
+
+    #[tokio::test]
+    async fn appends_survive_a_restart_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path(), 10).await;
+        let metrics = Metrics::new();
+        let spool = open(dir.path(), &metrics);
+        assert_eq!(spool.len(), 10);
+        assert!(spool.holds("k1"));
+        assert_eq!(metrics.spool_records.get(), 10);
+        drop(spool);
+        let replayed = replay(dir.path(), &metrics).await;
+        let bodies: Vec<_> = replayed
+            .iter()
+            .map(|d| String::from_utf8(d.records[0].payload.clone()).unwrap())
+            .collect();
+        assert_eq!(
+            bodies,
+            (0..10).map(|i| format!("body-{i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(metrics.spool_corrupt.get(), 0);
+        assert!(
+            segment_files(dir.path()).len() <= 1,
+            "drained segments are deleted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_truncated_counted_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path(), 5).await;
+        let file = segment_files(dir.path())
+            .into_iter()
+            .find(|p| fs::metadata(p).unwrap().len() > 0)
+            .unwrap();
+        let len = fs::metadata(&file).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let metrics = Metrics::new();
+        let replayed = replay(dir.path(), &metrics).await;
+        assert_eq!(replayed.len(), 4);
+        assert_eq!(metrics.spool_corrupt.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_and_trailing_garbage_are_both_recovered_from() {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path(), 6).await;
+        let file = segment_files(dir.path())
+            .into_iter()
+            .find(|p| fs::metadata(p).unwrap().len() > 0)
+            .unwrap();
+        let mut bytes = fs::read(&file).unwrap();
+        let at = bytes.len() - 2;
+        bytes[at] ^= 0xff;
+        bytes.extend_from_slice(b"\x13\x37garbage after a crash");
+        fs::write(&file, &bytes).unwrap();
+        let metrics = Metrics::new();
+        let replayed = replay(dir.path(), &metrics).await;
+        assert_eq!(
+            replayed.len(),
+            5,
+            "the last frame fails its checksum; the five before it survive"
+        );
+        assert_eq!(metrics.spool_corrupt.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_entirely_garbage_segment_is_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path(), 3).await;
+        fs::write(segment_path(dir.path(), 99), b"not a spool segment at all").unwrap();
+        let metrics = Metrics::new();
+        let replayed = replay(dir.path(), &metrics).await;
+        assert_eq!(replayed.len(), 3);
+        assert_eq!(metrics.spool_corrupt.get(), 1);
+        assert!(!segment_path(dir.path(), 99).exists());
+    }
+
+    #[tokio::test]
+    async fn the_bound_is_enforced_and_released_by_draining() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let frame_len = format::encode(&Delivery {
+            spooled_at_ms: 0,
+            records: records("k", 0),
+        })
+        .len() as u64;
+        let spool = Spool::open(dir.path(), frame_len * 3, 1 << 20, metrics.clone()).unwrap();
+        for i in 0..3 {
+            spool.append(&records("k", i)).await.unwrap();
+        }
+        assert!(matches!(
+            spool.append(&records("k", 3)).await,
+            Err(SpoolError::Full { .. })
+        ));
+        let seg = spool.oldest_sealed().await.unwrap().unwrap();
+        seg.deliveries
+            .iter()
+            .for_each(|d| spool.delivered(&d.records));
+        spool.finish(seg.seq).unwrap();
+        spool.append(&records("k", 4)).await.unwrap();
+        assert_eq!(spool.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn segments_roll_at_the_configured_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, 200, Metrics::new()).unwrap();
+        for i in 0..20 {
+            spool.append(&records("k", i)).await.unwrap();
+        }
+        assert!(segment_files(dir.path()).len() > 3);
+        drop(spool);
+        assert_eq!(replay(dir.path(), &Metrics::new()).await.len(), 20);
+    }
+}
