@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use callstream_schemas::{providers, Topic};
 
-/// Providers give up after 10 s. A publish may take its deadline plus a
-/// 1 s safety margin, and a spool write after that, so stay well below.
-const MAX_PUBLISH_TIMEOUT_MS: u64 = 8_000;
+/// Providers give up after 10 s. A publish may take its deadline plus up to
+/// 2 s (librdkafka's timeout scan and our safety margin) and a spool write
+/// after that, so stay well below.
+const MAX_PUBLISH_TIMEOUT_MS: u64 = 7_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,7 +166,7 @@ fn defaults() -> Defaults {
         },
         kafka: KafkaSettings {
             bootstrap_servers: String::new(),
-            publish_timeout_ms: 5_000,
+            publish_timeout_ms: 3_000,
             linger_ms: 1,
             embedded_partitions: 3,
             properties: BTreeMap::new(),
@@ -430,7 +431,7 @@ mod tests {
                 "`listen`",
             ),
             (
-                Box::new(|f: Figment| f.merge(("kafka.publish_timeout_ms", 9_000))),
+                Box::new(|f: Figment| f.merge(("kafka.publish_timeout_ms", 8_000))),
                 "`kafka.publish_timeout_ms`",
             ),
             (

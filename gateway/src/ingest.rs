@@ -70,16 +70,25 @@ pub async fn handle(
     request_id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let _in_flight = InFlight::start(&ingest.metrics);
     let source_name = source.provider.id().as_str();
-    let result = ingest
-        .accept(&req, body, &source, &request_id.to_string())
-        .await;
+    // Over the limit, refuse at once: queueing would grow memory without bound.
+    let result = match ingest.in_flight.try_acquire() {
+        Ok(_permit) => {
+            let _in_flight = InFlight::start(&ingest.metrics);
+            ingest
+                .accept(&req, body, &source, &request_id.to_string())
+                .await
+        }
+        Err(_) => Err(ApiError::Overloaded {
+            retry_after_secs: ingest.retry_after_secs,
+        }),
+    };
     let outcome = match &result {
         Ok(outcome) => *outcome,
         Err(ApiError::Unauthorized) => Outcome::Unauthorized,
         Err(ApiError::PayloadTooLarge { .. }) => Outcome::TooLarge,
         Err(ApiError::Unavailable { .. }) => Outcome::Unavailable,
+        Err(ApiError::Overloaded { .. }) => Outcome::Overloaded,
         Err(_) => Outcome::BadRequest,
     };
     let m = &ingest.metrics;

@@ -70,7 +70,10 @@ pub struct Publisher {
 /// librdkafka message size margin over the body for key and headers.
 const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 /// Extra wait beyond `message.timeout.ms` before giving up on librdkafka.
-const SAFETY_MARGIN: Duration = Duration::from_millis(1_000);
+/// librdkafka checks message timeouts about once a second, so a failure
+/// can be reported up to ~1 s late; the margin must cover that, or the
+/// safety net would fire while the record is still queued.
+const SAFETY_MARGIN: Duration = Duration::from_millis(2_000);
 
 impl Publisher {
     pub fn new(

@@ -100,6 +100,11 @@ impl TestGateway {
         count_records(&self.broker.bootstrap_servers(), &self.topic(topic))
     }
 
+    /// Every record in a topic now (up to its high watermarks), duplicates included.
+    pub fn read_all(&self, topic: Topic) -> Vec<Record> {
+        read_all(&self.broker.bootstrap_servers(), &self.topic(topic))
+    }
+
     /// Reads every record of a topic, waiting until at least `expected` are there.
     pub fn read(&self, topic: Topic, expected: usize) -> Vec<Record> {
         read_topic(
@@ -154,6 +159,14 @@ pub fn count_records(bootstrap: &str, topic: &str) -> i64 {
             high - low
         })
         .sum()
+}
+
+/// Every record in `topic` now, up to its high watermarks.
+pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Record> {
+    let total = count_records(bootstrap, topic) as usize;
+    let records = read_topic(bootstrap, topic, total, Duration::from_secs(60));
+    assert_eq!(records.len(), total, "could not read all of {topic}");
+    records
 }
 
 /// Polls `check` every 50 ms until it holds or `deadline` passes.
@@ -226,4 +239,89 @@ pub fn assert_valid_event(event: &serde_json::Value) {
         errors.is_empty(),
         "event violates the schema: {errors:?}\n{event:#}"
     );
+}
+
+/// The gateway binary running as a child process, for crash tests.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl GatewayProcess {
+    /// Starts `binary` with `env` (on top of a clean, JSON-logging
+    /// environment listening on 127.0.0.1:0) and waits for its port.
+    pub fn start(binary: &str, env: &[(&str, String)]) -> GatewayProcess {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(binary);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("CALLSTREAM_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn,callstream_gateway=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("gateway binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keep draining stdout for the child's whole life, or it blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("gateway listening") {
+                    let log: serde_json::Value =
+                        serde_json::from_str(&line).expect("JSON log line");
+                    let _ = tx.send(log["port"].as_u64().expect("port in log") as u16);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("gateway logs its port within 30 s");
+        GatewayProcess { child, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident set size so far, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+
+    /// SIGKILL: no shutdown code runs, nothing is flushed.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        self.child.wait().expect("gateway exits")
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,345 @@
+//! Fault tests: a Kafka outage under load, kill -9 of the gateway process
+//! under load (with and without Kafka), and overload. Each is bounded in
+//! requests and time. The figures they print are quoted in the README.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use callstream_gateway::config::{Settings, TopicNames};
+use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_schemas::Topic;
+use callstream_testkit::{read_all, spawn_gateway, GatewayProcess, PARTITIONS};
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_callstream-gateway");
+
+fn cdr(id: &str, version: usize) -> String {
+    format!(
+        r#"{{"id":"{id}","eventName":"CDR","callStarted":"2024-01-01T10:00:00Z","callDirection":"INBOUND","callStatus":"ANSWERED","callNotes":"v{version}"}}"#
+    )
+}
+
+fn sms(id: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","eventName":"SMS","date":"2024-01-01T10:00:00Z","smsDirection":"RECEIVED","body":"hi"}}"#
+    )
+}
+
+fn version_of(payload: &[u8]) -> usize {
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    v["callNotes"].as_str().unwrap()[1..].parse().unwrap()
+}
+
+fn topics() -> TopicNames {
+    Settings::from_figment(Settings::defaults()).unwrap().topics
+}
+
+/// Ids (the last part of the raw record key) of everything in the raw topic.
+fn ids_in_raw_topic(bootstrap: &str) -> HashSet<String> {
+    read_all(bootstrap, Topic::Raw.default_name())
+        .iter()
+        .map(|r| r.key_str().rsplit(':').next().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_outage_under_steady_load_loses_nothing_and_keeps_key_order() {
+    const KEYS: usize = 20;
+    const VERSIONS: usize = 12;
+    let gw = spawn_gateway(|f| f.merge(("kafka.publish_timeout_ms", 400))).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for k in 0..KEYS {
+        let (client, url, done) = (gw.client.clone(), gw.url("/v1/onoff/cdr"), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            // One key's versions are sent one after another: that is the
+            // order Kafka must keep.
+            for v in 0..VERSIONS {
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(cdr(&format!("call-{k}"), v))
+                    .send()
+                    .await
+                    .expect("answered");
+                statuses.push(resp.status());
+                done.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            statuses
+        }));
+    }
+    let total = KEYS * VERSIONS;
+    let wait_for = |n: usize| {
+        let done = done.clone();
+        async move {
+            let start = Instant::now();
+            while done.load(Ordering::SeqCst) < n && start.elapsed() < Duration::from_secs(60) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_for(total / 4).await;
+    gw.broker.cluster().broker_down(-1).unwrap();
+    wait_for(total * 3 / 4).await;
+    gw.broker.cluster().broker_up(-1).unwrap();
+
+    let mut answered = 0;
+    for t in tasks {
+        let statuses = t.await.unwrap();
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "{statuses:?}"
+        );
+        answered += statuses.len();
+    }
+    assert_eq!(answered, total);
+    let spooled = gw
+        .metric("callstream_gateway_spool_appended_records_total")
+        .await;
+    assert!(
+        spooled > 0.0,
+        "the outage must have sent deliveries to the spool"
+    );
+
+    // Read until every acknowledged version is there (duplicates allowed).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    loop {
+        let mut raw = gw.read_all(Topic::Raw);
+        raw.sort_by_key(|r| (r.partition, r.offset));
+        by_key.clear();
+        for r in &raw {
+            by_key
+                .entry(r.key_str().to_string())
+                .or_default()
+                .push(version_of(&r.payload));
+        }
+        let complete = by_key.len() == KEYS
+            && by_key
+                .values()
+                .all(|vs| (0..VERSIONS).all(|v| vs.contains(&v)));
+        if complete || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(by_key.len(), KEYS);
+    for (key, versions) in &by_key {
+        let mut first_seen = Vec::new();
+        for v in versions {
+            if !first_seen.contains(v) {
+                first_seen.push(*v);
+            }
+        }
+        assert_eq!(
+            first_seen,
+            (0..VERSIONS).collect::<Vec<_>>(),
+            "{key}: a version is missing or overtook an older one: {versions:?}"
+        );
+        assert_eq!(
+            versions.last(),
+            Some(&(VERSIONS - 1)),
+            "{key}: the newest version must be last: {versions:?}"
+        );
+    }
+    println!(
+        "outage test: {total} requests answered 200, {spooled} spooled, 0 lost, per-key order kept"
+    );
+}
+
+/// Sends SMS deliveries with unique ids from `workers` tasks until `stop`
+/// (at most 2,000 each), returning the ids that got a 200.
+async fn load(
+    url: String,
+    prefix: String,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> HashSet<String> {
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(12))
+        .build()
+        .unwrap();
+    let tasks = (0..workers).map(|w| {
+        let (url, prefix, acked, stop, client) = (
+            url.clone(),
+            prefix.clone(),
+            acked.clone(),
+            stop.clone(),
+            client.clone(),
+        );
+        tokio::spawn(async move {
+            for n in 0..2_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let id = format!("{prefix}-w{w}-{n}");
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(sms(&id))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(resp) if resp.status() == StatusCode::OK => {
+                        acked.lock().unwrap().insert(id);
+                    }
+                    Ok(_) => {}
+                    // The process was killed mid-request: no answer, no promise.
+                    Err(_) => break,
+                }
+            }
+        })
+    });
+    for t in join_all(tasks).await {
+        t.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
+    const ROUNDS: usize = 6;
+    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let spool = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
+        ("CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS", "400".to_string()),
+    ];
+    let mut acked = HashSet::new();
+    let mut per_round = Vec::new();
+    for round in 0..ROUNDS {
+        let kafka_up = round % 2 == 0;
+        if kafka_up {
+            broker.cluster().broker_up(-1).unwrap();
+        } else {
+            broker.cluster().broker_down(-1).unwrap();
+        }
+        let gw = GatewayProcess::start(BINARY, &env);
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = tokio::spawn(load(
+            gw.url("/v1/onoff/sms"),
+            format!("r{round}"),
+            8,
+            stop.clone(),
+        ));
+        // Kill at a different point of each round, mid-load.
+        // The first deliveries of a Kafka-down round wait out the publish
+        // deadline (plus librdkafka's ~1 s timeout scan) before spooling.
+        tokio::time::sleep(Duration::from_millis(2_000 + 200 * round as u64)).await;
+        gw.kill9();
+        stop.store(true, Ordering::SeqCst);
+        let got = load.await.unwrap();
+        per_round.push((kafka_up, got.len()));
+        acked.extend(got);
+    }
+    assert!(
+        per_round.iter().all(|(_, n)| *n > 0),
+        "every round acknowledged something: {per_round:?}"
+    );
+
+    // Restart with Kafka up: whatever is still spooled is replayed.
+    broker.cluster().broker_up(-1).unwrap();
+    let gw = GatewayProcess::start(BINARY, &env);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut in_kafka = ids_in_raw_topic(&bootstrap);
+    while !acked.is_subset(&in_kafka) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        in_kafka = ids_in_raw_topic(&bootstrap);
+    }
+    let missing = acked.difference(&in_kafka).count();
+    let examples: Vec<_> = acked.difference(&in_kafka).take(10).collect();
+    assert_eq!(
+        missing, 0,
+        "acknowledged deliveries missing from Kafka, e.g. {examples:?}"
+    );
+    assert!(gw.terminate().success(), "clean exit on SIGTERM");
+    println!(
+        "kill -9 test: {ROUNDS} rounds (kafka_up, acked) {per_round:?}: {} acknowledged, all in Kafka, 0 lost",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overload_answers_503_quickly_and_memory_stays_bounded() {
+    const REQUESTS: usize = 2_000;
+    const LIMIT: usize = 32;
+    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
+    // A slow broker keeps requests in flight long enough to hit the limit.
+    broker
+        .cluster()
+        .broker_round_trip_time(-1, Duration::from_millis(200))
+        .unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let gw = GatewayProcess::start(
+        BINARY,
+        &[
+            ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+            ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
+            ("CALLSTREAM_MAX_IN_FLIGHT", LIMIT.to_string()),
+        ],
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = gw.url("/v1/onoff/sms");
+    let started = Instant::now();
+    let answers = join_all((0..REQUESTS).map(|i| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let resp = client
+                .post(&url)
+                .body(sms(&format!("ov-{i}")))
+                .send()
+                .await
+                .expect("answered");
+            let retry_after = resp.headers().contains_key("retry-after");
+            (resp.status(), retry_after, i)
+        }
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let mut counts: HashMap<u16, usize> = HashMap::new();
+    for (status, retry_after, _) in &answers {
+        *counts.entry(status.as_u16()).or_default() += 1;
+        if *status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(retry_after, "503 carries Retry-After");
+        }
+    }
+    assert!(
+        counts.keys().all(|s| *s == 200 || *s == 503),
+        "only 200 or 503: {counts:?}"
+    );
+    assert!(
+        counts.get(&503).is_some_and(|n| *n > 0),
+        "the limit refused some: {counts:?}"
+    );
+    assert!(counts.get(&200).is_some_and(|n| *n >= LIMIT), "{counts:?}");
+    let healthy = client.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(
+        healthy.status(),
+        StatusCode::OK,
+        "still alive after the burst"
+    );
+    let peak_mib = gw.peak_rss_kib() / 1024;
+    assert!(peak_mib < 128, "peak RSS {peak_mib} MiB under overload");
+    let acked: HashSet<String> = answers
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::OK)
+        .map(|(_, _, i)| format!("ov-{i}"))
+        .collect();
+    let in_kafka = ids_in_raw_topic(&broker.bootstrap_servers());
+    assert!(acked.is_subset(&in_kafka), "every 200 is in Kafka");
+    println!(
+        "overload test: {REQUESTS} concurrent requests, limit {LIMIT}, answered in {elapsed:?}: {counts:?}, peak RSS {peak_mib} MiB"
+    );
+}
