@@ -11,7 +11,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 callstream
 COPY --from=build /usr/local/bin/callstream-gateway /usr/local/bin/
+RUN mkdir -p /var/lib/callstream/spool && chown -R callstream /var/lib/callstream
 USER callstream
-ENV GATEWAY_LISTEN=0.0.0.0:8080 CALLSTREAM_LOG_FORMAT=json
+ENV GATEWAY_LISTEN=0.0.0.0:8080 CALLSTREAM_LOG_FORMAT=json \
+    CALLSTREAM_SPOOL__DIR=/var/lib/callstream/spool
+VOLUME /var/lib/callstream/spool
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/callstream-gateway"]

@@ -596,3 +596,54 @@ async fn a_full_spool_answers_503_never_drops() {
     );
     gw.stop().await;
 }
+
+/// Opens a raw TCP connection to the gateway, writes `head`, and returns
+/// what the gateway answers (or an empty string if it just closes).
+async fn raw_exchange(gw: &TestGateway, head: &str, wait: Duration) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = gw.address.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    (
+        String::from_utf8_lossy(&answer).to_string(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let gw = spawn_gateway(|f| {
+        f.merge(("body_read_timeout_ms", 300))
+            .merge(("header_read_timeout_ms", 300))
+    })
+    .await;
+    // Headers promise a body that never comes.
+    let (answer, took) = raw_exchange(
+        &gw,
+        "POST /v1/onoff/sms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\":",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("not received within 300 ms"), "{answer}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Headers that never finish: the connection is closed.
+    let (answer, took) = raw_exchange(
+        &gw,
+        "POST /v1/onoff/sms HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(!answer.contains("200"), "{answer}");
+    assert!(
+        took < Duration::from_secs(5),
+        "closed after the header timeout, not {took:?}"
+    );
+    for topic in [Topic::Raw, Topic::Events, Topic::Dlq] {
+        assert_eq!(gw.count(topic), 0);
+    }
+    gw.stop().await;
+}

@@ -34,6 +34,8 @@ pub struct Settings {
     /// Webhook requests processed at once; more get 503 + `Retry-After`
     /// immediately, so memory stays flat under overload.
     pub max_in_flight: usize,
+    /// A client must send its request headers within this time.
+    pub header_read_timeout_ms: u64,
     /// A client must deliver its whole body within this time.
     pub body_read_timeout_ms: u64,
     /// Idle keep-alive connections are closed after this many seconds.
@@ -141,6 +143,7 @@ struct Defaults {
     shutdown_timeout_secs: u64,
     log_format: LogFormat,
     max_in_flight: usize,
+    header_read_timeout_ms: u64,
     body_read_timeout_ms: u64,
     keep_alive_secs: u64,
     kafka: KafkaSettings,
@@ -156,6 +159,7 @@ fn defaults() -> Defaults {
         shutdown_timeout_secs: 30,
         log_format: LogFormat::Auto,
         max_in_flight: 4096,
+        header_read_timeout_ms: 5_000,
         body_read_timeout_ms: 5_000,
         keep_alive_secs: 30,
         spool: SpoolSettings {
@@ -256,6 +260,9 @@ impl Settings {
         }
         if self.body_read_timeout_ms == 0 {
             return Err(invalid("body_read_timeout_ms", "must be greater than 0"));
+        }
+        if self.header_read_timeout_ms == 0 {
+            return Err(invalid("header_read_timeout_ms", "must be greater than 0"));
         }
         if self.spool.enabled {
             if self.spool.dir.as_os_str().is_empty() {

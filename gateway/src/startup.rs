@@ -98,7 +98,7 @@ impl Application {
         .shutdown_timeout(settings.shutdown_timeout_secs)
         // Slow clients may not hold a connection: headers must arrive in
         // time, idle keep-alive connections are closed.
-        .client_request_timeout(Duration::from_secs(5))
+        .client_request_timeout(Duration::from_millis(settings.header_read_timeout_ms))
         .client_disconnect_timeout(Duration::from_secs(1))
         .keep_alive(Duration::from_secs(settings.keep_alive_secs))
         .run();

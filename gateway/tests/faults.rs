@@ -343,3 +343,54 @@ async fn overload_answers_503_quickly_and_memory_stays_bounded() {
         "overload test: {REQUESTS} concurrent requests, limit {LIMIT}, answered in {elapsed:?}: {counts:?}, peak RSS {peak_mib} MiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_in_flight_requests_finish_durably() {
+    const REQUESTS: usize = 20;
+    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
+    // Slow acknowledgements: the requests are still waiting when SIGTERM lands.
+    broker
+        .cluster()
+        .broker_round_trip_time(-1, Duration::from_millis(300))
+        .unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let gw = GatewayProcess::start(
+        BINARY,
+        &[
+            ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+            ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let url = gw.url("/v1/onoff/sms");
+    let requests = tokio::spawn(join_all((0..REQUESTS).map(move |i| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .post(&url)
+                .body(sms(&format!("term-{i}")))
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    })));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = tokio::task::spawn_blocking(move || gw.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "clean exit: {status:?}");
+    let answers = requests.await.unwrap();
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(s) if *s == StatusCode::OK)),
+        "every in-flight request got its 200: {answers:?}"
+    );
+    let in_kafka = ids_in_raw_topic(&broker.bootstrap_servers());
+    for i in 0..REQUESTS {
+        assert!(
+            in_kafka.contains(&format!("term-{i}")),
+            "term-{i} is durable"
+        );
+    }
+}
