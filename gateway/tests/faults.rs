@@ -268,25 +268,34 @@ async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
     );
 }
 
+/// A broker answering after `rtt_ms`, and the gateway binary in front of it
+/// with its own spool directory plus `env`.
+fn slow_broker_and_gateway(
+    rtt_ms: u64,
+    env: &[(&str, String)],
+) -> (EmbeddedBroker, tempfile::TempDir, GatewayProcess) {
+    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
+    broker
+        .cluster()
+        .broker_round_trip_time(-1, Duration::from_millis(rtt_ms))
+        .unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut all = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
+    ];
+    all.extend(env.iter().cloned());
+    let gw = GatewayProcess::start(BINARY, &all);
+    (broker, spool, gw)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_answers_503_quickly_and_memory_stays_bounded() {
     const REQUESTS: usize = 2_000;
     const LIMIT: usize = 32;
-    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
     // A slow broker keeps requests in flight long enough to hit the limit.
-    broker
-        .cluster()
-        .broker_round_trip_time(-1, Duration::from_millis(200))
-        .unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let gw = GatewayProcess::start(
-        BINARY,
-        &[
-            ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
-            ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
-            ("CALLSTREAM_MAX_IN_FLIGHT", LIMIT.to_string()),
-        ],
-    );
+    let (broker, _spool, gw) =
+        slow_broker_and_gateway(200, &[("CALLSTREAM_MAX_IN_FLIGHT", LIMIT.to_string())]);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -347,20 +356,8 @@ async fn overload_answers_503_quickly_and_memory_stays_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_lets_in_flight_requests_finish_durably() {
     const REQUESTS: usize = 20;
-    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
     // Slow acknowledgements: the requests are still waiting when SIGTERM lands.
-    broker
-        .cluster()
-        .broker_round_trip_time(-1, Duration::from_millis(300))
-        .unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let gw = GatewayProcess::start(
-        BINARY,
-        &[
-            ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
-            ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
-        ],
-    );
+    let (broker, _spool, gw) = slow_broker_and_gateway(300, &[]);
     let client = reqwest::Client::new();
     let url = gw.url("/v1/onoff/sms");
     let requests = tokio::spawn(join_all((0..REQUESTS).map(move |i| {
