@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+/// Header on `callstream.events.unique.v1`: the event's revision, `1` for
+/// its first content, `2`, `3`, ... for each update (same identity, new
+/// content). Consumers keep the highest.
+pub const REVISION_HEADER: &str = "cs_revision";
+
 /// Namespace for [`Event::event_id`] (UUIDv5 of the identity).
 pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b2f_1c2e_9a1d_4c55_8f1e_3b7d_0c9a_51e4);
 

@@ -15,6 +15,8 @@ pub enum Topic {
     Dlq,
     /// Normalized events after deduplication: each event once, updates as revisions.
     EventsUnique,
+    /// The dedup consumer's state changelog (compacted, co-partitioned with `Events`).
+    DedupState,
     /// CRM deliveries that exhausted their retries.
     CrmDlq,
     /// Archived recordings and voicemails.
@@ -22,11 +24,12 @@ pub enum Topic {
 }
 
 impl Topic {
-    pub const ALL: [Topic; 6] = [
+    pub const ALL: [Topic; 7] = [
         Topic::Raw,
         Topic::Events,
         Topic::Dlq,
         Topic::EventsUnique,
+        Topic::DedupState,
         Topic::CrmDlq,
         Topic::Recordings,
     ];
@@ -38,6 +41,7 @@ impl Topic {
             Topic::Events => "callstream.events.v1",
             Topic::Dlq => "callstream.dlq.v1",
             Topic::EventsUnique => "callstream.events.unique.v1",
+            Topic::DedupState => "callstream.dedup.state.v1",
             Topic::CrmDlq => "callstream.crm.dlq.v1",
             Topic::Recordings => "callstream.recordings.v1",
         }
@@ -50,6 +54,7 @@ impl Topic {
             Topic::Events => "events",
             Topic::Dlq => "dlq",
             Topic::EventsUnique => "events_unique",
+            Topic::DedupState => "dedup_state",
             Topic::CrmDlq => "crm_dlq",
             Topic::Recordings => "recordings",
         }

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod postgres;
+
 use callstream_gateway::startup::ServerHandle;
 use figment::Figment;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -45,11 +45,30 @@ pub enum DecodeError {
     Malformed,
 }
 
+/// On-disk topic tags. Part of the format: never renumber, only append.
+const TOPIC_TAGS: [(Topic, u8); 7] = [
+    (Topic::Raw, 0),
+    (Topic::Events, 1),
+    (Topic::Dlq, 2),
+    (Topic::EventsUnique, 3),
+    (Topic::CrmDlq, 4),
+    (Topic::Recordings, 5),
+    (Topic::DedupState, 6),
+];
+
 fn topic_tag(topic: Topic) -> u8 {
-    Topic::ALL
+    TOPIC_TAGS
         .iter()
-        .position(|t| *t == topic)
-        .expect("every topic is in ALL") as u8
+        .find(|(t, _)| *t == topic)
+        .map(|(_, tag)| *tag)
+        .expect("every topic has a tag")
+}
+
+fn tag_topic(tag: u8) -> Option<Topic> {
+    TOPIC_TAGS
+        .iter()
+        .find(|(_, t)| *t == tag)
+        .map(|(topic, _)| *topic)
 }
 
 /// Encodes a delivery as one complete frame.
@@ -118,9 +137,7 @@ fn decode_body(body: &[u8]) -> Result<Delivery, DecodeError> {
     let mut records = Vec::with_capacity(usize::from(count).min(16));
     for _ in 0..count {
         let tag = r.u8()?;
-        let topic = *Topic::ALL
-            .get(usize::from(tag))
-            .ok_or(DecodeError::Topic(tag))?;
+        let topic = tag_topic(tag).ok_or(DecodeError::Topic(tag))?;
         let key = String::from_utf8(r.blob32()?.to_vec()).map_err(|_| DecodeError::Malformed)?;
         let payload = r.blob32()?.to_vec();
         let header_count = r.u16()?;
@@ -237,6 +254,20 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn every_topic_has_a_distinct_stable_tag() {
+        for topic in Topic::ALL {
+            assert_eq!(tag_topic(topic_tag(topic)), Some(topic));
+        }
+        assert_eq!(
+            topic_tag(Topic::Raw),
+            0,
+            "tags are part of the on-disk format"
+        );
+        assert_eq!(topic_tag(Topic::Events), 1);
+        assert_eq!(topic_tag(Topic::Dlq), 2);
     }
 
     #[test]

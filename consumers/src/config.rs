@@ -1,0 +1,219 @@
+//! Configuration shared by every consumer binary, in the gateway's style:
+//! defaults, then an optional TOML file (`--config`), then `CALLSTREAM_*`
+//! variables (`__` between levels), then the plain variables
+//! `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL` and `METRICS_LISTEN`.
+//! Each binary reads the sections it needs and validates them at start-up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use callstream_gateway::config::LogFormat;
+use callstream_schemas::Topic;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub log_format: LogFormat,
+    /// Address of this process's `/metrics` and `/healthz` (`METRICS_LISTEN`).
+    pub metrics_listen: String,
+    /// PostgreSQL URL (`DATABASE_URL`); needed by store and analytics.
+    pub database_url: Option<SecretString>,
+    pub kafka: KafkaSettings,
+    pub topics: TopicNames,
+    pub dedup: DedupSettings,
+    pub store: BatchSettings,
+    pub analytics: BatchSettings,
+    pub crm: crate::crm::CrmSettings,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated brokers (`KAFKA_BOOTSTRAP_SERVERS`). Required.
+    pub bootstrap_servers: String,
+    /// Extra librdkafka properties for every client (security, SASL, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Topic names; see `callstream_schemas::Topic` for what each carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicNames {
+    pub events: String,
+    pub events_unique: String,
+    pub dedup_state: String,
+    pub crm_dlq: String,
+}
+
+impl TopicNames {
+    pub fn name(&self, topic: Topic) -> &str {
+        match topic {
+            Topic::Events => &self.events,
+            Topic::EventsUnique => &self.events_unique,
+            Topic::DedupState => &self.dedup_state,
+            Topic::CrmDlq => &self.crm_dlq,
+            other => other.default_name(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupSettings {
+    pub group_id: String,
+    /// Transactional id of the producer; one per running instance.
+    pub transactional_id: String,
+    /// How long an identity is remembered. A resend later than this is
+    /// forwarded again; state is bounded by this window, not by history.
+    pub window_secs: u64,
+    /// Largest batch per transaction.
+    pub batch_max: usize,
+    /// How long to wait for a batch to fill before committing what there is.
+    pub batch_linger_ms: u64,
+}
+
+/// Batching of the PostgreSQL consumers.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSettings {
+    pub group_id: String,
+    pub batch_max: usize,
+    pub batch_linger_ms: u64,
+}
+
+#[derive(Serialize)]
+struct Defaults {
+    log_format: LogFormat,
+    metrics_listen: &'static str,
+    kafka: KafkaSettings,
+    topics: TopicNames,
+    dedup: DedupSettings,
+    store: BatchSettings,
+    analytics: BatchSettings,
+    crm: crate::crm::CrmSettings,
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        log_format: LogFormat::Auto,
+        metrics_listen: "0.0.0.0:9090",
+        kafka: KafkaSettings {
+            bootstrap_servers: String::new(),
+            properties: BTreeMap::new(),
+        },
+        topics: TopicNames {
+            events: Topic::Events.default_name().into(),
+            events_unique: Topic::EventsUnique.default_name().into(),
+            dedup_state: Topic::DedupState.default_name().into(),
+            crm_dlq: Topic::CrmDlq.default_name().into(),
+        },
+        dedup: DedupSettings {
+            group_id: "callstream-dedup".into(),
+            transactional_id: "callstream-dedup-0".into(),
+            window_secs: 7 * 24 * 3600,
+            batch_max: 1000,
+            batch_linger_ms: 20,
+        },
+        store: BatchSettings {
+            group_id: "callstream-store".into(),
+            batch_max: 2000,
+            batch_linger_ms: 50,
+        },
+        analytics: BatchSettings {
+            group_id: "callstream-analytics".into(),
+            batch_max: 2000,
+            batch_linger_ms: 50,
+        },
+        crm: crate::crm::CrmSettings::default(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: `{setting}` {problem}")]
+    Invalid { setting: String, problem: String },
+}
+
+pub fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Self::defaults();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let figment = figment
+            .merge(Env::prefixed("CALLSTREAM_").split("__"))
+            .merge(
+                Env::raw()
+                    .only(&["KAFKA_BOOTSTRAP_SERVERS"])
+                    .map(|_| "kafka.bootstrap_servers".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["METRICS_LISTEN"])
+                    .map(|_| "metrics_listen".into()),
+            );
+        Self::from_figment(figment)
+    }
+
+    /// Only the built-in defaults (for tests).
+    pub fn defaults() -> Figment {
+        Figment::from(Serialized::defaults(defaults()))
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.metrics_listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("metrics_listen", format!("is not a socket address ({e})")))?;
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.bootstrap_servers",
+                "is required (set KAFKA_BOOTSTRAP_SERVERS; the gateway logs the embedded broker's address)",
+            ));
+        }
+        for (name, b) in [("store", &self.store), ("analytics", &self.analytics)] {
+            if b.batch_max == 0 {
+                return Err(invalid(format!("{name}.batch_max"), "must be at least 1"));
+            }
+        }
+        if self.dedup.batch_max == 0 {
+            return Err(invalid("dedup.batch_max", "must be at least 1"));
+        }
+        if self.dedup.window_secs == 0 {
+            return Err(invalid("dedup.window_secs", "must be greater than 0"));
+        }
+        self.crm.validate()
+    }
+
+    /// The database URL, or an error naming the setting.
+    pub fn require_database_url(&self) -> Result<&SecretString, ConfigError> {
+        self.database_url
+            .as_ref()
+            .ok_or_else(|| invalid("database_url", "is required (set DATABASE_URL)"))
+    }
+}

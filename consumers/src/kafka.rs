@@ -1,0 +1,134 @@
+//! Kafka plumbing shared by the consumers: client configuration, decoding
+//! of unique events, and a context that reports partition (re)assignments
+//! to the processing loop.
+
+use std::sync::Mutex;
+
+use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, ClientContext};
+
+use callstream_schemas::event::REVISION_HEADER;
+use callstream_schemas::Event;
+
+use crate::config::KafkaSettings;
+
+/// Base configuration of every client: brokers plus configured extras.
+pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in &kafka.properties {
+        config.set(k, v);
+    }
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    config
+}
+
+/// A consumer in `group` that never commits on its own and reads only
+/// committed transactional data (the dedup output is transactional).
+pub fn consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+    config
+}
+
+/// One event from `callstream.events.unique.v1`.
+#[derive(Debug, Clone)]
+pub struct UniqueEvent {
+    pub event: Event,
+    /// 1 for the first content of an identity, then 2, 3, ... per update.
+    pub revision: i32,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record has no value")]
+    Empty,
+    #[error("value is not a normalized event: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Reads a header's value as UTF-8.
+pub fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
+pub fn decode_unique(msg: &BorrowedMessage<'_>) -> Result<UniqueEvent, DecodeError> {
+    let event: Event = serde_json::from_slice(msg.payload().ok_or(DecodeError::Empty)?)?;
+    let revision = header(msg, REVISION_HEADER)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    Ok(UniqueEvent {
+        event,
+        revision,
+        partition: msg.partition(),
+        offset: msg.offset(),
+    })
+}
+
+/// What changed in the assignment since the loop last looked.
+#[derive(Debug, Default)]
+pub struct AssignmentChanges {
+    pub assigned: Vec<i32>,
+    pub revoked: Vec<i32>,
+}
+
+/// Records partition assignments and revocations for the processing loop,
+/// which owns all state: the callbacks only note what happened.
+#[derive(Default)]
+pub struct TrackingContext {
+    changes: Mutex<AssignmentChanges>,
+}
+
+impl TrackingContext {
+    /// Takes the changes noted since the last call.
+    pub fn take_changes(&self) -> AssignmentChanges {
+        std::mem::take(&mut *self.changes.lock().expect("assignment lock"))
+    }
+}
+
+impl ClientContext for TrackingContext {}
+
+impl ConsumerContext for TrackingContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(partitions = ?parts, "partitions revoked");
+            self.changes
+                .lock()
+                .expect("assignment lock")
+                .revoked
+                .extend(parts);
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(partitions = ?parts, "partitions assigned");
+            self.changes
+                .lock()
+                .expect("assignment lock")
+                .assigned
+                .extend(parts);
+        }
+    }
+}

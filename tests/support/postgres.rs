@@ -1,0 +1,152 @@
+//! A throwaway PostgreSQL cluster from the system's binaries, for tests.
+//!
+//! One cluster per test process (initdb takes seconds), one fresh database
+//! per test. `initdb` refuses to run as root, so as root the cluster runs as
+//! the `postgres` user. The server is started under a small shell wrapper
+//! that stops it when this process's end of a pipe closes, so no server
+//! outlives the tests, even when they panic.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const DEFAULT_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+struct Cluster {
+    port: u16,
+    _dir: tempfile::TempDir,
+    /// Holds the wrapper's stdin open; dropping it (process exit) stops the server.
+    _server: Mutex<Child>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var("PG_BIN").unwrap_or_else(|_| DEFAULT_BIN.to_string());
+    Path::new(&dir).join(name)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a PostgreSQL binary, as the `postgres` user when we are root.
+fn pg_command(program: &Path, as_postgres: bool) -> Command {
+    if as_postgres {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start_cluster() -> Cluster {
+    let as_postgres = is_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    if as_postgres {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(ok.success(), "chown of the test cluster directory failed");
+    }
+    let out = pg_command(&bin("initdb"), as_postgres)
+        .arg("-D")
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+        .output()
+        .expect("initdb runs (is PostgreSQL installed? set PG_BIN)");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let postgres = bin("postgres");
+    let server_cmd = format!(
+        "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+         -c full_page_writes=off -c max_connections=200 & pid=$!; read _; kill -INT $pid; wait $pid",
+        postgres.display(),
+        data.display(),
+        dir.path().display(),
+    );
+    let mut server = pg_command(Path::new("/bin/sh"), as_postgres)
+        .args(["-c", &server_cmd])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("postgres starts");
+    let started = Instant::now();
+    loop {
+        let ready = Command::new(bin("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ready {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "PostgreSQL did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Keep stdin open: the wrapper stops the server when it closes.
+    let _ = server.stdin.as_mut().map(|s| s.flush());
+    Cluster {
+        port,
+        _dir: dir,
+        _server: Mutex::new(server),
+    }
+}
+
+/// A fresh, empty database in the shared test cluster.
+pub struct TestDatabase {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let cluster = CLUSTER.get_or_init(start_cluster);
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test cluster");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        TestDatabase {
+            url: format!("postgres://postgres@127.0.0.1:{}/{name}", cluster.port),
+            name,
+        }
+    }
+
+    /// A new connection to this database.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(conn);
+        client
+    }
+}
