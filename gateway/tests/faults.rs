@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use callstream_gateway::config::{Settings, TopicNames};
 use callstream_gateway::embedded::EmbeddedBroker;
 use callstream_schemas::Topic;
-use callstream_testkit::{read_all, spawn_gateway, GatewayProcess, PARTITIONS};
+use callstream_testkit::{read_all, spawn_gateway, ServiceProcess, PARTITIONS};
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 
@@ -223,7 +223,7 @@ async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
         } else {
             broker.cluster().broker_down(-1).unwrap();
         }
-        let gw = GatewayProcess::start(BINARY, &env);
+        let gw = ServiceProcess::gateway(BINARY, &env);
         let stop = Arc::new(AtomicBool::new(false));
         let load = tokio::spawn(load(
             gw.url("/v1/onoff/sms"),
@@ -248,7 +248,7 @@ async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
 
     // Restart with Kafka up: whatever is still spooled is replayed.
     broker.cluster().broker_up(-1).unwrap();
-    let gw = GatewayProcess::start(BINARY, &env);
+    let gw = ServiceProcess::gateway(BINARY, &env);
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut in_kafka = ids_in_raw_topic(&bootstrap);
     while !acked.is_subset(&in_kafka) && Instant::now() < deadline {
@@ -273,7 +273,7 @@ async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
 fn slow_broker_and_gateway(
     rtt_ms: u64,
     env: &[(&str, String)],
-) -> (EmbeddedBroker, tempfile::TempDir, GatewayProcess) {
+) -> (EmbeddedBroker, tempfile::TempDir, ServiceProcess) {
     let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
     broker
         .cluster()
@@ -285,7 +285,7 @@ fn slow_broker_and_gateway(
         ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
     ];
     all.extend(env.iter().cloned());
-    let gw = GatewayProcess::start(BINARY, &all);
+    let gw = ServiceProcess::gateway(BINARY, &all);
     (broker, spool, gw)
 }
 

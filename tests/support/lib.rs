@@ -243,48 +243,74 @@ pub fn assert_valid_event(event: &serde_json::Value) {
     );
 }
 
-/// The gateway binary running as a child process, for crash tests.
-pub struct GatewayProcess {
+/// One of our binaries running as a child process, for crash tests.
+pub struct ServiceProcess {
     child: std::process::Child,
+    /// The port it reported in its ready log line.
     pub port: u16,
 }
 
-impl GatewayProcess {
-    /// Starts `binary` with `env` (on top of a clean, JSON-logging
-    /// environment listening on 127.0.0.1:0) and waits for its port.
-    pub fn start(binary: &str, env: &[(&str, String)]) -> GatewayProcess {
+/// The JSON log line the gateway writes once it listens (with `port`).
+pub const GATEWAY_READY: &str = "gateway listening";
+/// The JSON log line a consumer writes once it runs (with its metrics `port`).
+pub const CONSUMER_READY: &str = "consumer running";
+
+impl ServiceProcess {
+    /// Starts the gateway binary on 127.0.0.1:0 with `env`.
+    pub fn gateway(binary: &str, env: &[(&str, String)]) -> ServiceProcess {
+        let mut all = vec![("GATEWAY_LISTEN", "127.0.0.1:0".to_string())];
+        all.extend(env.iter().cloned());
+        Self::start(binary, &all, GATEWAY_READY)
+    }
+
+    /// Starts a consumer binary with its metrics on 127.0.0.1:0 and `env`.
+    pub fn consumer(binary: &str, env: &[(&str, String)]) -> ServiceProcess {
+        let mut all = vec![("METRICS_LISTEN", "127.0.0.1:0".to_string())];
+        all.extend(env.iter().cloned());
+        Self::start(binary, &all, CONSUMER_READY)
+    }
+
+    /// Starts `binary` with `env` on top of a clean, JSON-logging
+    /// environment, and waits for the JSON log line whose message is
+    /// `ready`, taking the port from its `port` field.
+    pub fn start(binary: &str, env: &[(&str, String)], ready: &str) -> ServiceProcess {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(binary);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("GATEWAY_LISTEN", "127.0.0.1:0")
             .env("CALLSTREAM_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn,callstream_gateway=info")
+            .env(
+                "RUST_LOG",
+                "warn,callstream_gateway=info,callstream_consumers=info",
+            )
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("gateway binary starts");
+        let mut child = cmd.spawn().expect("binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let ready = ready.to_string();
         // Keep draining stdout for the child's whole life, or it blocks on a full pipe.
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
             {
-                if line.contains("gateway listening") {
-                    let log: serde_json::Value =
-                        serde_json::from_str(&line).expect("JSON log line");
-                    let _ = tx.send(log["port"].as_u64().expect("port in log") as u16);
+                let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if log["message"] == ready.as_str() {
+                    let port = log["port"].as_u64().expect("port in the ready line");
+                    let _ = tx.send(port as u16);
                 }
             }
         });
         let port = rx
             .recv_timeout(Duration::from_secs(30))
-            .expect("gateway logs its port within 30 s");
-        GatewayProcess { child, port }
+            .unwrap_or_else(|_| panic!("{binary} did not log its ready line within 30 s"));
+        ServiceProcess { child, port }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -317,11 +343,11 @@ impl GatewayProcess {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
-        self.child.wait().expect("gateway exits")
+        self.child.wait().expect("process exits")
     }
 }
 
-impl Drop for GatewayProcess {
+impl Drop for ServiceProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
