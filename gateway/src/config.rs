@@ -96,6 +96,16 @@ pub struct TopicNames {
     pub dlq: String,
 }
 
+impl Default for TopicNames {
+    fn default() -> Self {
+        TopicNames {
+            raw: Topic::Raw.default_name().into(),
+            events: Topic::Events.default_name().into(),
+            dlq: Topic::Dlq.default_name().into(),
+        }
+    }
+}
+
 impl TopicNames {
     pub fn name(&self, topic: Topic) -> &str {
         match topic {
@@ -175,11 +185,7 @@ fn defaults() -> Defaults {
             embedded_partitions: 3,
             properties: BTreeMap::new(),
         },
-        topics: TopicNames {
-            raw: Topic::Raw.default_name().into(),
-            events: Topic::Events.default_name().into(),
-            dlq: Topic::Dlq.default_name().into(),
-        },
+        topics: TopicNames::default(),
         sources: providers::all()
             .iter()
             .map(|p| (p.id().as_str().to_string(), BTreeMap::new()))
@@ -215,7 +221,8 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
-            .merge(Env::prefixed("CALLSTREAM_").split("__"))
+            // CALLSTREAM_CONFIG names the file itself; it is not a setting.
+            .merge(Env::prefixed("CALLSTREAM_").ignore(&["config"]).split("__"))
             .merge(
                 Env::raw()
                     .only(&["KAFKA_BOOTSTRAP_SERVERS"])
@@ -407,13 +414,15 @@ mod tests {
                 tenant = "acme"
                 "#,
             )?;
-            jail.set_env("CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS", "3000");
+            jail.set_env("CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS", "2500");
+            // Names the file (clap reads it); must not count as a setting.
+            jail.set_env("CALLSTREAM_CONFIG", "gw.toml");
             jail.set_env("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092");
             jail.set_env("GATEWAY_LISTEN", "127.0.0.1:9100");
             jail.set_env("CALLSTREAM_SOURCES__XARIOS__API_KEYS", "[old, new]");
             let s = Settings::load(Some(Path::new("gw.toml"))).expect("valid");
             assert_eq!(s.listen, "127.0.0.1:9100");
-            assert_eq!(s.kafka.publish_timeout_ms, 3000);
+            assert_eq!(s.kafka.publish_timeout_ms, 2500);
             assert_eq!(s.kafka.bootstrap_servers, "kafka-1:9092,kafka-2:9092");
             assert!(!s.embedded_broker());
             assert_eq!(s.sources["onoff"].tenant, "acme");
