@@ -27,12 +27,14 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub topics: TopicNames,
     pub dedup: DedupSettings,
+    /// `callstream-store`: unique events into the `events` table.
     pub store: BatchSettings,
+    /// `callstream-analytics`: unique events into the KPI tables.
     pub analytics: BatchSettings,
     pub crm: crate::crm::CrmSettings,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
     /// Comma-separated brokers (`KAFKA_BOOTSTRAP_SERVERS`). Required.
@@ -82,8 +84,13 @@ pub struct DedupSettings {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSettings {
+    /// Kafka consumer group, and the key of this consumer's positions in
+    /// `consumer_offsets`. Two consumers writing the same tables must share
+    /// it; a new name re-reads the topic from the beginning.
     pub group_id: String,
+    /// Most records per PostgreSQL transaction (one statement per table).
     pub batch_max: usize,
+    /// How long to wait for a batch to fill before committing what there is.
     pub batch_linger_ms: u64,
 }
 
@@ -156,7 +163,8 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         let figment = figment
-            .merge(Env::prefixed("CALLSTREAM_").split("__"))
+            // CALLSTREAM_CONFIG names the file itself; it is not a setting.
+            .merge(Env::prefixed("CALLSTREAM_").ignore(&["config"]).split("__"))
             .merge(
                 Env::raw()
                     .only(&["KAFKA_BOOTSTRAP_SERVERS"])

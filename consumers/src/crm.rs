@@ -1,15 +1,206 @@
-//! CRM delivery (placeholder settings until the CRM consumer lands).
+//! CRM delivery: each unique event (`callstream.events.unique.v1`) to every
+//! configured CRM target over HTTP: a generic JSON [`webhook`], or
+//! [`hubspot`] activities.
+//!
+//! **Guarantee: at-least-once per target, in order per partition.** Each
+//! target consumes in its own group (`<group_prefix>-<target>`) in its own
+//! task, so a slow or dead CRM holds back only itself. A record's offset is
+//! stored and committed only after the record is finished: delivered (2xx),
+//! skipped (a kind the target does not take), or dead-lettered to
+//! `callstream.crm.dlq.v1` *and acknowledged by Kafka* (`acks=all`,
+//! idempotent producer). Retriable failures (connect errors, timeouts,
+//! `408`, `429` honouring `Retry-After`, `5xx`) are retried with exponential
+//! back-off and jitter up to `max_attempts`; other answers are
+//! dead-lettered at once. Shutdown lets the attempt in flight finish but
+//! starts no other: an unfinished record stays uncommitted and is delivered
+//! after the restart.
+//!
+//! So the CRM can receive an event more than once (a crash or shutdown
+//! after its 2xx but before the commit, a rebalance, a 2xx lost on the
+//! way back, or a timeout on a request the CRM did process). Every request
+//! carries `Idempotency-Key: <event_id>` for the CRM to drop repeats, and
+//! `X-Callstream-Revision: <n>`: an update (same identity, new content,
+//! revision ≥ 2) keeps the *same* key, since it is the same call, so a CRM
+//! that deduplicates must key on (key, revision) or upsert by key.
+//!
+//! What breaks it: committing before the outcome is known (enabling
+//! `enable.auto.commit` or `enable.auto.offset.store` in
+//! `kafka.properties`), two targets sharing one group, treating a `4xx`
+//! that only this request caused as retriable forever, or a dead-letter
+//! topic that is deleted or compacted before someone reads it.
 
-use serde::{Deserialize, Serialize};
+mod deliver;
+pub mod hubspot;
+mod metrics;
+pub mod settings;
+mod target;
+pub mod webhook;
 
-use crate::config::ConfigError;
+use prometheus::Registry;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use reqwest::Url;
+use tokio::sync::watch;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CrmSettings {}
+use callstream_schemas::{Event, Topic};
 
-impl CrmSettings {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
+use crate::config::{invalid, ConfigError, KafkaSettings, Settings};
+use crate::kafka::{client_config, consumer_config};
+use crate::runtime::wait_for;
+use deliver::Deliverer;
+use metrics::CrmMetrics;
+use settings::{TargetKind, TargetSettings};
+use target::TargetLoop;
+
+pub use settings::CrmSettings;
+pub use target::{ATTEMPTS_HEADER, ERROR_HEADER, TARGET_HEADER};
+
+/// What differs between CRMs: where an event goes and what it looks like.
+/// Adding a CRM is one file implementing this and one [`TargetKind`].
+pub trait Mapping: Send + Sync {
+    fn request(&self, event: &Event, revision: i32) -> Result<Outgoing, serde_json::Error>;
+}
+
+/// One JSON `POST`.
+pub struct Outgoing {
+    pub url: Url,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("Kafka client for CRM target `{target}`: {source}")]
+    Kafka { target: String, source: KafkaError },
+    #[error("Kafka producer for dead letters: {0}")]
+    Producer(KafkaError),
+    #[error("HTTP client for CRM target `{target}`: {source}")]
+    Http {
+        target: String,
+        source: reqwest::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("CRM target task failed: {0}")]
+    Task(String),
+}
+
+/// Every configured target, ready to run.
+pub struct CrmConsumer {
+    targets: Vec<TargetLoop>,
+}
+
+impl CrmConsumer {
+    /// Builds one consumer and HTTP client per target and the shared
+    /// dead-letter producer; registers `callstream_crm_*` in `registry`.
+    pub fn build(settings: &Settings, registry: &Registry) -> Result<CrmConsumer, CrmError> {
+        let crm = &settings.crm;
+        crm.require_targets()?;
+        let metrics = CrmMetrics::register(registry)?;
+        let producer: FutureProducer = dlq_producer_config(&settings.kafka)
+            .create()
+            .map_err(CrmError::Producer)?;
+        let mut targets = Vec::with_capacity(crm.targets.len());
+        for (name, target) in &crm.targets {
+            let group = crm.group_id(name);
+            let kafka_error = |source| CrmError::Kafka {
+                target: name.clone(),
+                source,
+            };
+            let consumer = target_consumer_config(&settings.kafka, &group, target)
+                .create()
+                .map_err(kafka_error)?;
+            let deliverer = Deliverer::new(target, mapping(name, target)?, metrics.target(name))
+                .map_err(|source| CrmError::Http {
+                    target: name.clone(),
+                    source,
+                })?;
+            targets.push(TargetLoop {
+                name: name.clone(),
+                group,
+                consumer,
+                topic: settings.topics.name(Topic::EventsUnique).to_string(),
+                dlq_topic: settings.topics.name(Topic::CrmDlq).to_string(),
+                producer: producer.clone(),
+                deliverer,
+                kinds: target.kinds.clone(),
+                metrics: metrics.target(name),
+            });
+        }
+        Ok(CrmConsumer { targets })
     }
+
+    /// Runs every target in its own task until `shutdown`, then waits for
+    /// each to commit and leave its group. If one target fails, the others
+    /// are stopped the same way and the first error is returned.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), CrmError> {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for target in self.targets {
+            let name = target.name.clone();
+            let stopped = stopped.clone();
+            tasks.spawn(async move { (name, target.run(stopped).await) });
+        }
+        let mut first_error = None;
+        loop {
+            let joined = tokio::select! {
+                joined = tasks.join_next() => joined,
+                _ = wait_for(&mut shutdown), if !*stop.borrow() => {
+                    let _ = stop.send(true);
+                    continue;
+                }
+            };
+            let error = match joined {
+                None => break,
+                Some(Ok((_, Ok(())))) => continue,
+                Some(Ok((name, Err(e)))) => CrmError::Kafka {
+                    target: name,
+                    source: e,
+                },
+                Some(Err(e)) => CrmError::Task(e.to_string()),
+            };
+            tracing::error!(error = %error, "CRM target failed; stopping the others");
+            let _ = stop.send(true);
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn mapping(name: &str, target: &TargetSettings) -> Result<Box<dyn Mapping>, ConfigError> {
+    let invalid_url = |problem| invalid(format!("crm.targets.{name}.url"), problem);
+    let url = target.base_url().map_err(&invalid_url)?;
+    Ok(match target.kind {
+        TargetKind::Webhook => Box::new(webhook::Webhook { url }),
+        TargetKind::Hubspot => Box::new(hubspot::HubSpot::new(&url).map_err(&invalid_url)?),
+    })
+}
+
+/// The target's consumer. librdkafka drops a member that does not poll
+/// within `max.poll.interval.ms`, and this loop polls only between records,
+/// so the interval is raised to cover the slowest record (all attempts
+/// timing out) unless `kafka.properties` sets it.
+fn target_consumer_config(
+    kafka: &KafkaSettings,
+    group: &str,
+    target: &TargetSettings,
+) -> rdkafka::ClientConfig {
+    const INTERVAL: &str = "max.poll.interval.ms";
+    let mut config = consumer_config(kafka, group);
+    if !kafka.properties.contains_key(INTERVAL) {
+        let worst_ms = target.worst_case_record().as_millis() as u64;
+        config.set(INTERVAL, (worst_ms + 60_000).max(300_000).to_string());
+    }
+    config
+}
+
+/// Dead letters must be durable before their record is committed.
+fn dlq_producer_config(kafka: &KafkaSettings) -> rdkafka::ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000");
+    config
 }

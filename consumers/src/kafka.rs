@@ -2,11 +2,12 @@
 //! of unique events, and a context that reports partition (re)assignments
 //! to the processing loop.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::{ClientConfig, ClientContext, Offset};
 
 use callstream_schemas::event::REVISION_HEADER;
 use callstream_schemas::Event;
@@ -131,4 +132,28 @@ impl ConsumerContext for TrackingContext {
                 .extend(parts);
         }
     }
+}
+
+/// Records between `consumer`'s positions and the ends of its assigned
+/// partitions, or `None` if the brokers did not answer. Blocking calls run
+/// off the async threads.
+pub async fn consumer_lag<C: Consumer<TrackingContext> + Send + Sync + 'static>(
+    consumer: Arc<C>,
+) -> Option<i64> {
+    tokio::task::spawn_blocking(move || {
+        let positions = consumer.position().ok()?;
+        let mut lag = 0;
+        for e in positions.elements() {
+            let (_, high) = consumer
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+                .ok()?;
+            if let Offset::Offset(pos) = e.offset() {
+                lag += (high - pos).max(0);
+            }
+        }
+        Some(lag)
+    })
+    .await
+    .ok()
+    .flatten()
 }

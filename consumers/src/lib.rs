@@ -11,9 +11,15 @@
 //! The PostgreSQL consumers share [`pg_sink`]: rows and Kafka positions in
 //! one transaction.
 
+pub mod analytics;
+pub mod cli;
 pub mod config;
 pub mod crm;
+pub mod dedup;
 pub mod kafka;
 pub mod pg;
+pub mod pg_consumer;
 pub mod pg_sink;
 pub mod runtime;
+pub mod store;
+pub mod unique;

@@ -4,8 +4,9 @@
 //! Guarantee: a batch's rows and the partition positions after it are
 //! committed in one PostgreSQL transaction, and the database, not Kafka's
 //! committed offsets, decides where a partition resumes (Kafka commits are
-//! informational, for lag tools). A crash before the commit re-delivers the
-//! batch; after it, the stored position skips it. Each transaction also
+//! informational, for lag tools; a partition with no stored position is read
+//! from its beginning). A crash before the commit re-delivers the batch;
+//! after it, the stored position skips it. Each transaction also
 //! checks that the stored position is still where this instance read it
 //! ([`crate::pg::advance_offset`]), so two instances briefly owning one
 //! partition during a rebalance cannot both apply a range.
@@ -16,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
@@ -37,6 +38,35 @@ pub trait PgWriter: Send + Sync {
         tx: &'a Transaction<'a>,
         batch: &'a [UniqueEvent],
     ) -> impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a;
+
+    /// Called once the transaction of the last `write` committed: the place
+    /// for effects outside the database (metrics), which a rolled-back or
+    /// re-applied batch must not repeat.
+    fn committed(&self) {}
+}
+
+/// What a writer's `write` leaves for `committed` (metric increments):
+/// each `write` replaces it, so a rolled-back batch's is dropped unseen.
+#[derive(Debug, Default)]
+pub struct AfterCommit<T>(Mutex<T>);
+
+impl<T: Default> AfterCommit<T> {
+    /// Replaces what the previous batch left.
+    pub fn set(&self, value: T) {
+        *self.lock() = value;
+    }
+
+    /// Takes what the committed batch left.
+    pub fn take(&self) -> T {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        // A panic elsewhere cannot leave a plain value half-written.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// Per-consumer metrics: `callstream_<consumer>_...`.
@@ -181,12 +211,16 @@ impl<W: PgWriter> PgSink<W> {
                         pg::load_offset(&self.client, &self.group, &self.topic, r.partition)
                             .await?;
                     positions.insert(r.partition, stored);
-                    if let Some(next) = stored {
-                        if r.offset != next {
-                            self.seek(r.partition, next);
-                            reseeked.push(r.partition);
-                            continue;
-                        }
+                    // The database decides: with no stored position the
+                    // partition is read from its beginning, whatever offset
+                    // Kafka still has committed for the group.
+                    if stored != Some(r.offset) {
+                        self.seek_to(
+                            r.partition,
+                            stored.map_or(Offset::Beginning, Offset::Offset),
+                        );
+                        reseeked.push(r.partition);
+                        continue;
                     }
                     stored
                 }
@@ -219,17 +253,18 @@ impl<W: PgWriter> PgSink<W> {
             tx.rollback().await?;
             self.metrics.fenced.inc();
             tracing::warn!(group = %self.group, "batch fenced: another instance advanced a partition; re-reading positions");
-            for (partition, (from, first, _)) in &ranges {
-                // Re-read the stored position at the partition's next record;
-                // with none stored, re-read this batch's records from Kafka.
-                positions.remove(partition);
-                if from.is_none() {
-                    self.seek(*partition, *first);
-                }
+            for (partition, (_, first, _)) in &ranges {
+                // Resume where the other instance left the partition now,
+                // not at this partition's next record: none may come.
+                let stored =
+                    pg::load_offset(&self.client, &self.group, &self.topic, *partition).await?;
+                positions.insert(*partition, stored);
+                self.seek(*partition, stored.unwrap_or(*first));
             }
             return Ok(());
         }
         tx.commit().await?;
+        self.writer.committed();
         let mut tpl = TopicPartitionList::new();
         for (partition, (_, _, to)) in &ranges {
             positions.insert(*partition, Some(*to));
@@ -246,33 +281,20 @@ impl<W: PgWriter> PgSink<W> {
     }
 
     fn seek(&self, partition: i32, offset: i64) {
-        if let Err(e) = self.consumer.seek(
-            &self.topic,
-            partition,
-            Offset::Offset(offset),
-            Duration::from_secs(5),
-        ) {
-            tracing::warn!(partition, offset, error = %e, "seek failed; the partition will be re-read after reassignment");
+        self.seek_to(partition, Offset::Offset(offset));
+    }
+
+    fn seek_to(&self, partition: i32, offset: Offset) {
+        if let Err(e) = self
+            .consumer
+            .seek(&self.topic, partition, offset, Duration::from_secs(5))
+        {
+            tracing::warn!(partition, ?offset, error = %e, "seek failed; the partition will be re-read after reassignment");
         }
     }
 
     async fn update_lag(&self) {
-        let consumer = self.consumer.clone();
-        let lag = tokio::task::spawn_blocking(move || -> Option<i64> {
-            let positions = consumer.position().ok()?;
-            let mut lag = 0;
-            for e in positions.elements() {
-                let (_, high) = consumer
-                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
-                    .ok()?;
-                if let Offset::Offset(pos) = e.offset() {
-                    lag += (high - pos).max(0);
-                }
-            }
-            Some(lag)
-        })
-        .await;
-        if let Ok(Some(lag)) = lag {
+        if let Some(lag) = crate::kafka::consumer_lag(self.consumer.clone()).await {
             self.metrics.lag.set(lag);
         }
     }

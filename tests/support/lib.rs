@@ -5,7 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+pub mod expected;
 pub mod postgres;
+pub mod sinks;
+pub mod unique;
 
 use callstream_gateway::startup::ServerHandle;
 use figment::Figment;
@@ -171,6 +174,44 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Record> {
     records
 }
 
+/// Every committed record of a transactional topic, read to the end of
+/// each partition. (Watermarks count aborted records and commit markers,
+/// so they cannot tell how many committed records there are.)
+pub fn read_committed_to_end(bootstrap: &str, topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer builds");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut at_end = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while at_end.len() < PARTITIONS as usize {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "reading {topic} to its end took over 60 s"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => out.push(record_of(&msg)),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("consumer error: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
 /// Polls `check` every 50 ms until it holds or `deadline` passes.
 pub async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -202,20 +243,7 @@ pub fn read_topic(
     let mut out = Vec::new();
     while out.len() < expected && start.elapsed() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => out.push(Record {
-                partition: msg.partition(),
-                offset: msg.offset(),
-                key: msg.key().unwrap_or_default().to_vec(),
-                payload: msg.payload().unwrap_or_default().to_vec(),
-                headers: msg
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
+            Some(Ok(msg)) => out.push(record_of(&msg)),
             Some(Err(e)) => panic!("consumer error: {e}"),
             None => {}
         }
@@ -279,10 +307,7 @@ impl ServiceProcess {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CALLSTREAM_LOG_FORMAT", "json")
-            .env(
-                "RUST_LOG",
-                "warn,callstream_gateway=info,callstream_consumers=info",
-            )
+            .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
         for (k, v) in env {
@@ -301,6 +326,10 @@ impl ServiceProcess {
                 let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
+                // Problems of a child show up in the failing test's output.
+                if log["level"] == "WARN" || log["level"] == "ERROR" {
+                    eprintln!("[child {}] {line}", std::process::id());
+                }
                 if log["message"] == ready.as_str() {
                     let port = log["port"].as_u64().expect("port in the ready line");
                     let _ = tx.send(port as u16);
@@ -351,5 +380,75 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+fn record_of(msg: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    Record {
+        partition: msg.partition(),
+        offset: msg.offset(),
+        key: msg.key().unwrap_or_default().to_vec(),
+        payload: msg.payload().unwrap_or_default().to_vec(),
+        headers: msg
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// A normalized Onoff call event as the gateway publishes it: (key, JSON).
+/// `notes` changes the content (an update); `received_at_ms` the event time.
+pub fn onoff_call_event(id: &str, notes: &str, received_at_ms: i64) -> (String, Vec<u8>) {
+    use callstream_schemas::{providers::onoff::Onoff, Context, Provider, RawRequest};
+    let body = format!(
+        r#"{{"id":"{id}","eventName":"CDR","onoffUserName":"Agent","onoffUserNumber":"+3312345","externalNumber":"+4479000","callStarted":"2024-05-20T14:30:00Z","callEnded":"2024-05-20T14:32:00Z","callDuration":120,"callDirection":"INBOUND","callStatus":"ANSWERED","callNotes":"{notes}"}}"#
+    );
+    let received_at = chrono::DateTime::from_timestamp_millis(received_at_ms).expect("valid time");
+    let event = Onoff
+        .normalize(
+            &RawRequest {
+                method: "POST",
+                route: "cdr",
+                query: "",
+                content_type: Some("application/json"),
+                body: body.as_bytes(),
+            },
+            &Context {
+                default_tenant: "default",
+                received_at,
+                request_id: "test",
+                raw_topic: Topic::Raw.default_name(),
+            },
+        )
+        .expect("fixture normalizes");
+    (
+        event.identity.clone(),
+        serde_json::to_vec(&event).expect("serializes"),
+    )
+}
+
+/// Produces `(key, value)` records to `topic` and waits for every ack.
+pub async fn produce(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer builds");
+    let sends = records.iter().map(|(k, v)| {
+        producer.send(
+            FutureRecord::to(topic)
+                .key(k.as_str())
+                .payload(v.as_slice()),
+            Duration::from_secs(10),
+        )
+    });
+    for result in futures_util::future::join_all(sends).await {
+        result.expect("produced");
     }
 }

@@ -1,0 +1,191 @@
+//! `callstream-analytics`: call-centre KPIs from `callstream.events.unique.v1`,
+//! rolled up into PostgreSQL (`kpi_rollups`, migration `V3__analytics.sql`)
+//! per tenant × interval (1 and 15 minutes) × provider × direction, for the
+//! whole centre, per agent and per external-facing number (views
+//! `kpi_by_interval`, `kpi_by_agent`, `kpi_by_number`, with rates).
+//!
+//! Guarantee: every event is counted exactly once, in its newest revision.
+//! The rollups change in the transaction that stores the partition
+//! positions ([`crate::pg_sink`]), so a crash or a replay never applies a
+//! batch twice. Independently of Kafka positions, `kpi_events` keeps what
+//! each `event_id` contributed and at which revision: a resend (even one the
+//! dedup window let through again) or an older revision changes nothing, and
+//! a newer revision first takes the old contribution back, then adds its own,
+//! so an update that changes the status or the times moves the counts.
+//!
+//! Counting rules, per event:
+//!
+//! * bucket: the event's own time, `started_at`, else `received_at`, floored
+//!   to the interval; a late event lands in its own interval, not "now".
+//! * calls are kinds `call`, `recording` and `voicemail` (Onoff sends a
+//!   `recording` *instead of* the call's CDR, so it is the call). Each is
+//!   one call offered, and exactly one of: answered (status `answered`), to
+//!   voicemail (status or kind `voicemail`), or missed (anything else:
+//!   `missed`, `busy`, `failed`, `unknown`). "Offered" means every call of
+//!   the row's direction: inbound rows are calls offered to the centre,
+//!   outbound rows are calls placed.
+//! * talk time: answered calls only, `talk_seconds`, else `duration_seconds`
+//!   (Onoff reports only the duration); ring time: every call that reports
+//!   `ring_seconds`. Averages divide by the counts of calls that had one.
+//! * the agent leg of a TeleCMI click-to-call (leg `a`, outbound, no customer
+//!   on it) is the platform ringing the agent's own phone before leg `b`
+//!   dials the customer: not a call of its own, not counted.
+//! * `sms`: sent (outbound) or received (inbound); other directions are
+//!   stored but count nowhere. `call_progress` (live steps) is not counted.
+//! * agent: the internal party's id, else email, else number, else name.
+//!   External-facing number: the internal party's number, i.e. the Onoff
+//!   user's number or the TeleCMI virtual number the customer dialled; Xarios
+//!   events carry no DID, so there it is the agent's extension. Events
+//!   without one count for the whole centre only.
+//!
+//! Prometheus counters carry bounded labels only (tenant, provider,
+//! direction, status), never an agent or a number. They count first
+//! countings after commit; a counter cannot go down, so an update that
+//! changes a status moves the tables but not the counters.
+//!
+//! What would break it: changing these rules without rebuilding the tables
+//! (old events keep their old contributions), or writing the tables outside
+//! the transaction the sink hands over.
+
+use prometheus::{CounterVec, IntCounter, IntCounterVec, Opts, Registry};
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::kafka::UniqueEvent;
+use crate::pg_sink::{AfterCommit, PgWriter};
+use crate::unique::latest_revisions;
+
+mod rules;
+mod tables;
+
+pub use rules::{agent_of, bucket_start, number_of, Counters, INTERVALS_MINUTES};
+
+use rules::Contribution;
+use tables::{Rollup, Statements};
+
+/// Live counters for operations; bounded labels only.
+struct LiveMetrics {
+    events: IntCounterVec,
+    talk_seconds: CounterVec,
+    recounted: IntCounter,
+}
+
+/// A first counting, for the live counters.
+struct FirstCount {
+    labels: [String; 4],
+    talk_seconds: f64,
+}
+
+/// Metric changes of the batch in progress, applied once it commits.
+#[derive(Default)]
+struct Pending {
+    counted: Vec<FirstCount>,
+    recounted: u64,
+}
+
+/// The analytics [`PgWriter`].
+pub struct AnalyticsWriter {
+    statements: Statements,
+    metrics: LiveMetrics,
+    pending: AfterCommit<Pending>,
+}
+
+impl AnalyticsWriter {
+    pub fn new(registry: &Registry) -> prometheus::Result<AnalyticsWriter> {
+        let events = IntCounterVec::new(
+            Opts::new(
+                "callstream_analytics_events_counted_total",
+                "Calls and SMS counted into the KPI tables, by the status they were first counted with.",
+            ),
+            &["tenant", "provider", "direction", "status"],
+        )?;
+        let talk_seconds = CounterVec::new(
+            Opts::new(
+                "callstream_analytics_talk_seconds_total",
+                "Talk time of the answered calls counted.",
+            ),
+            &["tenant", "provider", "direction"],
+        )?;
+        let recounted = IntCounter::with_opts(Opts::new(
+            "callstream_analytics_recounted_events_total",
+            "Updates (newer revisions) that changed what an event counts for.",
+        ))?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(talk_seconds.clone()))?;
+        registry.register(Box::new(recounted.clone()))?;
+        Ok(AnalyticsWriter {
+            statements: Statements::default(),
+            metrics: LiveMetrics {
+                events,
+                talk_seconds,
+                recounted,
+            },
+            pending: AfterCommit::default(),
+        })
+    }
+}
+
+impl PgWriter for AnalyticsWriter {
+    async fn write<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+        batch: &'a [UniqueEvent],
+    ) -> Result<(), tokio_postgres::Error> {
+        let latest = latest_revisions(batch);
+        let ids: Vec<Uuid> = latest.iter().map(|r| r.event.event_id).collect();
+        let before = self.statements.load_counted(tx, &ids).await?;
+        let mut rollup = Rollup::default();
+        let mut counted = Vec::new();
+        let mut pending = Pending::default();
+        for record in latest {
+            let new = Contribution::of(&record.event);
+            match before.get(&record.event.event_id) {
+                Some((revision, _)) if *revision >= record.revision => continue,
+                Some((_, old)) => {
+                    if *old != new {
+                        rollup.add(old, -1);
+                        rollup.add(&new, 1);
+                        pending.recounted += 1;
+                    }
+                }
+                None => {
+                    rollup.add(&new, 1);
+                    if !new.counters.is_zero() {
+                        pending.counted.push(FirstCount {
+                            labels: [
+                                new.tenant.clone(),
+                                new.provider.clone(),
+                                new.direction.clone(),
+                                new.status.clone(),
+                            ],
+                            talk_seconds: new.counters.talk_seconds_sum,
+                        });
+                    }
+                }
+            }
+            counted.push((record.event.event_id, record.revision, new));
+        }
+        self.statements.apply(tx, &rollup).await?;
+        self.statements.store_counted(tx, &counted).await?;
+        self.pending.set(pending);
+        Ok(())
+    }
+
+    fn committed(&self) {
+        let pending = self.pending.take();
+        for first in &pending.counted {
+            let [tenant, provider, direction, status] = &first.labels;
+            self.metrics
+                .events
+                .with_label_values(&[tenant, provider, direction, status])
+                .inc();
+            if first.talk_seconds > 0.0 {
+                self.metrics
+                    .talk_seconds
+                    .with_label_values(&[tenant, provider, direction])
+                    .inc_by(first.talk_seconds);
+            }
+        }
+        self.metrics.recounted.inc_by(pending.recounted);
+    }
+}

@@ -1,0 +1,193 @@
+//! The counting rules (see the module comment of [`crate::analytics`]):
+//! what one event adds to the KPI tables, and under which keys.
+
+use chrono::{DateTime, Utc};
+
+use callstream_schemas::{Direction, Event, Kind, ProviderId, Status};
+
+use crate::unique::{direction_str, status_str};
+
+/// The interval lengths KPIs are rolled up by, in minutes.
+pub const INTERVALS_MINUTES: [i32; 2] = [1, 15];
+
+/// What an event adds to a KPI row (or, negated, takes back).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    pub calls_offered: i64,
+    pub calls_answered: i64,
+    pub calls_missed: i64,
+    pub calls_voicemail: i64,
+    pub talk_seconds_sum: f64,
+    pub talk_count: i64,
+    pub ring_seconds_sum: f64,
+    pub ring_count: i64,
+    pub sms_sent: i64,
+    pub sms_received: i64,
+}
+
+impl Counters {
+    /// The counters of one event.
+    pub fn of(event: &Event) -> Counters {
+        let mut c = Counters::default();
+        match event.kind {
+            Kind::Call | Kind::Recording | Kind::Voicemail
+                if !is_click_to_call_agent_leg(event) =>
+            {
+                c.calls_offered = 1;
+                if event.status == Status::Answered {
+                    c.calls_answered = 1;
+                    if let Some(talk) = event.talk_seconds.or(event.duration_seconds) {
+                        c.talk_seconds_sum = talk;
+                        c.talk_count = 1;
+                    }
+                } else if event.status == Status::Voicemail || event.kind == Kind::Voicemail {
+                    c.calls_voicemail = 1;
+                } else {
+                    c.calls_missed = 1;
+                }
+                if let Some(ring) = event.ring_seconds {
+                    c.ring_seconds_sum = ring;
+                    c.ring_count = 1;
+                }
+            }
+            Kind::Sms => match event.direction {
+                Direction::Outbound => c.sms_sent = 1,
+                Direction::Inbound => c.sms_received = 1,
+                Direction::Internal | Direction::Unknown => {}
+            },
+            _ => {}
+        }
+        c
+    }
+
+    /// Adds `other` once (`sign` 1) or takes it back (`sign` -1).
+    pub fn add(&mut self, other: &Counters, sign: i64) {
+        let f = sign as f64;
+        self.calls_offered += sign * other.calls_offered;
+        self.calls_answered += sign * other.calls_answered;
+        self.calls_missed += sign * other.calls_missed;
+        self.calls_voicemail += sign * other.calls_voicemail;
+        self.talk_seconds_sum += f * other.talk_seconds_sum;
+        self.talk_count += sign * other.talk_count;
+        self.ring_seconds_sum += f * other.ring_seconds_sum;
+        self.ring_count += sign * other.ring_count;
+        self.sms_sent += sign * other.sms_sent;
+        self.sms_received += sign * other.sms_received;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Counters::default()
+    }
+}
+
+/// The agent leg of a TeleCMI click-to-call: the normalizer leaves the
+/// customer off it, since the customer is on leg `b`.
+fn is_click_to_call_agent_leg(event: &Event) -> bool {
+    event.provider == ProviderId::Telecmi
+        && event.direction == Direction::Outbound
+        && event
+            .correlation
+            .leg
+            .as_deref()
+            .is_some_and(|leg| leg.eq_ignore_ascii_case("a"))
+        && event.external.number.is_none()
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.trim().is_empty())
+}
+
+/// The agent: the internal party's id, else email, else number, else name.
+pub fn agent_of(event: &Event) -> Option<&str> {
+    let p = &event.internal;
+    non_empty(&p.id)
+        .or_else(|| non_empty(&p.email))
+        .or_else(|| non_empty(&p.number))
+        .or_else(|| non_empty(&p.name))
+}
+
+/// The external-facing number: the internal party's number.
+pub fn number_of(event: &Event) -> Option<&str> {
+    non_empty(&event.internal.number)
+}
+
+/// Start of the `minutes`-long interval holding `at` (intervals are aligned
+/// to the Unix epoch, so to the hour for 1 and 15 minutes).
+pub fn bucket_start(at: DateTime<Utc>, minutes: i32) -> DateTime<Utc> {
+    let step = i64::from(minutes.max(1)) * 60;
+    let secs = at.timestamp();
+    DateTime::from_timestamp(secs - secs.rem_euclid(step), 0).unwrap_or(at)
+}
+
+/// What one revision of an event contributes, and under which keys: one
+/// row of `kpi_events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    pub tenant: String,
+    pub provider: String,
+    pub kind: String,
+    pub direction: String,
+    pub status: String,
+    /// The time it is bucketed by: `started_at`, else `received_at`.
+    pub event_at: DateTime<Utc>,
+    pub agent: Option<String>,
+    pub number: Option<String>,
+    pub counters: Counters,
+}
+
+impl Contribution {
+    pub fn of(event: &Event) -> Contribution {
+        Contribution {
+            tenant: event.tenant.clone(),
+            provider: event.provider.as_str().to_string(),
+            kind: event.kind.as_str().to_string(),
+            direction: direction_str(event.direction).to_string(),
+            status: status_str(event.status).to_string(),
+            event_at: event.started_at.unwrap_or(event.received_at),
+            agent: agent_of(event).map(str::to_string),
+            number: number_of(event).map(str::to_string),
+            counters: Counters::of(event),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn buckets_are_aligned_to_the_interval() {
+        let t = at("2024-03-05T10:29:59.900Z");
+        assert_eq!(bucket_start(t, 1), at("2024-03-05T10:29:00Z"));
+        assert_eq!(bucket_start(t, 15), at("2024-03-05T10:15:00Z"));
+        assert_eq!(
+            bucket_start(at("2024-03-05T10:30:00Z"), 15),
+            at("2024-03-05T10:30:00Z")
+        );
+        assert_eq!(
+            bucket_start(at("1969-12-31T23:59:30Z"), 15),
+            at("1969-12-31T23:45:00Z")
+        );
+    }
+
+    #[test]
+    fn a_delta_and_its_negation_cancel_out() {
+        let c = Counters {
+            calls_offered: 1,
+            calls_answered: 1,
+            talk_seconds_sum: 37.5,
+            talk_count: 1,
+            ..Counters::default()
+        };
+        let mut sum = Counters::default();
+        sum.add(&c, 1);
+        sum.add(&c, -1);
+        assert!(sum.is_zero());
+    }
+}

@@ -1,0 +1,344 @@
+//! The KPI tables of `V3__analytics.sql`: what a batch changes in them, and
+//! the two statements (from arrays, one each per batch) that change them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Transaction};
+use uuid::Uuid;
+
+use super::rules::{bucket_start, Contribution, Counters, INTERVALS_MINUTES};
+
+/// The additive counters of every KPI table, in column order.
+const COUNTER_COLUMNS: [(&str, &str); 10] = [
+    ("calls_offered", "bigint"),
+    ("calls_answered", "bigint"),
+    ("calls_missed", "bigint"),
+    ("calls_voicemail", "bigint"),
+    ("talk_seconds_sum", "float8"),
+    ("talk_count", "bigint"),
+    ("ring_seconds_sum", "float8"),
+    ("ring_count", "bigint"),
+    ("sms_sent", "bigint"),
+    ("sms_received", "bigint"),
+];
+
+/// Columns of `kpi_events` besides the counters.
+const EVENT_COLUMNS: [(&str, &str); 10] = [
+    ("event_id", "uuid"),
+    ("revision", "int"),
+    ("tenant", "text"),
+    ("provider", "text"),
+    ("kind", "text"),
+    ("direction", "text"),
+    ("status", "text"),
+    ("event_at", "timestamptz"),
+    ("agent", "text"),
+    ("number", "text"),
+];
+
+/// A `kpi_rollups` row's key, in primary key order, so every transaction
+/// updates rows in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    tenant: String,
+    /// `all`, `agent` or `number`.
+    dimension: &'static str,
+    interval_minutes: i32,
+    bucket_start: DateTime<Utc>,
+    provider: String,
+    direction: String,
+    /// The agent or the number; "" for `all`.
+    value: String,
+}
+
+/// The changes one batch makes to the rollups.
+#[derive(Default)]
+pub struct Rollup(BTreeMap<Key, Counters>);
+
+impl Rollup {
+    /// Counts `c` (`sign` 1) or takes it back (`sign` -1).
+    pub fn add(&mut self, c: &Contribution, sign: i64) {
+        if c.counters.is_zero() {
+            return;
+        }
+        let dimensions = [
+            ("all", Some("")),
+            ("agent", c.agent.as_deref()),
+            ("number", c.number.as_deref()),
+        ];
+        for minutes in INTERVALS_MINUTES {
+            for (dimension, value) in dimensions {
+                let Some(value) = value else { continue };
+                let key = Key {
+                    tenant: c.tenant.clone(),
+                    dimension,
+                    interval_minutes: minutes,
+                    bucket_start: bucket_start(c.event_at, minutes),
+                    provider: c.provider.clone(),
+                    direction: c.direction.clone(),
+                    value: value.to_string(),
+                };
+                self.0.entry(key).or_default().add(&c.counters, sign);
+            }
+        }
+    }
+}
+
+/// The counter columns of many rows, one array each.
+#[derive(Default)]
+struct CounterArrays {
+    calls_offered: Vec<i64>,
+    calls_answered: Vec<i64>,
+    calls_missed: Vec<i64>,
+    calls_voicemail: Vec<i64>,
+    talk_seconds_sum: Vec<f64>,
+    talk_count: Vec<i64>,
+    ring_seconds_sum: Vec<f64>,
+    ring_count: Vec<i64>,
+    sms_sent: Vec<i64>,
+    sms_received: Vec<i64>,
+}
+
+impl CounterArrays {
+    fn push(&mut self, c: &Counters) {
+        self.calls_offered.push(c.calls_offered);
+        self.calls_answered.push(c.calls_answered);
+        self.calls_missed.push(c.calls_missed);
+        self.calls_voicemail.push(c.calls_voicemail);
+        self.talk_seconds_sum.push(c.talk_seconds_sum);
+        self.talk_count.push(c.talk_count);
+        self.ring_seconds_sum.push(c.ring_seconds_sum);
+        self.ring_count.push(c.ring_count);
+        self.sms_sent.push(c.sms_sent);
+        self.sms_received.push(c.sms_received);
+    }
+
+    /// In [`COUNTER_COLUMNS`] order.
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.calls_offered,
+            &self.calls_answered,
+            &self.calls_missed,
+            &self.calls_voicemail,
+            &self.talk_seconds_sum,
+            &self.talk_count,
+            &self.ring_seconds_sum,
+            &self.ring_count,
+            &self.sms_sent,
+            &self.sms_received,
+        ]
+    }
+}
+
+/// `INSERT INTO table AS t (columns + counters) SELECT * FROM unnest(...)`,
+/// numbering the array parameters from 1.
+fn insert_from_arrays(table: &str, columns: &[(&str, &str)]) -> String {
+    let all: Vec<(&str, &str)> = columns.iter().chain(&COUNTER_COLUMNS).copied().collect();
+    let names: Vec<&str> = all.iter().map(|(name, _)| *name).collect();
+    let arrays: Vec<String> = all
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 1))
+        .collect();
+    format!(
+        "INSERT INTO {table} AS t ({}) SELECT * FROM unnest({})",
+        names.join(", "),
+        arrays.join(", ")
+    )
+}
+
+/// Adds deltas to `kpi_rollups`.
+fn rollup_sql() -> String {
+    let key = [
+        ("tenant", "text"),
+        ("dimension", "text"),
+        ("interval_minutes", "int"),
+        ("bucket_start", "timestamptz"),
+        ("provider", "text"),
+        ("direction", "text"),
+        ("dimension_value", "text"),
+    ];
+    let names: Vec<&str> = key.iter().map(|(name, _)| *name).collect();
+    let increments: Vec<String> = COUNTER_COLUMNS
+        .iter()
+        .map(|(name, _)| format!("{name} = t.{name} + EXCLUDED.{name}"))
+        .collect();
+    format!(
+        "{} ON CONFLICT ({}) DO UPDATE SET {}",
+        insert_from_arrays("kpi_rollups", &key),
+        names.join(", "),
+        increments.join(", ")
+    )
+}
+
+/// Records contributions in `kpi_events`, replacing only older revisions.
+fn counted_sql() -> String {
+    let replace: Vec<String> = EVENT_COLUMNS
+        .iter()
+        .chain(&COUNTER_COLUMNS)
+        .filter(|(name, _)| *name != "event_id")
+        .map(|(name, _)| format!("{name} = EXCLUDED.{name}"))
+        .collect();
+    format!(
+        "{} ON CONFLICT (event_id) DO UPDATE SET {}, counted_at = now()
+         WHERE t.revision < EXCLUDED.revision",
+        insert_from_arrays("kpi_events", &EVENT_COLUMNS),
+        replace.join(", ")
+    )
+}
+
+/// The statements, built once.
+pub struct Statements {
+    rollup: String,
+    counted: String,
+}
+
+impl Default for Statements {
+    fn default() -> Statements {
+        Statements {
+            rollup: rollup_sql(),
+            counted: counted_sql(),
+        }
+    }
+}
+
+impl Statements {
+    /// What `ids` have contributed so far, at which revision.
+    pub async fn load_counted(
+        &self,
+        tx: &Transaction<'_>,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, (i32, Contribution)>, tokio_postgres::Error> {
+        let mut out = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let rows = tx
+            .query("SELECT * FROM kpi_events WHERE event_id = ANY($1)", &[&ids])
+            .await?;
+        for row in rows {
+            out.insert(row.try_get("event_id")?, counted_from_row(&row)?);
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch's deltas to the rollups; zero deltas are skipped.
+    pub async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        rollup: &Rollup,
+    ) -> Result<(), tokio_postgres::Error> {
+        let mut tenant = Vec::new();
+        let mut dimension = Vec::new();
+        let mut interval = Vec::new();
+        let mut bucket = Vec::new();
+        let mut provider = Vec::new();
+        let mut direction = Vec::new();
+        let mut value = Vec::new();
+        let mut counters = CounterArrays::default();
+        for (key, delta) in rollup.0.iter().filter(|(_, delta)| !delta.is_zero()) {
+            tenant.push(key.tenant.as_str());
+            dimension.push(key.dimension);
+            interval.push(key.interval_minutes);
+            bucket.push(key.bucket_start);
+            provider.push(key.provider.as_str());
+            direction.push(key.direction.as_str());
+            value.push(key.value.as_str());
+            counters.push(delta);
+        }
+        if tenant.is_empty() {
+            return Ok(());
+        }
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &tenant, &dimension, &interval, &bucket, &provider, &direction, &value,
+        ];
+        params.extend(counters.params());
+        tx.execute(self.rollup.as_str(), &params).await?;
+        Ok(())
+    }
+
+    /// Records what each event (id, revision) now contributes.
+    pub async fn store_counted(
+        &self,
+        tx: &Transaction<'_>,
+        counted: &[(Uuid, i32, Contribution)],
+    ) -> Result<(), tokio_postgres::Error> {
+        if counted.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = counted.iter().map(|(id, _, _)| *id).collect();
+        let revisions: Vec<i32> = counted.iter().map(|(_, rev, _)| *rev).collect();
+        let text = |f: fn(&Contribution) -> &str| -> Vec<&str> {
+            counted.iter().map(|(_, _, c)| f(c)).collect()
+        };
+        let (tenant, provider, kind) = (
+            text(|c| &c.tenant),
+            text(|c| &c.provider),
+            text(|c| &c.kind),
+        );
+        let (direction, status) = (text(|c| &c.direction), text(|c| &c.status));
+        let event_at: Vec<DateTime<Utc>> = counted.iter().map(|(_, _, c)| c.event_at).collect();
+        let agent: Vec<Option<&str>> = counted.iter().map(|(_, _, c)| c.agent.as_deref()).collect();
+        let number: Vec<Option<&str>> = counted
+            .iter()
+            .map(|(_, _, c)| c.number.as_deref())
+            .collect();
+        let mut counters = CounterArrays::default();
+        for (_, _, c) in counted {
+            counters.push(&c.counters);
+        }
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &ids, &revisions, &tenant, &provider, &kind, &direction, &status, &event_at, &agent,
+            &number,
+        ];
+        params.extend(counters.params());
+        tx.execute(self.counted.as_str(), &params).await?;
+        Ok(())
+    }
+}
+
+/// A `kpi_events` row: the revision counted and its contribution.
+fn counted_from_row(row: &Row) -> Result<(i32, Contribution), tokio_postgres::Error> {
+    let counters = Counters {
+        calls_offered: row.try_get("calls_offered")?,
+        calls_answered: row.try_get("calls_answered")?,
+        calls_missed: row.try_get("calls_missed")?,
+        calls_voicemail: row.try_get("calls_voicemail")?,
+        talk_seconds_sum: row.try_get("talk_seconds_sum")?,
+        talk_count: row.try_get("talk_count")?,
+        ring_seconds_sum: row.try_get("ring_seconds_sum")?,
+        ring_count: row.try_get("ring_count")?,
+        sms_sent: row.try_get("sms_sent")?,
+        sms_received: row.try_get("sms_received")?,
+    };
+    let contribution = Contribution {
+        tenant: row.try_get("tenant")?,
+        provider: row.try_get("provider")?,
+        kind: row.try_get("kind")?,
+        direction: row.try_get("direction")?,
+        status: row.try_get("status")?,
+        event_at: row.try_get("event_at")?,
+        agent: row.try_get("agent")?,
+        number: row.try_get("number")?,
+        counters,
+    };
+    Ok((row.try_get("revision")?, contribution))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_number_one_parameter_per_column() {
+        let sql = rollup_sql();
+        assert!(sql.contains("$17::bigint[]") && !sql.contains("$18"));
+        assert!(sql.contains(
+            "ON CONFLICT (tenant, dimension, interval_minutes, bucket_start, provider, direction, dimension_value)"
+        ));
+        let sql = counted_sql();
+        assert!(sql.contains("$20::bigint[]") && !sql.contains("$21"));
+    }
+}

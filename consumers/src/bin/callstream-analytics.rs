@@ -1,0 +1,26 @@
+//! `callstream-analytics`: call-centre KPIs from unique events into
+//! PostgreSQL rollups, each event counted once. See
+//! `callstream_consumers::analytics`.
+
+use prometheus::Registry;
+
+use callstream_consumers::analytics::AnalyticsWriter;
+use callstream_consumers::{cli, pg_consumer};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = cli::start(
+        env!("CARGO_BIN_NAME"),
+        "callstream analytics: call-centre KPIs per tenant, interval, agent and number.",
+    )?;
+    let registry = Registry::new();
+    let writer = AnalyticsWriter::new(&registry)?;
+    pg_consumer::run(
+        &settings,
+        "analytics",
+        &settings.analytics,
+        registry,
+        writer,
+    )
+    .await
+}

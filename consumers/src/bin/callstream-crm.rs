@@ -1,0 +1,27 @@
+//! `callstream-crm`: unique events to CRM targets over HTTP, at least once.
+//! See `callstream_consumers::crm`.
+
+use prometheus::Registry;
+
+use callstream_consumers::cli;
+use callstream_consumers::crm::CrmConsumer;
+use callstream_consumers::runtime::{shutdown_on_signal, MetricsServer};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = cli::start(
+        env!("CARGO_BIN_NAME"),
+        "callstream CRM: `callstream.events.unique.v1` to webhooks and HubSpot.",
+    )?;
+    let registry = Registry::new();
+    let crm = CrmConsumer::build(&settings, &registry)?;
+    let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry)?;
+    let port = metrics_server.port;
+    let metrics_handle = metrics_server.spawn();
+    let targets: Vec<_> = settings.crm.targets.keys().collect();
+    tracing::info!(port, ?targets, "consumer running");
+    let result = crm.run(shutdown_on_signal()?).await;
+    metrics_handle.stop(true).await;
+    tracing::info!("consumer stopped");
+    Ok(result?)
+}

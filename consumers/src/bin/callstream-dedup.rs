@@ -1,0 +1,26 @@
+//! `callstream-dedup`: each distinct event once, updates as revisions,
+//! exactly-once with Kafka transactions. See `callstream_consumers::dedup`.
+
+use prometheus::Registry;
+
+use callstream_consumers::cli;
+use callstream_consumers::dedup::{Dedup, DedupMetrics};
+use callstream_consumers::runtime::{shutdown_on_signal, MetricsServer};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = cli::start(
+        env!("CARGO_BIN_NAME"),
+        "callstream dedup: `callstream.events.v1` into `callstream.events.unique.v1`, exactly once.",
+    )?;
+    let registry = Registry::new();
+    let dedup = Dedup::new(&settings, DedupMetrics::new(&registry))?;
+    let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry)?;
+    let port = metrics_server.port;
+    let metrics_handle = metrics_server.spawn();
+    tracing::info!(port, group = %settings.dedup.group_id, "consumer running");
+    let result = dedup.run(shutdown_on_signal()?).await;
+    metrics_handle.stop(true).await;
+    tracing::info!("consumer stopped");
+    result
+}

@@ -1,0 +1,82 @@
+//! The process around a [`PgWriter`], shared by `callstream-store` and
+//! `callstream-analytics`: metrics and health endpoint, PostgreSQL and its
+//! migrations, the Kafka consumer in the configured group, and a graceful
+//! stop (SIGTERM/SIGINT: the batch in progress commits, then the consumer
+//! closes, which leaves the group so the partitions move on at once).
+//!
+//! A crash (or SIGKILL) skips all of that and loses nothing: positions live
+//! in PostgreSQL with the rows ([`crate::pg_sink`]), and the group notices
+//! the dead member after `session.timeout.ms`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus::Registry;
+use rdkafka::consumer::StreamConsumer;
+
+use callstream_schemas::Topic;
+
+use crate::config::{BatchSettings, Settings};
+use crate::kafka::{consumer_config, TrackingContext};
+use crate::pg;
+use crate::pg_sink::{PgSink, PgWriter, SinkMetrics};
+use crate::runtime::{shutdown_on_signal, MetricsServer};
+
+/// Runs `writer` over `callstream.events.unique.v1` until SIGTERM/SIGINT.
+/// `name` prefixes the metrics (`callstream_<name>_...`); `batch` is the
+/// consumer's section of the settings; `registry` is served on
+/// `metrics_listen` and may already hold the writer's own metrics.
+pub async fn run<W: PgWriter>(
+    settings: &Settings,
+    name: &str,
+    batch: &BatchSettings,
+    registry: Registry,
+    writer: W,
+) -> anyhow::Result<()> {
+    let database_url = settings.require_database_url()?;
+    let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry.clone())?;
+    let metrics_port = metrics_server.port;
+    let metrics_handle = metrics_server.spawn();
+
+    let mut client = pg::connect(database_url)
+        .await
+        .context("cannot connect to PostgreSQL (database_url)")?;
+    pg::migrate(&mut client)
+        .await
+        .context("cannot apply the database migrations")?;
+
+    let consumer: StreamConsumer<TrackingContext> =
+        consumer_config(&settings.kafka, &batch.group_id)
+            .create_with_context(TrackingContext::default())
+            .context("cannot create the Kafka consumer (kafka.*)")?;
+    let consumer = Arc::new(consumer);
+    let topic = settings.topics.name(Topic::EventsUnique).to_string();
+    let shutdown = shutdown_on_signal()?;
+    tracing::info!(
+        port = metrics_port,
+        group = %batch.group_id,
+        topic = %topic,
+        "consumer running"
+    );
+
+    let result = PgSink {
+        consumer: consumer.clone(),
+        client,
+        writer,
+        group: batch.group_id.clone(),
+        topic,
+        batch_max: batch.batch_max,
+        linger: Duration::from_millis(batch.batch_linger_ms),
+        metrics: SinkMetrics::new(&registry, name),
+    }
+    .run(shutdown)
+    .await;
+
+    // Dropping the last handle closes the consumer: it leaves the group.
+    // That blocks until the broker answers, so off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    metrics_handle.stop(true).await;
+    tracing::info!(group = %batch.group_id, "consumer stopped");
+    result
+}

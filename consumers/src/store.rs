@@ -1,0 +1,246 @@
+//! `callstream-store`: `callstream.events.unique.v1` into the PostgreSQL
+//! table `events` (migration `V2__events.sql`), one row per `event_id`.
+//!
+//! Guarantee: exactly-once into the database, from [`crate::pg_sink`]: a
+//! batch's rows and the partition positions after it commit in one
+//! transaction. On top of that the write is an idempotent upsert that
+//! replaces a row only with a *higher* revision, so the table holds the
+//! newest revision of every event whatever order revisions arrive in (an
+//! older revision after a newer one, or an exact resend, changes nothing).
+//!
+//! Each batch is one statement (`INSERT ... SELECT FROM unnest(arrays)`),
+//! after keeping only the newest revision of each event in the batch.
+//!
+//! What would break it: writing rows outside the transaction the sink
+//! hands over, or an upstream that reuses a revision number for different
+//! content (the second content would be dropped as a resend).
+
+use chrono::{DateTime, Utc};
+use prometheus::{IntCounter, Opts, Registry};
+use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use callstream_schemas::Event;
+
+use crate::kafka::UniqueEvent;
+use crate::pg_sink::{AfterCommit, PgWriter};
+use crate::unique::{direction_str, latest_revisions, status_str};
+
+/// Columns written from a record, with their array types for `unnest`.
+/// `stored_at` is left to its default.
+const COLUMNS: &[(&str, &str)] = &[
+    ("event_id", "uuid"),
+    ("identity", "text"),
+    ("revision", "int"),
+    ("fingerprint", "text"),
+    ("provider", "text"),
+    ("tenant", "text"),
+    ("kind", "text"),
+    ("direction", "text"),
+    ("status", "text"),
+    ("provider_status", "text"),
+    ("started_at", "timestamptz"),
+    ("answered_at", "timestamptz"),
+    ("ended_at", "timestamptz"),
+    ("duration_seconds", "float8"),
+    ("ring_seconds", "float8"),
+    ("talk_seconds", "float8"),
+    ("hold_seconds", "float8"),
+    ("user_id", "text"),
+    ("user_name", "text"),
+    ("user_email", "text"),
+    ("user_number", "text"),
+    ("external_number", "text"),
+    ("external_name", "text"),
+    ("external_company", "text"),
+    ("call_id", "text"),
+    ("received_at", "timestamptz"),
+    ("event", "jsonb"),
+];
+
+/// The batched upsert: insert new events, replace a row only with a higher
+/// revision.
+fn upsert_sql() -> String {
+    let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    let arrays: Vec<String> = COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 1))
+        .collect();
+    let updates: Vec<String> = names
+        .iter()
+        .filter(|name| **name != "event_id")
+        .map(|name| format!("{name} = EXCLUDED.{name}"))
+        .collect();
+    format!(
+        "INSERT INTO events ({}) SELECT * FROM unnest({})
+         ON CONFLICT (event_id) DO UPDATE SET {}, stored_at = now()
+         WHERE events.revision < EXCLUDED.revision",
+        names.join(", "),
+        arrays.join(", "),
+        updates.join(", "),
+    )
+}
+
+/// The store's [`PgWriter`].
+pub struct StoreWriter {
+    sql: String,
+    /// Records that changed nothing (resends, revisions not newer than the
+    /// row): how out of order the input is.
+    stale: IntCounter,
+    /// Stale records of the batch in progress, counted once it commits.
+    pending_stale: AfterCommit<u64>,
+}
+
+impl StoreWriter {
+    pub fn new(registry: &Registry) -> prometheus::Result<StoreWriter> {
+        let stale = IntCounter::with_opts(Opts::new(
+            "callstream_store_stale_records_total",
+            "Records that changed no row: resends, or revisions not newer than the stored one.",
+        ))?;
+        registry.register(Box::new(stale.clone()))?;
+        Ok(StoreWriter {
+            sql: upsert_sql(),
+            stale,
+            pending_stale: AfterCommit::default(),
+        })
+    }
+}
+
+/// The batch as one array per column.
+#[derive(Default)]
+struct Columns<'a> {
+    event_id: Vec<Uuid>,
+    identity: Vec<&'a str>,
+    revision: Vec<i32>,
+    fingerprint: Vec<&'a str>,
+    provider: Vec<&'static str>,
+    tenant: Vec<&'a str>,
+    kind: Vec<&'static str>,
+    direction: Vec<&'static str>,
+    status: Vec<&'static str>,
+    provider_status: Vec<Option<&'a str>>,
+    started_at: Vec<Option<DateTime<Utc>>>,
+    answered_at: Vec<Option<DateTime<Utc>>>,
+    ended_at: Vec<Option<DateTime<Utc>>>,
+    duration_seconds: Vec<Option<f64>>,
+    ring_seconds: Vec<Option<f64>>,
+    talk_seconds: Vec<Option<f64>>,
+    hold_seconds: Vec<Option<f64>>,
+    user_id: Vec<Option<&'a str>>,
+    user_name: Vec<Option<&'a str>>,
+    user_email: Vec<Option<&'a str>>,
+    user_number: Vec<Option<&'a str>>,
+    external_number: Vec<Option<&'a str>>,
+    external_name: Vec<Option<&'a str>>,
+    external_company: Vec<Option<&'a str>>,
+    call_id: Vec<Option<&'a str>>,
+    received_at: Vec<DateTime<Utc>>,
+    event: Vec<Json<&'a Event>>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, record: &'a UniqueEvent) {
+        let e = &record.event;
+        self.event_id.push(e.event_id);
+        self.identity.push(&e.identity);
+        self.revision.push(record.revision);
+        self.fingerprint.push(&e.fingerprint);
+        self.provider.push(e.provider.as_str());
+        self.tenant.push(&e.tenant);
+        self.kind.push(e.kind.as_str());
+        self.direction.push(direction_str(e.direction));
+        self.status.push(status_str(e.status));
+        self.provider_status.push(e.provider_status.as_deref());
+        self.started_at.push(e.started_at);
+        self.answered_at.push(e.answered_at);
+        self.ended_at.push(e.ended_at);
+        self.duration_seconds.push(e.duration_seconds);
+        self.ring_seconds.push(e.ring_seconds);
+        self.talk_seconds.push(e.talk_seconds);
+        self.hold_seconds.push(e.hold_seconds);
+        self.user_id.push(e.internal.id.as_deref());
+        self.user_name.push(e.internal.name.as_deref());
+        self.user_email.push(e.internal.email.as_deref());
+        self.user_number.push(e.internal.number.as_deref());
+        self.external_number.push(e.external.number.as_deref());
+        self.external_name.push(e.external.name.as_deref());
+        self.external_company.push(e.external.company.as_deref());
+        self.call_id.push(e.correlation.call_id.as_deref());
+        self.received_at.push(e.received_at);
+        self.event.push(Json(e));
+    }
+
+    /// The parameters, in [`COLUMNS`] order.
+    fn params(&self) -> [&(dyn ToSql + Sync); 27] {
+        [
+            &self.event_id,
+            &self.identity,
+            &self.revision,
+            &self.fingerprint,
+            &self.provider,
+            &self.tenant,
+            &self.kind,
+            &self.direction,
+            &self.status,
+            &self.provider_status,
+            &self.started_at,
+            &self.answered_at,
+            &self.ended_at,
+            &self.duration_seconds,
+            &self.ring_seconds,
+            &self.talk_seconds,
+            &self.hold_seconds,
+            &self.user_id,
+            &self.user_name,
+            &self.user_email,
+            &self.user_number,
+            &self.external_number,
+            &self.external_name,
+            &self.external_company,
+            &self.call_id,
+            &self.received_at,
+            &self.event,
+        ]
+    }
+}
+
+impl PgWriter for StoreWriter {
+    async fn write<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+        batch: &'a [UniqueEvent],
+    ) -> Result<(), tokio_postgres::Error> {
+        let latest = latest_revisions(batch);
+        let mut columns = Columns::default();
+        for record in &latest {
+            columns.push(record);
+        }
+        let changed = if latest.is_empty() {
+            0
+        } else {
+            tx.execute(self.sql.as_str(), &columns.params()).await?
+        };
+        self.pending_stale
+            .set((batch.len() as u64).saturating_sub(changed));
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.stale.inc_by(self.pending_stale.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_parameter_per_column() {
+        let sql = upsert_sql();
+        assert_eq!(Columns::default().params().len(), COLUMNS.len());
+        assert!(sql.contains(&format!("${}::jsonb[]", COLUMNS.len())));
+        assert!(sql.contains("WHERE events.revision < EXCLUDED.revision"));
+    }
+}

@@ -1,0 +1,254 @@
+//! `callstream-analytics` in-process: the sink as a task of the test, a real
+//! Kafka-protocol broker, a real PostgreSQL. Every KPI row is compared with
+//! what the produced calls add up to, computed from the test's own
+//! description of them (`callstream_testkit::expected::expected`).
+
+use std::time::Duration;
+
+use prometheus::Registry;
+
+use callstream_consumers::analytics::AnalyticsWriter;
+use callstream_testkit::count_records;
+use callstream_testkit::expected::{actual, assert_kpis, expected, Kpi};
+use callstream_testkit::sinks::{produce, setup, start_sink, wait_caught_up};
+use callstream_testkit::unique::{at, finals, scenario, unique_topic, Outcome, Revision, Spec};
+
+const GROUP: &str = "callstream-analytics";
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// The newest revision of every event in `records`.
+fn newest(records: &[Revision]) -> Vec<Revision> {
+    finals(records).into_values().collect()
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.expect("query runs").get(0)
+}
+
+/// Sum of a metric's samples in `registry`.
+fn metric_sum(registry: &Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpis_are_exact_with_resends_updates_and_uncounted_events() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let records = scenario(
+        "k",
+        600,
+        at("2024-06-03T10:00:00Z"),
+        at("2024-06-03T12:30:00Z"),
+    );
+    produce(&bootstrap, &records, None).await;
+    let registry = Registry::new();
+    let writer = AnalyticsWriter::new(&registry).expect("metrics register");
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer).await;
+    let end = count_records(&bootstrap, unique_topic());
+    wait_caught_up(&client, GROUP, end, CATCH_UP).await;
+
+    let newest = newest(&records);
+    let want = expected(&newest);
+    assert_kpis(&actual(&client).await, &want);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM kpi_events").await,
+        newest.len() as i64,
+        "one contribution per event"
+    );
+
+    // The scenario exercises what it claims to: recounts, voicemail, SMS,
+    // calls bucketed by receipt, uncounted kinds.
+    let recounted = newest
+        .iter()
+        .filter(|r| matches!(&r.spec, Spec::Call(c) if c.talk_seconds == 42))
+        .count();
+    assert!(recounted >= 3, "{recounted} missed calls answered later");
+    let totals = want.iter().filter(|(k, _)| k.0 == "all" && k.2 == 15).fold(
+        Kpi::default(),
+        |mut sum, (_, k)| {
+            sum.offered += k.offered;
+            sum.answered += k.answered;
+            sum.voicemail += k.voicemail;
+            sum.sms_sent += k.sms_sent;
+            sum.sms_received += k.sms_received;
+            sum
+        },
+    );
+    assert!(totals.voicemail > 0 && totals.sms_sent > 0 && totals.sms_received > 0);
+    assert!(newest
+        .iter()
+        .any(|r| matches!(&r.spec, Spec::Call(c) if c.started_at.is_none())));
+    assert!(newest
+        .iter()
+        .any(|r| matches!(r.spec, Spec::AgentLeg { .. })));
+
+    // Rates and averages come from the views.
+    let answered = newest
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Call(c) if c.outcome == Outcome::Answered => Some(c.talk_seconds),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let row = client
+        .query_one(
+            "SELECT sum(calls_answered)::float8 / sum(calls_offered), sum(talk_seconds_sum) / sum(talk_count)
+             FROM kpi_by_interval WHERE interval_minutes = 15",
+            &[],
+        )
+        .await
+        .expect("report view");
+    let (rate, avg_talk): (f64, f64) = (row.get(0), row.get(1));
+    assert_eq!(rate, answered.len() as f64 / totals.offered as f64);
+    assert_eq!(
+        avg_talk,
+        answered.iter().map(|t| f64::from(*t)).sum::<f64>() / answered.len() as f64
+    );
+    let view_rate: f64 = client
+        .query_one(
+            "SELECT answer_rate FROM kpi_by_interval
+             WHERE tenant = 'acme' AND interval_minutes = 15 AND calls_offered > 0
+             ORDER BY bucket_start, provider, direction LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("a row with calls")
+        .get(0);
+    let first = want
+        .iter()
+        .find(|(k, v)| k.0 == "all" && k.1 == "acme" && k.2 == 15 && v.offered > 0)
+        .map(|(_, v)| v.answered as f64 / v.offered as f64);
+    assert_eq!(Some(view_rate), first);
+    let agent_calls = want
+        .iter()
+        .filter(|(k, _)| k.0 == "agent" && k.2 == 1)
+        .map(|(_, v)| v.offered)
+        .sum::<i64>();
+    assert_eq!(
+        count(
+            &client,
+            "SELECT sum(calls_offered)::bigint FROM kpi_by_agent WHERE interval_minutes = 1"
+        )
+        .await,
+        agent_calls
+    );
+
+    // Live counters: one count per counted event, after commit.
+    let counted = want
+        .iter()
+        .filter(|(k, _)| k.0 == "all" && k.2 == 1)
+        .map(|(_, v)| v.offered + v.sms_sent + v.sms_received)
+        .sum::<i64>();
+    assert_eq!(
+        metric_sum(&registry, "callstream_analytics_events_counted_total"),
+        counted as f64
+    );
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_events_land_in_their_own_interval() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let on_time = scenario(
+        "now",
+        200,
+        at("2024-06-03T10:00:00Z"),
+        at("2024-06-03T12:00:00Z"),
+    );
+    produce(&bootstrap, &on_time, None).await;
+    let writer = AnalyticsWriter::new(&Registry::new()).expect("metrics register");
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer).await;
+    wait_caught_up(&client, GROUP, on_time.len() as i64, CATCH_UP).await;
+    let before = actual(&client).await;
+
+    // Calls from three hours earlier, delivered late.
+    let late = scenario(
+        "late",
+        60,
+        at("2024-06-03T07:00:00Z"),
+        at("2024-06-03T12:40:00Z"),
+    );
+    produce(&bootstrap, &late, None).await;
+    let end = (on_time.len() + late.len()) as i64;
+    wait_caught_up(&client, GROUP, end, CATCH_UP).await;
+    let after = actual(&client).await;
+
+    let all: Vec<Revision> = on_time.iter().chain(&late).cloned().collect();
+    assert_kpis(&after, &expected(&newest(&all)));
+    // Only the late events' own intervals changed (and, for the calls
+    // without a start time, the interval they were received in).
+    let late_window = at("2024-06-03T07:00:00Z")..at("2024-06-03T09:00:00Z");
+    // 12:40 is received_at; 12:30 its 15-minute interval.
+    let received = [at("2024-06-03T12:40:00Z"), at("2024-06-03T12:30:00Z")];
+    for (key, value) in &after {
+        if before.get(key) != Some(value) {
+            assert!(
+                late_window.contains(&key.3) || received.contains(&key.3),
+                "a late event changed {key:?}"
+            );
+        }
+    }
+    assert!(after
+        .keys()
+        .any(|k| k.3 < at("2024-06-03T09:00:00Z") && k.0 == "agent"));
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_and_a_full_replay_never_count_twice() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let base = at("2024-06-03T10:00:00Z");
+    let received = at("2024-06-03T12:00:00Z");
+    let wave1 = scenario("r1", 200, base, received);
+    produce(&bootstrap, &wave1, None).await;
+    let writer = AnalyticsWriter::new(&Registry::new()).expect("metrics register");
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-1", writer).await;
+    wait_caught_up(&client, GROUP, wave1.len() as i64, CATCH_UP).await;
+    sink.stop().await;
+
+    // While it is down: wave 1 again, every call of wave 1 updated to
+    // answered (revision 9), and new events.
+    let mut wave2 = wave1.clone();
+    for r in newest(&wave1) {
+        if let Spec::Call(c) = &r.spec {
+            if c.outcome != Outcome::Voicemail {
+                wave2.push(r.updated(9, |s| {
+                    if let Spec::Call(c) = s {
+                        c.outcome = Outcome::Answered;
+                        c.talk_seconds = 77;
+                    }
+                }));
+            }
+        }
+    }
+    wave2.extend(scenario("r2", 100, base, received));
+    produce(&bootstrap, &wave2, None).await;
+    let all: Vec<Revision> = wave1.iter().chain(&wave2).cloned().collect();
+    let want = expected(&newest(&all));
+
+    // A fresh Kafka group would start at the beginning: the stored
+    // positions decide.
+    let writer = AnalyticsWriter::new(&Registry::new()).expect("metrics register");
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-2", writer).await;
+    let end = count_records(&bootstrap, unique_topic());
+    wait_caught_up(&client, GROUP, end, CATCH_UP).await;
+    assert_eq!(sink.metrics.consumed.get(), wave2.len() as u64);
+    sink.stop().await;
+    assert_kpis(&actual(&client).await, &want);
+
+    // Positions lost (a new group): the whole topic again into the same
+    // tables. Every event is already counted at its revision: nothing moves.
+    let writer = AnalyticsWriter::new(&Registry::new()).expect("metrics register");
+    let replay = start_sink(&bootstrap, &db.url, "replay", "kafka-3", writer).await;
+    wait_caught_up(&client, "replay", end, CATCH_UP).await;
+    replay.stop().await;
+    assert_kpis(&actual(&client).await, &want);
+}

@@ -1,0 +1,162 @@
+//! `callstream-store` in-process: the sink as a task of the test, a real
+//! Kafka-protocol broker, a real PostgreSQL. Resends, updates out of order,
+//! a restart, and a fenced batch.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::Registry;
+
+use callstream_consumers::store::StoreWriter;
+use callstream_testkit::count_records;
+use callstream_testkit::expected::{assert_newest_revisions, store_rows};
+use callstream_testkit::sinks::{produce, setup, start_sink, wait_caught_up};
+use callstream_testkit::unique::{at, scenario, set_notes, spec, unique_topic, Revision};
+
+const GROUP: &str = "callstream-store";
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+fn writer() -> StoreWriter {
+    StoreWriter::new(&Registry::new()).expect("metrics register")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_row_per_event_holding_its_newest_revision() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let records = scenario(
+        "s",
+        400,
+        at("2024-06-03T10:00:00Z"),
+        at("2024-06-03T12:00:00Z"),
+    );
+    produce(&bootstrap, &records, None).await;
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer()).await;
+    let end = count_records(&bootstrap, unique_topic());
+    assert_eq!(end, records.len() as i64);
+    wait_caught_up(&client, GROUP, end, CATCH_UP).await;
+
+    assert!(records.len() > 550, "the scenario repeats events");
+    assert_newest_revisions(&client, &records).await;
+    assert_eq!(sink.metrics.consumed.get(), records.len() as u64);
+    assert_eq!(sink.metrics.fenced.get(), 0);
+
+    // The typed columns of one answered inbound Xarios call.
+    let row = client
+        .query_one(
+            "SELECT provider, tenant, kind, direction, status, user_number, external_number,
+                    ring_seconds, talk_seconds, duration_seconds, started_at, call_id, user_id
+             FROM events WHERE identity = 'xarios:globex:call:s-10:post-call'",
+            &[],
+        )
+        .await
+        .expect("the row of s-10");
+    let text = |i: usize| row.get::<_, Option<String>>(i);
+    assert_eq!(
+        (0..7).map(text).collect::<Vec<_>>(),
+        [
+            "xarios",
+            "globex",
+            "call",
+            "inbound",
+            "answered",
+            "2100",
+            "+447900000010"
+        ]
+        .map(|s| Some(s.to_string()))
+    );
+    assert_eq!(
+        (
+            row.get::<_, Option<f64>>(7),
+            row.get::<_, Option<f64>>(8),
+            row.get::<_, Option<f64>>(9)
+        ),
+        (Some(10.0), Some(15.0), Some(25.0))
+    );
+    assert_eq!(
+        row.get::<_, Option<DateTime<Utc>>>(10),
+        Some(at("2024-06-03T10:08:50Z"))
+    );
+    assert_eq!((text(11), text(12)), (Some("s-10".to_string()), None));
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_where_the_database_says_not_where_kafka_says() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let received = at("2024-06-03T12:00:00Z");
+    let wave1 = scenario("a", 150, at("2024-06-03T10:00:00Z"), received);
+    produce(&bootstrap, &wave1, None).await;
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-1", writer()).await;
+    wait_caught_up(&client, GROUP, wave1.len() as i64, CATCH_UP).await;
+    sink.stop().await;
+
+    // While it is down: everything of wave 1 again (an upstream replay),
+    // newer revisions of some events and older ones of others, new events.
+    let mut wave2 = wave1.clone();
+    for r in wave1.iter().filter(|r| r.revision == 1).step_by(7) {
+        wave2.push(r.updated(7, |s| set_notes(s, "v7")));
+    }
+    wave2.extend(scenario("b", 100, at("2024-06-03T10:00:00Z"), received));
+    produce(&bootstrap, &wave2, None).await;
+
+    // A new Kafka group has no committed offsets, so Kafka alone would
+    // start every partition at the beginning; the stored positions decide.
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-2", writer()).await;
+    let end = (wave1.len() + wave2.len()) as i64;
+    wait_caught_up(&client, GROUP, end, CATCH_UP).await;
+    assert_eq!(
+        sink.metrics.consumed.get(),
+        wave2.len() as u64,
+        "the second run applied only what arrived after the first"
+    );
+    let all: Vec<Revision> = wave1.iter().chain(&wave2).cloned().collect();
+    assert_newest_revisions(&client, &all).await;
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_behind_the_stored_position_is_fenced_and_never_applied() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let received = at("2024-06-03T12:00:00Z");
+    let base = at("2024-06-03T10:00:00Z");
+    let record = |i: usize| Revision {
+        spec: spec("f", i, base),
+        revision: 1,
+        received_at: received,
+    };
+    let first: Vec<Revision> = (1..=10).map(record).collect();
+    produce(&bootstrap, &first, Some(0)).await;
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer()).await;
+    wait_caught_up(&client, GROUP, 10, CATCH_UP).await;
+
+    // Another instance (say, after a rebalance) applied offsets 10..15 of
+    // partition 0 while this one still believes it is at 10.
+    let moved = client
+        .execute(
+            "UPDATE consumer_offsets SET next_offset = 15 WHERE consumer_group = $1 AND partition = 0",
+            &[&GROUP],
+        )
+        .await
+        .expect("position moves");
+    assert_eq!(moved, 1);
+    let second: Vec<Revision> = (11..=20).map(record).collect();
+    produce(&bootstrap, &second, Some(0)).await;
+    wait_caught_up(&client, GROUP, 20, CATCH_UP).await;
+
+    assert!(sink.metrics.fenced.get() >= 1, "the stale batch was fenced");
+    let stored: BTreeSet<String> = store_rows(&client).await.into_keys().collect();
+    let expected: BTreeSet<String> = first
+        .iter()
+        .chain(&second[5..])
+        .map(|r| r.event().identity)
+        .collect();
+    assert_eq!(
+        stored, expected,
+        "offsets 10..15 are the other instance's: this one applied none of them, and resumed at 15"
+    );
+    sink.stop().await;
+}
