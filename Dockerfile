@@ -1,20 +1,24 @@
-# Multi-stage: build every binary, ship a small runtime image.
+# Multi-stage: build every binary, ship a small runtime image. The image's
+# default command is the gateway; compose runs the consumers from the same
+# image with another command.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin callstream-gateway \
- && cp target/release/callstream-gateway /usr/local/bin/
+RUN cargo build --release --locked \
+      --bin callstream-gateway --bin callstream-dedup --bin callstream-store \
+      --bin callstream-analytics --bin callstream-crm \
+ && for b in gateway dedup store analytics crm; do cp target/release/callstream-$b /usr/local/bin/; done
 
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 callstream
-COPY --from=build /usr/local/bin/callstream-gateway /usr/local/bin/
-RUN mkdir -p /var/lib/callstream/spool && chown -R callstream /var/lib/callstream
+ && useradd --system --uid 10001 callstream \
+ && mkdir -p /var/lib/callstream/spool && chown -R callstream /var/lib/callstream
+COPY --from=build /usr/local/bin/callstream-* /usr/local/bin/
 USER callstream
-ENV GATEWAY_LISTEN=0.0.0.0:8080 CALLSTREAM_LOG_FORMAT=json \
+ENV GATEWAY_LISTEN=0.0.0.0:8080 METRICS_LISTEN=0.0.0.0:9090 CALLSTREAM_LOG_FORMAT=json \
     CALLSTREAM_SPOOL__DIR=/var/lib/callstream/spool
 VOLUME /var/lib/callstream/spool
-EXPOSE 8080
-ENTRYPOINT ["/usr/local/bin/callstream-gateway"]
+EXPOSE 8080 9090
+CMD ["/usr/local/bin/callstream-gateway"]
