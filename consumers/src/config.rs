@@ -47,20 +47,27 @@ pub struct KafkaSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicNames {
+    pub raw: String,
     pub events: String,
+    pub dlq: String,
     pub events_unique: String,
     pub dedup_state: String,
     pub crm_dlq: String,
+    pub recordings: String,
+    pub recordings_dlq: String,
 }
 
 impl TopicNames {
     pub fn name(&self, topic: Topic) -> &str {
         match topic {
+            Topic::Raw => &self.raw,
             Topic::Events => &self.events,
+            Topic::Dlq => &self.dlq,
             Topic::EventsUnique => &self.events_unique,
             Topic::DedupState => &self.dedup_state,
             Topic::CrmDlq => &self.crm_dlq,
-            other => other.default_name(),
+            Topic::Recordings => &self.recordings,
+            Topic::RecordingsDlq => &self.recordings_dlq,
         }
     }
 }
@@ -115,10 +122,14 @@ fn defaults() -> Defaults {
             properties: BTreeMap::new(),
         },
         topics: TopicNames {
+            raw: Topic::Raw.default_name().into(),
             events: Topic::Events.default_name().into(),
+            dlq: Topic::Dlq.default_name().into(),
             events_unique: Topic::EventsUnique.default_name().into(),
             dedup_state: Topic::DedupState.default_name().into(),
             crm_dlq: Topic::CrmDlq.default_name().into(),
+            recordings: Topic::Recordings.default_name().into(),
+            recordings_dlq: Topic::RecordingsDlq.default_name().into(),
         },
         dedup: DedupSettings {
             group_id: "callstream-dedup".into(),

@@ -21,10 +21,12 @@ pub enum Topic {
     CrmDlq,
     /// Archived recordings and voicemails.
     Recordings,
+    /// Recordings or voicemails that could not be archived.
+    RecordingsDlq,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 8] = [
         Topic::Raw,
         Topic::Events,
         Topic::Dlq,
@@ -32,6 +34,7 @@ impl Topic {
         Topic::DedupState,
         Topic::CrmDlq,
         Topic::Recordings,
+        Topic::RecordingsDlq,
     ];
 
     /// The topic's default name.
@@ -44,6 +47,7 @@ impl Topic {
             Topic::DedupState => "callstream.dedup.state.v1",
             Topic::CrmDlq => "callstream.crm.dlq.v1",
             Topic::Recordings => "callstream.recordings.v1",
+            Topic::RecordingsDlq => "callstream.recordings.dlq.v1",
         }
     }
 
@@ -57,6 +61,7 @@ impl Topic {
             Topic::DedupState => "dedup_state",
             Topic::CrmDlq => "crm_dlq",
             Topic::Recordings => "recordings",
+            Topic::RecordingsDlq => "recordings_dlq",
         }
     }
 }

@@ -46,7 +46,7 @@ pub enum DecodeError {
 }
 
 /// On-disk topic tags. Part of the format: never renumber, only append.
-const TOPIC_TAGS: [(Topic, u8); 7] = [
+const TOPIC_TAGS: [(Topic, u8); 8] = [
     (Topic::Raw, 0),
     (Topic::Events, 1),
     (Topic::Dlq, 2),
@@ -54,6 +54,7 @@ const TOPIC_TAGS: [(Topic, u8); 7] = [
     (Topic::CrmDlq, 4),
     (Topic::Recordings, 5),
     (Topic::DedupState, 6),
+    (Topic::RecordingsDlq, 7),
 ];
 
 fn topic_tag(topic: Topic) -> u8 {
