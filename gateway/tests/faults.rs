@@ -391,3 +391,68 @@ async fn sigterm_lets_in_flight_requests_finish_durably() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_never_reach_the_logs_even_at_debug_level() {
+    const KEY: &str = "k-7f3e-never-log-me";
+    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let gw = ServiceProcess::start(
+        BINARY,
+        &[
+            ("GATEWAY_LISTEN", "127.0.0.1:0".to_string()),
+            ("RUST_LOG", "debug".to_string()),
+            ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+            ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
+            ("CALLSTREAM_SOURCES__ONOFF__API_KEYS", format!("[{KEY}]")),
+            ("CALLSTREAM_SOURCES__XARIOS__API_KEYS", format!("[{KEY}]")),
+        ],
+        callstream_testkit::GATEWAY_READY,
+    );
+    let client = reqwest::Client::new();
+    let sms = sms("secret-test");
+    let sent = [
+        client
+            .post(gw.url("/v1/onoff/sms"))
+            .header("authorization", format!("x-api-key {KEY}"))
+            .body(sms.clone()),
+        client
+            .post(gw.url("/v1/onoff/sms"))
+            .header("x-api-key", KEY)
+            .body(sms.clone()),
+        client
+            .post(gw.url(&format!("/v1/onoff/sms?token={KEY}")))
+            .body(sms.clone()),
+        client.get(gw.url(&format!("/v1/xarios/postcall?token={KEY}&cdr.id=1"))),
+        client
+            .post(gw.url(&format!("/v1/onoff/sms?token={KEY}x")))
+            .body(sms.clone()),
+        client
+            .post(gw.url("/v1/onoff/sms"))
+            .header("authorization", format!("Bearer {KEY}-wrong"))
+            .body(sms),
+    ];
+    let mut statuses = Vec::new();
+    for request in sent {
+        statuses.push(request.send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 401, 401]);
+    let metrics = client
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let logs = gw.logs();
+    assert!(gw.terminate().success());
+    let logs = logs.lock().unwrap().clone();
+    assert!(
+        logs.iter().any(|l| l.contains("/v1/onoff/sms")),
+        "requests were logged"
+    );
+    for line in logs.iter().chain(std::iter::once(&metrics)) {
+        assert!(!line.contains(KEY), "key leaked: {line}");
+    }
+}

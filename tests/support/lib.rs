@@ -276,7 +276,11 @@ pub struct ServiceProcess {
     child: std::process::Child,
     /// The port it reported in its ready log line.
     pub port: u16,
+    logs: LogLines,
 }
+
+/// Every line a child wrote to stdout; still readable after it exited.
+pub type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// The JSON log line the gateway writes once it listens (with `port`).
 pub const GATEWAY_READY: &str = "gateway listening";
@@ -317,12 +321,15 @@ impl ServiceProcess {
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         let ready = ready.to_string();
+        let logs = LogLines::default();
+        let collected = logs.clone();
         // Keep draining stdout for the child's whole life, or it blocks on a full pipe.
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
             {
+                collected.lock().expect("log lock").push(line.clone());
                 let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
@@ -339,7 +346,12 @@ impl ServiceProcess {
         let port = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("{binary} did not log its ready line within 30 s"));
-        ServiceProcess { child, port }
+        ServiceProcess { child, port, logs }
+    }
+
+    /// Its stdout lines, as a handle that outlives the process.
+    pub fn logs(&self) -> LogLines {
+        self.logs.clone()
     }
 
     pub fn url(&self, path: &str) -> String {
