@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{SecondsFormat, Utc};
+use chrono::{SecondsFormat, SubsecRound, Utc};
 use futures_util::StreamExt;
 use tracing_actix_web::RequestId;
 
@@ -128,7 +128,9 @@ impl Ingest {
             .map_err(|_| ApiError::BodyTimeout {
                 timeout_ms: self.body_read_timeout.as_millis() as u64,
             })??;
-        let received_at = Utc::now();
+        // Microseconds, as in the cs_received_at header: a replay rebuilds
+        // the event from that header and must produce the same bytes.
+        let received_at = Utc::now().trunc_subsecs(6);
         let query = redact_query(req.query_string());
         let content_type = req
             .headers()
@@ -252,7 +254,9 @@ fn copied_headers(req: &HttpRequest) -> impl Iterator<Item = HeaderPair> + '_ {
 /// The normalized record: JSON, keyed by identity so every resend of one
 /// event lands on one partition, with CloudEvents Kafka-binding headers.
 /// `ce_id` is the fingerprint: equal `ce_id` means an exact resend.
-fn event_record(event: &Event) -> OutRecord {
+/// `callstream-replay` publishes re-derived events with it too, so a replayed
+/// event is the very record the gateway would have published.
+pub fn event_record(event: &Event) -> OutRecord {
     let time = event.started_at.unwrap_or(event.received_at);
     OutRecord {
         topic: Topic::Events,

@@ -86,9 +86,18 @@ impl Application {
             let mut app = App::new()
                 .wrap(TracingLogger::<RedactingRootSpan>::new())
                 .app_data(ingest.clone())
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
-                .route("/metrics", web::get().to(metrics_text));
+                .service(refuse_other_methods(
+                    web::resource("/healthz").get(healthz),
+                    "GET",
+                ))
+                .service(refuse_other_methods(
+                    web::resource("/readyz").get(readyz),
+                    "GET",
+                ))
+                .service(refuse_other_methods(
+                    web::resource("/metrics").get(metrics_text),
+                    "GET",
+                ));
             for (path, route) in routes.iter() {
                 app = app.service(route_resource(path, route.clone()));
             }
@@ -192,6 +201,12 @@ fn route_resource(path: &str, route: web::Data<SourceRoute>) -> actix_web::Resou
         };
         resource = resource.route(web::method(method).to(ingest::handle));
     }
+    refuse_other_methods(resource, &allowed)
+}
+
+/// Answers any method the resource does not route with 405 and `Allow`.
+fn refuse_other_methods(resource: actix_web::Resource, allowed: &str) -> actix_web::Resource {
+    let allowed = allowed.to_string();
     resource.default_service(web::to(move |req: HttpRequest| {
         let allowed = allowed.clone();
         async move {
