@@ -32,6 +32,8 @@ pub struct Settings {
     /// `callstream-analytics`: unique events into the KPI tables.
     pub analytics: BatchSettings,
     pub crm: crate::crm::CrmSettings,
+    /// `callstream-recordings`: recordings and voicemails into object storage.
+    pub recordings: crate::recordings::RecordingsSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +113,7 @@ struct Defaults {
     store: BatchSettings,
     analytics: BatchSettings,
     crm: crate::crm::CrmSettings,
+    recordings: crate::recordings::RecordingsSettings,
 }
 
 fn defaults() -> Defaults {
@@ -149,6 +152,7 @@ fn defaults() -> Defaults {
             batch_linger_ms: 50,
         },
         crm: crate::crm::CrmSettings::default(),
+        recordings: crate::recordings::RecordingsSettings::default(),
     }
 }
 
@@ -226,6 +230,7 @@ impl Settings {
         if self.dedup.window_secs == 0 {
             return Err(invalid("dedup.window_secs", "must be greater than 0"));
         }
+        self.recordings.validate()?;
         self.crm.validate()
     }
 

@@ -7,6 +7,8 @@
 //! * `callstream-store` ([`store`]): unique events → PostgreSQL rows.
 //! * `callstream-analytics` ([`analytics`]): unique events → KPI tables.
 //! * `callstream-crm` ([`crm`]): unique events → CRM HTTP targets.
+//! * `callstream-replay` ([`replay`]): raw or DLQ records → events again,
+//!   after a normalizer fix (a command-line tool, not a service).
 //!
 //! The PostgreSQL consumers share [`pg_sink`]: rows and Kafka positions in
 //! one transaction.
@@ -20,6 +22,8 @@ pub mod kafka;
 pub mod pg;
 pub mod pg_consumer;
 pub mod pg_sink;
+pub mod recordings;
+pub mod replay;
 pub mod runtime;
 pub mod store;
 pub mod unique;

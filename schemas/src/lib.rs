@@ -16,6 +16,7 @@ pub mod lenient;
 pub mod provider;
 pub mod providers;
 pub mod raw;
+pub mod recording;
 pub mod topics;
 
 pub use event::{Direction, Event, Kind, MediaRef, Party, ProviderId, Status, Tag};
@@ -32,6 +33,10 @@ pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
         (
             "callstream.raw.v1.headers.schema.json",
             schemars::schema_for!(raw::RawMeta),
+        ),
+        (
+            "callstream.recordings.v1.schema.json",
+            schemars::schema_for!(recording::RecordingArchived),
         ),
     ]
 }

@@ -1,0 +1,28 @@
+//! `callstream-recordings`: recordings and voicemails of unique events into
+//! object storage, announced on `callstream.recordings.v1`, at least once.
+//! See `callstream_consumers::recordings`.
+
+use prometheus::Registry;
+
+use callstream_consumers::cli;
+use callstream_consumers::recordings::RecordingsConsumer;
+use callstream_consumers::runtime::{shutdown_on_signal, MetricsServer};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = cli::start(
+        env!("CARGO_BIN_NAME"),
+        "callstream recordings: audio of `callstream.events.unique.v1` into object storage.",
+    )?;
+    let registry = Registry::new();
+    let archiver = RecordingsConsumer::build(&settings, &registry)?;
+    let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry)?;
+    let port = metrics_server.port;
+    let metrics_handle = metrics_server.spawn();
+    let store = archiver.location().to_string();
+    tracing::info!(port, %store, "consumer running");
+    let result = archiver.run(shutdown_on_signal()?).await;
+    metrics_handle.stop(true).await;
+    tracing::info!("consumer stopped");
+    Ok(result?)
+}

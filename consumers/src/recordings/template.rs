@@ -1,0 +1,307 @@
+//! URL templates: how a provider's file name or recording id becomes a
+//! download URL with a configured secret, and the redactor that keeps those
+//! secrets out of logs and dead letters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
+
+use callstream_schemas::{Event, ProviderId};
+
+use super::guard;
+use super::settings::{RecordingsSettings, TemplateSettings};
+use super::source::{Handle, Item, REDACTED};
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, so a
+/// value cannot add path segments, query parameters or a host.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placeholder {
+    FileName,
+    Id,
+    Tenant,
+    Media,
+    EventId,
+    Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Value(Placeholder),
+}
+
+/// A parsed `url_template`.
+#[derive(Debug, Clone)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+/// What a template is filled with.
+struct Values<'a> {
+    handle: &'a str,
+    tenant: &'a str,
+    media: &'a str,
+    event_id: &'a str,
+    secret: &'a str,
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..].find('}').ok_or("has a `{` without its `}`")? + open;
+            let placeholder = match &rest[open + 1..close] {
+                "file_name" => Placeholder::FileName,
+                "id" => Placeholder::Id,
+                "tenant" => Placeholder::Tenant,
+                "media" => Placeholder::Media,
+                "event_id" => Placeholder::EventId,
+                "secret" => Placeholder::Secret,
+                other => {
+                    return Err(format!(
+                        "has an unknown placeholder {{{other}}} (known: file_name, id, tenant, media, event_id, secret)"
+                    ))
+                }
+            };
+            parts.push(Part::Value(placeholder));
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        let template = Template { parts };
+        if !template.uses(Placeholder::FileName) && !template.uses(Placeholder::Id) {
+            return Err("must contain {file_name} or {id}".into());
+        }
+        let sample = template.fill(&Values {
+            handle: "f.mp3",
+            tenant: "t",
+            media: "recording",
+            event_id: "e",
+            secret: "s",
+        });
+        let url = Url::parse(&sample).map_err(|e| format!("does not give a URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err("must give an http:// or https:// URL with a host".into());
+        }
+        Ok(template)
+    }
+
+    fn uses(&self, placeholder: Placeholder) -> bool {
+        self.parts.contains(&Part::Value(placeholder))
+    }
+
+    pub fn uses_secret(&self) -> bool {
+        self.uses(Placeholder::Secret)
+    }
+
+    fn fill(&self, values: &Values<'_>) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Value(p) => out.push_str(&encode(match p {
+                    Placeholder::FileName | Placeholder::Id => values.handle,
+                    Placeholder::Tenant => values.tenant,
+                    Placeholder::Media => values.media,
+                    Placeholder::EventId => values.event_id,
+                    Placeholder::Secret => values.secret,
+                })),
+            }
+        }
+        out
+    }
+}
+
+/// Why an item cannot be turned into a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("not a URL")]
+    NotAUrl,
+    #[error("refused: {0}")]
+    Refused(#[from] guard::Refused),
+    #[error("no {{secret}} configured for tenant `{0}`")]
+    NoSecret(String),
+}
+
+impl ResolveError {
+    /// The `reason` label of `callstream_recordings_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ResolveError::NotAUrl => "invalid_url",
+            ResolveError::Refused(_) => "refused",
+            ResolveError::NoSecret(_) => "config",
+        }
+    }
+}
+
+struct ProviderTemplate {
+    template: Template,
+    secret: Option<SecretString>,
+    tenant_secrets: BTreeMap<String, SecretString>,
+}
+
+/// Turns items into download URLs, checked against the address guard.
+pub struct Resolver {
+    templates: HashMap<ProviderId, ProviderTemplate>,
+    allow_private_targets: bool,
+}
+
+impl Resolver {
+    /// Templates were validated with the settings; one that still fails to
+    /// parse is left out (its items count as unconfigured).
+    pub fn new(settings: &RecordingsSettings) -> Resolver {
+        let templates = settings
+            .templates
+            .iter()
+            .filter_map(|(provider, t): (&ProviderId, &TemplateSettings)| {
+                let template = Template::parse(&t.url_template).ok()?;
+                Some((
+                    *provider,
+                    ProviderTemplate {
+                        template,
+                        secret: t.secret.clone(),
+                        tenant_secrets: t.tenant_secrets.clone(),
+                    },
+                ))
+            })
+            .collect();
+        Resolver {
+            templates,
+            allow_private_targets: settings.allow_private_targets,
+        }
+    }
+
+    /// The URL to fetch, or `None` when no template covers the item.
+    pub fn resolve(&self, event: &Event, item: &Item) -> Result<Option<Url>, ResolveError> {
+        let raw = match &item.handle {
+            Handle::Url(url) => url.clone(),
+            Handle::FileName(value) | Handle::Id(value) => {
+                let Some(t) = self.templates.get(&event.provider) else {
+                    return Ok(None);
+                };
+                let wanted = match item.handle {
+                    Handle::FileName(_) => Placeholder::FileName,
+                    _ => Placeholder::Id,
+                };
+                if !t.template.uses(wanted) {
+                    return Ok(None);
+                }
+                let secret = match t.tenant_secrets.get(&event.tenant).or(t.secret.as_ref()) {
+                    Some(secret) => secret.expose_secret(),
+                    None if t.template.uses_secret() => {
+                        return Err(ResolveError::NoSecret(event.tenant.clone()))
+                    }
+                    None => "",
+                };
+                t.template.fill(&Values {
+                    handle: value,
+                    tenant: &event.tenant,
+                    media: item.media.as_str(),
+                    event_id: &event.event_id.to_string(),
+                    secret,
+                })
+            }
+        };
+        let url = Url::parse(&raw).map_err(|_| ResolveError::NotAUrl)?;
+        guard::check_url(&url, self.allow_private_targets)?;
+        Ok(Some(url))
+    }
+
+    /// Every configured template secret, to scrub from error texts.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in self.templates.values() {
+            out.extend(t.secret.iter().map(|s| s.expose_secret().to_string()));
+            out.extend(
+                t.tenant_secrets
+                    .values()
+                    .map(|s| s.expose_secret().to_string()),
+            );
+        }
+        out
+    }
+}
+
+/// Removes secrets from text bound for logs and dead letters, as given and
+/// percent-encoded (as they appear in a URL).
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    needles: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Redactor {
+        let mut needles: Vec<String> = secrets
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .flat_map(|s| [encode(&s), s])
+            .collect();
+        // Longest first, so a secret containing another is replaced whole.
+        needles.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        needles.dedup();
+        Redactor { needles }
+    }
+
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for needle in &self.needles {
+            if text.contains(needle.as_str()) {
+                text = text.replace(needle.as_str(), REDACTED);
+            }
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_values_are_encoded_and_placeholders_checked() {
+        let t = Template::parse("https://h.example/play?file={file_name}&s={secret}").unwrap();
+        let filled = t.fill(&Values {
+            handle: "../a b&c=d.mp3",
+            tenant: "",
+            media: "recording",
+            event_id: "",
+            secret: "s/1",
+        });
+        assert_eq!(
+            filled,
+            "https://h.example/play?file=..%2Fa%20b%26c%3Dd.mp3&s=s%2F1"
+        );
+        assert!(Template::parse("https://h.example/{tenant}").is_err());
+        assert!(Template::parse("https://h.example/{nope}/{id}").is_err());
+        assert!(Template::parse("ftp://h.example/{id}").is_err());
+        assert!(Template::parse("https://h.example/{id").is_err());
+    }
+
+    #[test]
+    fn redactor_removes_plain_and_encoded_secrets() {
+        let r = Redactor::new(["p@ss word".to_string()]);
+        assert_eq!(
+            r.scrub("a p@ss word b p%40ss%20word"),
+            "a REDACTED b REDACTED"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! A raw or DLQ record turned back into the request the gateway saw, and
+//! normalized again by the current code.
+//!
+//! The body is the record value, byte-exact; the provider, route, method,
+//! query and content type come from the `cs_*` headers
+//! (`callstream_schemas::raw`). The context gets the original
+//! `cs_received_at` and `cs_request_id`, so an unchanged normalizer derives
+//! the identity and fingerprint it derived then. The one thing a raw record
+//! does not carry is the tenant configured for its source
+//! (`sources.<provider>.tenant` in the gateway); it is given here, per
+//! provider, and defaults to the gateway's default.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::Message;
+
+use callstream_schemas::raw as h;
+use callstream_schemas::{providers, Context, Event, Provider, RawRequest};
+
+use super::ReplayError;
+use crate::kafka::header;
+
+/// The gateway's default `sources.<provider>.tenant`.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Why a record does not become an event (it is reported, never re-published).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Short, stable: a `NormalizeError` code (`malformed`, `missing_field`,
+    /// ...), or `missing_header`, `invalid_header`, `unknown_source`,
+    /// `unknown_route` for records this code cannot rebuild.
+    pub reason: &'static str,
+    /// For a person.
+    pub detail: String,
+}
+
+impl Failure {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Failure {
+        Failure {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+pub(crate) struct Renormalizer {
+    providers: Vec<Box<dyn Provider>>,
+    /// Tenant per provider name.
+    tenants: BTreeMap<String, String>,
+    /// Name of the raw topic, for the events' `raw` pointer (for DLQ
+    /// records too: their raw record is there, under the same request id).
+    raw_topic: String,
+}
+
+impl Renormalizer {
+    /// `tenants` overrides the default tenant per provider name.
+    pub fn new(
+        tenants: &BTreeMap<String, String>,
+        raw_topic: &str,
+    ) -> Result<Renormalizer, ReplayError> {
+        let providers = providers::all();
+        let mut all: BTreeMap<String, String> = providers
+            .iter()
+            .map(|p| (p.id().as_str().to_string(), DEFAULT_TENANT.to_string()))
+            .collect();
+        for (provider, tenant) in tenants {
+            match all.get_mut(provider) {
+                Some(t) => t.clone_from(tenant),
+                None => {
+                    let known: Vec<&str> = all.keys().map(String::as_str).collect();
+                    return Err(ReplayError::InvalidOption(format!(
+                        "--tenant {provider}={tenant}: no provider `{provider}` (known: {})",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(Renormalizer {
+            providers,
+            tenants: all,
+            raw_topic: raw_topic.to_string(),
+        })
+    }
+
+    pub fn normalize(&self, msg: &BorrowedMessage<'_>) -> Result<Event, Failure> {
+        let required = |name: &'static str| {
+            header(msg, name)
+                .ok_or_else(|| Failure::new("missing_header", format!("no UTF-8 `{name}` header")))
+        };
+        let source = required(h::H_SOURCE)?;
+        let route = required(h::H_ROUTE)?;
+        let method = required(h::H_METHOD)?;
+        let request_id = required(h::H_REQUEST_ID)?;
+        let received_at = required(h::H_RECEIVED_AT)?;
+        let received_at = DateTime::parse_from_rfc3339(received_at)
+            .map_err(|e| {
+                Failure::new(
+                    "invalid_header",
+                    format!("`{}` is not RFC 3339: {e}", h::H_RECEIVED_AT),
+                )
+            })?
+            .with_timezone(&Utc);
+        let provider = self
+            .providers
+            .iter()
+            .find(|p| p.id().as_str() == source)
+            .ok_or_else(|| Failure::new("unknown_source", format!("no provider `{source}`")))?;
+        if !provider.routes().iter().any(|r| r.name == route) {
+            return Err(Failure::new(
+                "unknown_route",
+                format!("provider `{source}` has no route `{route}`"),
+            ));
+        }
+        let raw = RawRequest {
+            method,
+            route,
+            query: header(msg, h::H_QUERY).unwrap_or_default(),
+            content_type: header(msg, h::H_CONTENT_TYPE),
+            body: msg.payload().unwrap_or_default(),
+        };
+        let ctx = Context {
+            default_tenant: self
+                .tenants
+                .get(source)
+                .map_or(DEFAULT_TENANT, String::as_str),
+            received_at,
+            request_id,
+            raw_topic: &self.raw_topic,
+        };
+        provider
+            .normalize(&raw, &ctx)
+            .map_err(|e| Failure::new(e.code(), e.to_string()))
+    }
+}
