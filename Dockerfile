@@ -6,19 +6,22 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked \
       --bin callstream-gateway --bin callstream-dedup --bin callstream-store \
-      --bin callstream-analytics --bin callstream-crm \
- && for b in gateway dedup store analytics crm; do cp target/release/callstream-$b /usr/local/bin/; done
+      --bin callstream-analytics --bin callstream-crm --bin callstream-recordings \
+      --bin callstream-replay \
+ && for b in gateway dedup store analytics crm recordings replay; do cp target/release/callstream-$b /usr/local/bin/; done
 
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 callstream \
- && mkdir -p /var/lib/callstream/spool && chown -R callstream /var/lib/callstream
+ && mkdir -p /var/lib/callstream/spool /var/lib/callstream/recordings \
+ && chown -R callstream /var/lib/callstream
 COPY --from=build /usr/local/bin/callstream-* /usr/local/bin/
 USER callstream
 ENV GATEWAY_LISTEN=0.0.0.0:8080 METRICS_LISTEN=0.0.0.0:9090 CALLSTREAM_LOG_FORMAT=json \
-    CALLSTREAM_SPOOL__DIR=/var/lib/callstream/spool
-VOLUME /var/lib/callstream/spool
+    CALLSTREAM_SPOOL__DIR=/var/lib/callstream/spool \
+    CALLSTREAM_RECORDINGS__STORE__DIR=/var/lib/callstream/recordings
+VOLUME /var/lib/callstream/spool /var/lib/callstream/recordings
 EXPOSE 8080 9090
 CMD ["/usr/local/bin/callstream-gateway"]
