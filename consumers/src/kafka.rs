@@ -157,3 +157,82 @@ pub async fn consumer_lag<C: Consumer<TrackingContext> + Send + Sync + 'static>(
     .ok()
     .flatten()
 }
+
+/// Copies `msg` (key, value, headers) to `topic` with `extra` headers and
+/// waits for Kafka's acknowledgement, retrying every `retry_every` until it
+/// comes. Returns false if shutdown began first: the record then stays
+/// uncommitted and is handled again after the restart. `on_error` sees each
+/// failed attempt (for metrics).
+pub async fn dead_letter(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    msg: &BorrowedMessage<'_>,
+    extra: &[(&str, &str)],
+    retry_every: Duration,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+    mut on_error: impl FnMut(&rdkafka::error::KafkaError),
+) -> bool {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let mut headers = OwnedHeaders::new();
+    for h in msg.headers().into_iter().flat_map(|hs| hs.iter()) {
+        headers = headers.insert(h);
+    }
+    for (key, value) in extra {
+        headers = headers.insert(Header {
+            key,
+            value: Some(*value),
+        });
+    }
+    loop {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers.clone());
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = msg.payload() {
+            record = record.payload(payload);
+        }
+        match producer.send(record, retry_every).await {
+            Ok(_) => return true,
+            Err((e, _)) => {
+                on_error(&e);
+                tracing::warn!(%topic, error = %e, "dead letter not acknowledged; retrying");
+                if crate::runtime::pause(retry_every, shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Marks `msg` finished: stores the offset after it and commits in the
+/// background. A lost commit only means the record is handled again.
+pub fn commit_after<C: ConsumerContext + 'static>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    msg: &BorrowedMessage<'_>,
+) {
+    let stored = consumer
+        .store_offset_from_message(msg)
+        .and_then(|()| consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async));
+    if let Err(e) = stored {
+        // After a rebalance took the partition away: its new owner starts
+        // from the last commit and handles the record again.
+        tracing::warn!(partition = msg.partition(), error = %e, "offset not committed");
+    }
+}
+
+/// Commits the stored offsets synchronously, then closes the consumer,
+/// which leaves the group at once.
+pub async fn commit_and_close<C: ConsumerContext + 'static>(
+    consumer: rdkafka::consumer::StreamConsumer<C>,
+) {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let _ = tokio::task::spawn_blocking(move || {
+        match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "final commit failed"),
+        }
+        drop(consumer);
+    })
+    .await;
+}

@@ -83,3 +83,12 @@ pub async fn wait_for(shutdown: &mut watch::Receiver<bool>) {
         }
     }
 }
+
+/// Sleeps `duration`; true if shutdown began meanwhile.
+pub async fn pause(duration: std::time::Duration, shutdown: &watch::Receiver<bool>) -> bool {
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => *shutdown.borrow(),
+        _ = wait_for(&mut shutdown) => true,
+    }
+}

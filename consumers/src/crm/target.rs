@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
 use callstream_schemas::Kind;
@@ -14,7 +14,7 @@ use callstream_schemas::Kind;
 use super::deliver::{Deliverer, Delivery};
 use super::metrics::{EventOutcome, TargetMetrics};
 use crate::kafka::decode_unique;
-use crate::runtime::wait_for;
+use crate::runtime::{pause, wait_for};
 
 /// Headers added to a dead letter, besides the original ones.
 pub const TARGET_HEADER: &str = "cs_crm_target";
@@ -110,9 +110,8 @@ impl TargetLoop {
         }
     }
 
-    /// Copies the record to the dead-letter topic with why it failed, and
-    /// waits for Kafka's acknowledgement, retrying until it comes (or
-    /// shutdown: then `None`, and the record stays uncommitted).
+    /// Copies the record to the dead-letter topic with why it failed; see
+    /// [`crate::kafka::dead_letter`]. `None` if shutdown came first.
     async fn dead_letter(
         &self,
         msg: &BorrowedMessage<'_>,
@@ -120,82 +119,32 @@ impl TargetLoop {
         attempts: u32,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<EventOutcome> {
-        let mut headers = OwnedHeaders::new();
-        for h in msg.headers().into_iter().flat_map(|hs| hs.iter()) {
-            headers = headers.insert(h);
-        }
         let attempts = attempts.to_string();
-        for (key, value) in [
+        let extra = [
             (TARGET_HEADER, self.name.as_str()),
             (ERROR_HEADER, error),
             (ATTEMPTS_HEADER, attempts.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        loop {
-            let mut record =
-                FutureRecord::<[u8], [u8]>::to(&self.dlq_topic).headers(headers.clone());
-            if let Some(key) = msg.key() {
-                record = record.key(key);
-            }
-            if let Some(payload) = msg.payload() {
-                record = record.payload(payload);
-            }
-            match self.producer.send(record, KAFKA_ERROR_PAUSE).await {
-                Ok(_) => return Some(EventOutcome::DeadLettered),
-                Err((e, _)) => {
-                    self.metrics.dlq_produce_errors.inc();
-                    tracing::warn!(crm_target = %self.name, error = %e, "dead letter not acknowledged; retrying");
-                    if pause(KAFKA_ERROR_PAUSE, shutdown).await {
-                        return None;
-                    }
-                }
-            }
-        }
+        ];
+        let acked = crate::kafka::dead_letter(
+            &self.producer,
+            &self.dlq_topic,
+            msg,
+            &extra,
+            KAFKA_ERROR_PAUSE,
+            shutdown,
+            |_| self.metrics.dlq_produce_errors.inc(),
+        )
+        .await;
+        acked.then_some(EventOutcome::DeadLettered)
     }
 
-    /// Marks the record finished; the offset after it is committed in the
-    /// background. A lost commit only means the record is delivered again.
     fn store(&self, msg: &BorrowedMessage<'_>) {
-        let stored = self
-            .consumer
-            .store_offset_from_message(msg)
-            .and_then(|()| self.consumer.commit_consumer_state(CommitMode::Async));
-        if let Err(e) = stored {
-            // After a rebalance took the partition away: its new owner
-            // starts from the last commit and delivers the record again.
-            tracing::warn!(crm_target = %self.name, partition = msg.partition(), error = %e, "offset not committed");
-        }
+        crate::kafka::commit_after(&self.consumer, msg);
     }
 
-    /// Commits the stored offsets synchronously, then leaves the group.
     async fn close(self) {
         let name = self.name;
-        let consumer = self.consumer;
-        let closed = tokio::task::spawn_blocking(move || {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => tracing::warn!(crm_target = %name, error = %e, "final commit failed"),
-            }
-            // Dropping the consumer closes it: it leaves the group at once.
-            drop(consumer);
-            name
-        })
-        .await;
-        if let Ok(name) = closed {
-            tracing::info!(crm_target = %name, "CRM target stopped");
-        }
-    }
-}
-
-/// Sleeps `duration`; true if shutdown began meanwhile.
-async fn pause(duration: Duration, shutdown: &watch::Receiver<bool>) -> bool {
-    let mut shutdown = shutdown.clone();
-    tokio::select! {
-        _ = tokio::time::sleep(duration) => *shutdown.borrow(),
-        _ = wait_for(&mut shutdown) => true,
+        crate::kafka::commit_and_close(self.consumer).await;
+        tracing::info!(crm_target = %name, "CRM target stopped");
     }
 }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::watch;
 
@@ -17,7 +17,7 @@ use super::settings::MAX_MEDIA_PER_EVENT;
 use super::source;
 use super::template::{Redactor, Resolver};
 use crate::kafka::decode_unique;
-use crate::runtime::wait_for;
+use crate::runtime::{pause, wait_for};
 
 /// Headers added to a dead letter, besides the original ones.
 pub const ERROR_HEADER: &str = "cs_recordings_error";
@@ -192,9 +192,8 @@ impl ArchiveLoop {
         }
     }
 
-    /// Copies the record to the dead-letter topic with why it failed, and
-    /// waits for Kafka's acknowledgement, retrying until it comes (or
-    /// shutdown: then `None`, and the record stays uncommitted).
+    /// Copies the record to the dead-letter topic with why it failed; see
+    /// [`crate::kafka::dead_letter`]. `None` if shutdown came first.
     async fn dead_letter(
         &self,
         msg: &BorrowedMessage<'_>,
@@ -202,76 +201,27 @@ impl ArchiveLoop {
         attempts: u32,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<()> {
-        let mut headers = OwnedHeaders::new();
-        for h in msg.headers().into_iter().flat_map(|hs| hs.iter()) {
-            headers = headers.insert(h);
-        }
         let attempts = attempts.to_string();
-        for (key, value) in [(ERROR_HEADER, error), (ATTEMPTS_HEADER, attempts.as_str())] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        loop {
-            let mut record =
-                FutureRecord::<[u8], [u8]>::to(&self.dlq_topic).headers(headers.clone());
-            if let Some(key) = msg.key() {
-                record = record.key(key);
-            }
-            if let Some(payload) = msg.payload() {
-                record = record.payload(payload);
-            }
-            match self.producer.send(record, KAFKA_ERROR_PAUSE).await {
-                Ok(_) => {
-                    self.metrics.dead_letters.inc();
-                    return Some(());
-                }
-                Err((e, _)) => {
-                    self.metrics.produce_error("recordings_dlq");
-                    tracing::warn!(error = %e, "dead letter not acknowledged; retrying");
-                    if pause(KAFKA_ERROR_PAUSE, shutdown).await {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Marks the record finished; the offset after it is committed in the
-    /// background. A lost commit only means the record is processed again.
-    fn store(&self, msg: &BorrowedMessage<'_>) {
-        let stored = self
-            .consumer
-            .store_offset_from_message(msg)
-            .and_then(|()| self.consumer.commit_consumer_state(CommitMode::Async));
-        if let Err(e) = stored {
-            tracing::warn!(partition = msg.partition(), error = %e, "offset not committed");
-        }
-    }
-
-    /// Commits the stored offsets synchronously, then leaves the group.
-    async fn close(self) {
-        let consumer = self.consumer;
-        let closed = tokio::task::spawn_blocking(move || {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => tracing::warn!(error = %e, "final commit failed"),
-            }
-            drop(consumer);
-        })
+        let extra = [(ERROR_HEADER, error), (ATTEMPTS_HEADER, attempts.as_str())];
+        let acked = crate::kafka::dead_letter(
+            &self.producer,
+            &self.dlq_topic,
+            msg,
+            &extra,
+            KAFKA_ERROR_PAUSE,
+            shutdown,
+            |_| self.metrics.produce_error("recordings_dlq"),
+        )
         .await;
-        if closed.is_ok() {
-            tracing::info!("recordings archiver stopped");
-        }
+        acked.then(|| self.metrics.dead_letters.inc())
     }
-}
 
-/// Sleeps `duration`; true if shutdown began meanwhile.
-async fn pause(duration: Duration, shutdown: &watch::Receiver<bool>) -> bool {
-    let mut shutdown = shutdown.clone();
-    tokio::select! {
-        _ = tokio::time::sleep(duration) => *shutdown.borrow(),
-        _ = wait_for(&mut shutdown) => true,
+    fn store(&self, msg: &BorrowedMessage<'_>) {
+        crate::kafka::commit_after(&self.consumer, msg);
+    }
+
+    async fn close(self) {
+        crate::kafka::commit_and_close(self.consumer).await;
+        tracing::info!("recordings archiver stopped");
     }
 }
