@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::Serialized;
 use figment::Figment;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use callstream_gateway::config::LogFormat;
+use callstream_gateway::config::{layered, LogFormat};
 use callstream_schemas::Topic;
 
 #[derive(Debug, Deserialize)]
@@ -173,29 +173,11 @@ pub fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> Config
 
 impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut figment = Self::defaults();
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        let figment = figment
-            // CALLSTREAM_CONFIG names the file itself; it is not a setting.
-            .merge(Env::prefixed("CALLSTREAM_").ignore(&["config"]).split("__"))
-            .merge(
-                Env::raw()
-                    .only(&["KAFKA_BOOTSTRAP_SERVERS"])
-                    .map(|_| "kafka.bootstrap_servers".into()),
-            )
-            .merge(
-                Env::raw()
-                    .only(&["DATABASE_URL"])
-                    .map(|_| "database_url".into()),
-            )
-            .merge(
-                Env::raw()
-                    .only(&["METRICS_LISTEN"])
-                    .map(|_| "metrics_listen".into()),
-            );
-        Self::from_figment(figment)
+        let plain = [
+            ("DATABASE_URL", "database_url"),
+            ("METRICS_LISTEN", "metrics_listen"),
+        ];
+        Self::from_figment(layered(Self::defaults(), file, &plain))
     }
 
     /// Only the built-in defaults (for tests).

@@ -193,6 +193,28 @@ fn defaults() -> Defaults {
     }
 }
 
+/// The layering every callstream binary uses, over `defaults`: the TOML
+/// `file`, then `CALLSTREAM_*` variables (`__` between levels), then the
+/// plain variables `KAFKA_BOOTSTRAP_SERVERS` and `plain` (variable, setting).
+pub fn layered(defaults: Figment, file: Option<&Path>, plain: &[(&str, &str)]) -> Figment {
+    let mut figment = defaults;
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    // CALLSTREAM_CONFIG names the file itself; it is not a setting.
+    figment = figment.merge(Env::prefixed("CALLSTREAM_").ignore(&["config"]).split("__"));
+    let bootstrap = [("KAFKA_BOOTSTRAP_SERVERS", "kafka.bootstrap_servers")];
+    for (variable, setting) in bootstrap.iter().chain(plain) {
+        let setting = setting.to_string();
+        figment = figment.merge(
+            Env::raw()
+                .only(&[variable])
+                .map(move |_| setting.clone().into()),
+        );
+    }
+    figment
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid configuration: {0}")]
@@ -216,23 +238,7 @@ impl Settings {
 
     /// The layered sources, exposed so tests can add their own layer on top.
     pub fn figment(file: Option<&Path>) -> Figment {
-        let mut figment = Self::defaults();
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        figment
-            // CALLSTREAM_CONFIG names the file itself; it is not a setting.
-            .merge(Env::prefixed("CALLSTREAM_").ignore(&["config"]).split("__"))
-            .merge(
-                Env::raw()
-                    .only(&["KAFKA_BOOTSTRAP_SERVERS"])
-                    .map(|_| "kafka.bootstrap_servers".into()),
-            )
-            .merge(
-                Env::raw()
-                    .only(&["GATEWAY_LISTEN"])
-                    .map(|_| "listen".into()),
-            )
+        layered(Self::defaults(), file, &[("GATEWAY_LISTEN", "listen")])
     }
 
     /// Only the built-in defaults, no file and no environment (for tests).
