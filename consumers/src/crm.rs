@@ -44,8 +44,7 @@ use tokio::sync::watch;
 
 use callstream_schemas::{Event, Topic};
 
-use crate::config::{invalid, ConfigError, KafkaSettings, Settings};
-use crate::kafka::{client_config, consumer_config};
+use crate::config::{invalid, ConfigError, Settings};
 use crate::runtime::wait_for;
 use deliver::Deliverer;
 use metrics::CrmMetrics;
@@ -98,7 +97,7 @@ impl CrmConsumer {
         let crm = &settings.crm;
         crm.require_targets()?;
         let metrics = CrmMetrics::register(registry)?;
-        let producer: FutureProducer = dlq_producer_config(&settings.kafka)
+        let producer: FutureProducer = crate::kafka::durable_producer_config(&settings.kafka)
             .create()
             .map_err(CrmError::Producer)?;
         let mut targets = Vec::with_capacity(crm.targets.len());
@@ -108,9 +107,13 @@ impl CrmConsumer {
                 target: name.clone(),
                 source,
             };
-            let consumer = target_consumer_config(&settings.kafka, &group, target)
-                .create()
-                .map_err(kafka_error)?;
+            let consumer = crate::kafka::slow_record_consumer_config(
+                &settings.kafka,
+                &group,
+                target.worst_case_record(),
+            )
+            .create()
+            .map_err(kafka_error)?;
             let deliverer = Deliverer::new(target, mapping(name, target)?, metrics.target(name))
                 .map_err(|source| CrmError::Http {
                     target: name.clone(),
@@ -175,32 +178,4 @@ fn mapping(name: &str, target: &TargetSettings) -> Result<Box<dyn Mapping>, Conf
         TargetKind::Webhook => Box::new(webhook::Webhook { url }),
         TargetKind::Hubspot => Box::new(hubspot::HubSpot::new(&url).map_err(&invalid_url)?),
     })
-}
-
-/// The target's consumer. librdkafka drops a member that does not poll
-/// within `max.poll.interval.ms`, and this loop polls only between records,
-/// so the interval is raised to cover the slowest record (all attempts
-/// timing out) unless `kafka.properties` sets it.
-fn target_consumer_config(
-    kafka: &KafkaSettings,
-    group: &str,
-    target: &TargetSettings,
-) -> rdkafka::ClientConfig {
-    const INTERVAL: &str = "max.poll.interval.ms";
-    let mut config = consumer_config(kafka, group);
-    if !kafka.properties.contains_key(INTERVAL) {
-        let worst_ms = target.worst_case_record().as_millis() as u64;
-        config.set(INTERVAL, (worst_ms + 60_000).max(300_000).to_string());
-    }
-    config
-}
-
-/// Dead letters must be durable before their record is committed.
-fn dlq_producer_config(kafka: &KafkaSettings) -> rdkafka::ClientConfig {
-    let mut config = client_config(kafka);
-    config
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000");
-    config
 }

@@ -236,3 +236,31 @@ pub async fn commit_and_close<C: ConsumerContext + 'static>(
     })
     .await;
 }
+
+/// A consumer whose loop may hold one record for up to `worst_case` (long
+/// retries): `max.poll.interval.ms` is raised to cover it, unless the
+/// operator set it, so the group does not evict a member that is working.
+pub fn slow_record_consumer_config(
+    kafka: &KafkaSettings,
+    group: &str,
+    worst_case: Duration,
+) -> ClientConfig {
+    const INTERVAL: &str = "max.poll.interval.ms";
+    let mut config = consumer_config(kafka, group);
+    if !kafka.properties.contains_key(INTERVAL) {
+        let worst_ms = worst_case.as_millis() as u64;
+        config.set(INTERVAL, (worst_ms + 60_000).max(300_000).to_string());
+    }
+    config
+}
+
+/// A producer for records that must be durable before the record they came
+/// from is committed (dead letters, derived events).
+pub fn durable_producer_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000");
+    config
+}

@@ -66,8 +66,7 @@ use tokio::sync::watch;
 
 use callstream_schemas::Topic;
 
-use crate::config::{ConfigError, KafkaSettings, Settings};
-use crate::kafka::{client_config, consumer_config};
+use crate::config::{ConfigError, Settings};
 use archive::Archive;
 use consume::ArchiveLoop;
 use fetch::Downloader;
@@ -111,8 +110,14 @@ impl RecordingsConsumer {
         let archive = Archive::open(&recordings.store)?;
         let location = archive.describe();
         let downloader = Downloader::new(recordings, archive, metrics.clone(), redactor.clone())?;
-        let consumer = archive_consumer_config(&settings.kafka, recordings).create()?;
-        let producer: FutureProducer = producer_config(&settings.kafka).create()?;
+        let consumer = crate::kafka::slow_record_consumer_config(
+            &settings.kafka,
+            &recordings.group_id,
+            recordings.worst_case_record(),
+        )
+        .create()?;
+        let producer: FutureProducer =
+            crate::kafka::durable_producer_config(&settings.kafka).create()?;
         Ok(RecordingsConsumer {
             archive_loop: ArchiveLoop {
                 group: recordings.group_id.clone(),
@@ -141,32 +146,4 @@ impl RecordingsConsumer {
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), RecordingsError> {
         Ok(self.archive_loop.run(shutdown).await?)
     }
-}
-
-/// librdkafka drops a member that does not poll within
-/// `max.poll.interval.ms`, and this loop polls only between records, so the
-/// interval is raised to cover the slowest record unless `kafka.properties`
-/// sets it.
-fn archive_consumer_config(
-    kafka: &KafkaSettings,
-    recordings: &RecordingsSettings,
-) -> rdkafka::ClientConfig {
-    const INTERVAL: &str = "max.poll.interval.ms";
-    let mut config = consumer_config(kafka, &recordings.group_id);
-    if !kafka.properties.contains_key(INTERVAL) {
-        let worst_ms = recordings.worst_case_record().as_millis() as u64;
-        config.set(INTERVAL, (worst_ms + 60_000).max(300_000).to_string());
-    }
-    config
-}
-
-/// Recordings events and dead letters must be durable before their record
-/// is committed.
-fn producer_config(kafka: &KafkaSettings) -> rdkafka::ClientConfig {
-    let mut config = client_config(kafka);
-    config
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000");
-    config
 }

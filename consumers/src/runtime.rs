@@ -92,3 +92,15 @@ pub async fn pause(duration: std::time::Duration, shutdown: &watch::Receiver<boo
         _ = wait_for(&mut shutdown) => true,
     }
 }
+
+/// An error and all its causes on one line, `outer: cause: root`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

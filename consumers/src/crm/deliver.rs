@@ -105,14 +105,7 @@ impl AttemptError {
         }
         let connect = error.is_connect();
         // The URL may carry a credential in its query: leave it out.
-        let error = error.without_url();
-        let mut text = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
+        let text = crate::runtime::error_chain(&error.without_url());
         if connect {
             AttemptError::Connect(text)
         } else {

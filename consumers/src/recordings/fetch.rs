@@ -106,14 +106,7 @@ impl ItemError {
             return ItemError::Timeout(timeout_ms);
         }
         let connect = error.is_connect();
-        let error = error.without_url();
-        let mut text = error.to_string();
-        let mut cause = std::error::Error::source(&error);
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
+        let text = crate::runtime::error_chain(&error.without_url());
         if connect {
             ItemError::Connect(text)
         } else {
