@@ -364,13 +364,7 @@ impl ServiceProcess {
 
     /// Peak resident set size so far, in KiB (`VmHWM`).
     pub fn peak_rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc status")
+        peak_rss_kib(self.pid())
     }
 
     /// SIGKILL: no shutdown code runs, nothing is flushed.
@@ -386,6 +380,16 @@ impl ServiceProcess {
             .status();
         self.child.wait().expect("process exits")
     }
+}
+
+/// Peak resident set size so far of process `pid`, in KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
 }
 
 impl Drop for ServiceProcess {

@@ -14,6 +14,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const DEFAULT_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Set (to anything) before the first [`TestDatabase::create`] for a cluster
+/// with PostgreSQL's durable defaults (fsync on).
+pub const DURABLE_ENV: &str = "CALLSTREAM_TEST_PG_DURABLE";
 
 struct Cluster {
     port: u16,
@@ -77,9 +80,16 @@ fn start_cluster() -> Cluster {
         .unwrap()
         .port();
     let postgres = bin("postgres");
+    // Tests trade durability for speed; benchmarks (DURABLE_ENV set) keep
+    // PostgreSQL's defaults, so every commit is fsynced as in production.
+    let durability = if std::env::var_os(DURABLE_ENV).is_some() {
+        ""
+    } else {
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    };
     let server_cmd = format!(
-        "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-         -c full_page_writes=off -c max_connections=200 & pid=$!; read _; kill -INT $pid; wait $pid",
+        "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 {durability} \
+         -c max_connections=200 & pid=$!; read _; kill -INT $pid; wait $pid",
         postgres.display(),
         data.display(),
         dir.path().display(),

@@ -1,0 +1,229 @@
+//! Consumer throughput: a topic pre-filled with normalized events (the
+//! gateway's own records, built from the same workload, resends included)
+//! is run through callstream-dedup, whose output then runs through
+//! callstream-store into a durable PostgreSQL. Each consumer is timed from
+//! its first consumed record to its last, and its output is checked.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use callstream_gateway::auth::redact_query;
+use callstream_gateway::ingest::event_record;
+use callstream_schemas::{providers, Context, RawRequest, Topic};
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::load;
+use crate::systems::{consumer, Broker, Process};
+use crate::workload;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConsumerRun {
+    pub events: u64,
+    pub resends: u64,
+    pub dedup_seconds: f64,
+    pub dedup_per_second: f64,
+    pub dedup_peak_rss_mib: f64,
+    pub forwarded: u64,
+    pub store_seconds: f64,
+    pub store_rows_per_second: f64,
+    pub store_peak_rss_mib: f64,
+    pub rows: i64,
+}
+
+/// Normalizes workload request `i` the way the gateway does.
+pub fn event_of(run: &str, i: u64) -> anyhow::Result<callstream_gateway::publish::OutRecord> {
+    let req = workload::request(run, i);
+    let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+    let (provider, route) = providers::all()
+        .into_iter()
+        .find_map(|p| {
+            let route = p.routes().iter().find(|r| r.default_path == path)?.name;
+            Some((p, route))
+        })
+        .with_context(|| format!("no provider serves {path}"))?;
+    let query = redact_query(query);
+    let received_at =
+        chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64).expect("in range");
+    let request_id = format!("{run}-req-{i}");
+    let event = provider
+        .normalize(
+            &RawRequest {
+                method: req.method,
+                route,
+                query: &query,
+                content_type: req.content_type,
+                body: req.body.as_bytes(),
+            },
+            &Context {
+                default_tenant: "default",
+                received_at,
+                request_id: &request_id,
+                raw_topic: Topic::Raw.default_name(),
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("request {i} does not normalize: {e}"))?;
+    Ok(event_record(&event))
+}
+
+/// Produces `events` normalized events (resends included) to the events topic.
+async fn prefill(bootstrap: &str, run: &str, events: u64) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .create()?;
+    let topic = Topic::Events.default_name();
+    const CHUNK: u64 = 20_000;
+    let mut i = 0;
+    while i < events {
+        let records: Vec<_> = (i..(i + CHUNK).min(events))
+            .map(|k| event_of(run, k))
+            .collect::<anyhow::Result<_>>()?;
+        let sends = records.iter().map(|r| {
+            let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v),
+                })
+            });
+            producer.send(
+                FutureRecord::to(topic)
+                    .key(r.key.as_str())
+                    .payload(r.payload.as_slice())
+                    .headers(headers),
+                Duration::from_secs(60),
+            )
+        });
+        for result in futures_util::future::join_all(sends).await {
+            result.map_err(|(e, _)| anyhow::anyhow!("prefill produce failed: {e}"))?;
+        }
+        i += CHUNK;
+    }
+    Ok(())
+}
+
+/// Reads a counter (or gauge) from a consumer's metrics page.
+fn metric(process: &Process, name: &str) -> anyhow::Result<f64> {
+    let addr = ([127, 0, 0, 1], process.port).into();
+    let page = load::get(addr, "/metrics")?;
+    Ok(page
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// Polls `name` until it reaches `target`; returns seconds from the first
+/// progress to `target` (start-up and group join are not the consumer's
+/// throughput).
+fn time_until(process: &Process, name: &str, target: f64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut first: Option<(Instant, f64)> = None;
+    loop {
+        let value = metric(process, name)?;
+        let now = Instant::now();
+        if value > 0.0 && first.is_none() {
+            first = Some((now, value));
+        }
+        if value >= target {
+            let (t0, v0) = first.expect("progress seen");
+            // The first sample already holds v0 records: extrapolate back to 0
+            // at the rate measured after it.
+            let secs = (now - t0).as_secs_f64();
+            return Ok(if v0 < value && secs > 0.0 {
+                secs * value / (value - v0)
+            } else {
+                secs
+            });
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!(
+                "{name} reached {value} of {target} in 30 min:\n{}",
+                process.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub async fn run(events: u64) -> anyhow::Result<ConsumerRun> {
+    let broker = Broker::start()?;
+    let bootstrap = broker.bootstrap();
+    let run = format!("c{events}");
+    let t = Instant::now();
+    prefill(&bootstrap, &run, events).await?;
+    eprintln!(
+        "prefilled {events} events in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let resends = (0..events).filter(|&i| workload::is_resend(i)).count() as u64;
+
+    let kafka = [("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone())];
+    let dedup = tokio::task::block_in_place(|| consumer("callstream-dedup", &kafka))?;
+    let dedup_seconds = tokio::task::block_in_place(|| {
+        time_until(
+            &dedup,
+            "callstream_dedup_consumed_records_total",
+            events as f64,
+        )
+    })?;
+    let forwarded = metric(&dedup, "callstream_dedup_forwarded_records_total")? as u64;
+    let dropped = metric(&dedup, "callstream_dedup_duplicates_dropped_total")? as u64;
+    let dedup_peak_rss_mib = dedup.peak_rss_mib();
+    dedup.stop()?;
+    ensure!(
+        dropped == resends && forwarded == events - resends,
+        "dedup dropped {dropped} and forwarded {forwarded}; the input held {resends} resends of {events}"
+    );
+
+    std::env::set_var(callstream_testkit::postgres::DURABLE_ENV, "1");
+    let db = callstream_testkit::postgres::TestDatabase::create().await;
+    let env = [
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("DATABASE_URL", db.url.clone()),
+    ];
+    let store = tokio::task::block_in_place(|| consumer("callstream-store", &env))?;
+    let store_seconds = tokio::task::block_in_place(|| {
+        time_until(
+            &store,
+            "callstream_store_consumed_records_total",
+            forwarded as f64,
+        )
+    })?;
+    let store_peak_rss_mib = store.peak_rss_mib();
+    store.stop()?;
+    let client = db.connect().await;
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await?
+        .get(0);
+    ensure!(
+        rows == forwarded as i64,
+        "the store holds {rows} rows for {forwarded} unique events"
+    );
+    Ok(ConsumerRun {
+        events,
+        resends,
+        dedup_seconds,
+        dedup_per_second: events as f64 / dedup_seconds,
+        dedup_peak_rss_mib,
+        forwarded,
+        store_seconds,
+        store_rows_per_second: forwarded as f64 / store_seconds,
+        store_peak_rss_mib,
+        rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_workload_request_normalizes_like_the_gateway_would() {
+        for i in 0..5_000 {
+            super::event_of("t", i).unwrap();
+        }
+    }
+}

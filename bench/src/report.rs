@@ -1,0 +1,204 @@
+//! Turns measurements into the tables of BENCHMARKS.md and checks the targets.
+
+use std::fmt::Write;
+
+use crate::consumers::ConsumerRun;
+use crate::http::{System, Turn};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Per system, medians over rounds; ratios are taken within each round.
+pub struct Summary {
+    pub system: System,
+    pub rps: f64,
+    pub ratio: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max_p99: f64,
+    pub half_rate: f64,
+    pub rss: f64,
+    pub non_2xx: u64,
+    pub errors: u64,
+    pub acked: u64,
+    pub in_kafka: Option<i64>,
+    pub drain: Option<f64>,
+}
+
+impl Summary {
+    /// Every acknowledged delivery reached Kafka (`None`: stores nothing).
+    pub fn durable(&self) -> Option<bool> {
+        self.in_kafka.map(|k| k >= self.acked as i64)
+    }
+}
+
+pub fn summarize(turns: &[Turn]) -> Vec<Summary> {
+    let systems = [
+        System::Ceiling,
+        System::Peer,
+        System::Gateway,
+        System::GatewaySpool,
+    ];
+    let ceiling_rps = |round| {
+        turns
+            .iter()
+            .find(|t| t.round == round && t.system == System::Ceiling)
+            .map(|t| t.max.rps)
+    };
+    systems
+        .into_iter()
+        .filter_map(|system| {
+            let mine: Vec<&Turn> = turns.iter().filter(|t| t.system == system).collect();
+            if mine.is_empty() {
+                return None;
+            }
+            let of = |f: &dyn Fn(&Turn) -> f64| median(mine.iter().map(|t| f(t)).collect());
+            Some(Summary {
+                system,
+                rps: of(&|t| t.max.rps),
+                ratio: median(
+                    mine.iter()
+                        .filter_map(|t| Some(t.max.rps / ceiling_rps(t.round)?))
+                        .collect(),
+                ),
+                p50: of(&|t| t.half.p50_ms),
+                p99: of(&|t| t.half.p99_ms),
+                p999: of(&|t| t.half.p999_ms),
+                max_p99: of(&|t| t.max.p99_ms),
+                half_rate: of(&|t| t.half.rps),
+                rss: mine.iter().map(|t| t.peak_rss_mib).fold(0.0, f64::max),
+                non_2xx: mine.iter().map(|t| t.max.non_2xx + t.half.non_2xx).sum(),
+                errors: mine.iter().map(|t| t.max.errors + t.half.errors).sum(),
+                acked: mine.iter().map(|t| t.acked).sum(),
+                in_kafka: mine.iter().map(|t| t.in_kafka).sum::<Option<i64>>(),
+                drain: mine.iter().filter_map(|t| t.drain_seconds).reduce(f64::max),
+            })
+        })
+        .collect()
+}
+
+pub fn http_table(summaries: &[Summary]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| system | max req/s | × ceiling | p50 / p99 / p99.9 at half rate (ms) | p99 at max (ms) | peak RSS (MiB) | non-2xx | 2xx → in Kafka |\n\
+         |---|---:|---:|---|---:|---:|---:|---|\n",
+    );
+    for s in summaries {
+        let kafka = match (s.in_kafka, s.durable()) {
+            (Some(k), Some(true)) => format!("{} → {k} ✓", s.acked),
+            (Some(k), _) => format!("{} → {k} ✗ LOST", s.acked),
+            (None, _) => "n/a (stores nothing)".into(),
+        };
+        let drain = s
+            .drain
+            .map(|d| format!(" (drained in {d:.1} s)"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.2} | {:.2} / {:.2} / {:.2} at {:.0}/s | {:.2} | {:.1} | {} | {kafka}{drain} |",
+            s.system.label(),
+            s.rps,
+            s.ratio,
+            s.p50,
+            s.p99,
+            s.p999,
+            s.half_rate,
+            s.max_p99,
+            s.rss,
+            s.non_2xx + s.errors,
+        );
+    }
+    out
+}
+
+pub fn consumer_table(runs: &[ConsumerRun]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| input events (resends) | dedup events/s | dedup µs/event | dedup RSS (MiB) | store rows/s (PostgreSQL, fsync on) | store µs/row | store RSS (MiB) |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "| {} ({}) | {:.0} | {:.2} | {:.1} | {:.0} | {:.2} | {:.1} |",
+            r.events,
+            r.resends,
+            r.dedup_per_second,
+            1e6 / r.dedup_per_second,
+            r.dedup_peak_rss_mib,
+            r.store_rows_per_second,
+            1e6 / r.store_rows_per_second,
+            r.store_peak_rss_mib,
+        );
+    }
+    out
+}
+
+/// The issue's targets, each with its measured value; `false` = missed.
+pub fn targets(summaries: &[Summary], consumers: &[ConsumerRun]) -> Vec<(String, bool)> {
+    let get = |system| summaries.iter().find(|s| s.system == system);
+    let mut out = Vec::new();
+    if let Some(g) = get(System::Gateway) {
+        out.push((
+            format!("gateway ≥ 60 % of the ceiling: {:.0} %", g.ratio * 100.0),
+            g.ratio >= 0.6,
+        ));
+        out.push((
+            format!("gateway p99 ≤ 2 ms at half its max rate: {:.2} ms", g.p99),
+            g.p99 <= 2.0,
+        ));
+        out.push((
+            format!("gateway peak RSS ≤ 64 MiB: {:.1} MiB", g.rss),
+            g.rss <= 64.0,
+        ));
+        if let Some(p) = get(System::Peer) {
+            let x = g.rps / p.rps;
+            out.push((format!("gateway ≥ 2× the peer: {x:.2}×"), x >= 2.0));
+        }
+    }
+    if let Some(s) = get(System::GatewaySpool) {
+        out.push((
+            format!("spool path ≥ 30 % of the ceiling: {:.0} %", s.ratio * 100.0),
+            s.ratio >= 0.3,
+        ));
+    }
+    for s in summaries {
+        if let Some(durable) = s.durable() {
+            out.push((
+                format!(
+                    "{}: every 2xx in Kafka ({} acked, {} in Kafka)",
+                    s.system.label(),
+                    s.acked,
+                    s.in_kafka.unwrap_or(0)
+                ),
+                durable,
+            ));
+        }
+        out.push((
+            format!("{}: no non-2xx, no errors", s.system.label()),
+            s.non_2xx + s.errors == 0,
+        ));
+    }
+    if let Some(big) = consumers.iter().max_by_key(|r| r.events) {
+        out.push((
+            format!("dedup ≥ 100k events/s: {:.0}/s", big.dedup_per_second),
+            big.dedup_per_second >= 100_000.0,
+        ));
+        out.push((
+            format!("store ≥ 30k rows/s: {:.0}/s", big.store_rows_per_second),
+            big.store_rows_per_second >= 30_000.0,
+        ));
+    }
+    out
+}
