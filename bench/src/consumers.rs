@@ -106,6 +106,21 @@ async fn prefill(bootstrap: &str, run: &str, events: u64) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Records a topic still holds (high − low watermarks over its partitions).
+fn retained(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut total = 0;
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        total += high - low;
+    }
+    Ok(total)
+}
+
 /// Reads a counter (or gauge) from a consumer's metrics page.
 fn metric(process: &Process, name: &str) -> anyhow::Result<f64> {
     let addr = ([127, 0, 0, 1], process.port).into();
@@ -149,19 +164,36 @@ fn time_until(process: &Process, name: &str, target: f64) -> anyhow::Result<f64>
     }
 }
 
-pub async fn run(events: u64) -> anyhow::Result<ConsumerRun> {
-    let broker = Broker::start()?;
+/// The embedded broker keeps at most 5 MB per partition and silently drops
+/// older records beyond that (librdkafka's mock cluster, `max_size`), so a
+/// backlog of 1 M events (~1 KB each) needs over 200 partitions. Every size
+/// runs with the same count, so sizes differ in nothing else; the run checks
+/// that nothing was dropped.
+const PARTITIONS: i32 = 256;
+
+pub async fn run(events: u64, extra: &[(String, String)]) -> anyhow::Result<ConsumerRun> {
+    let partitions = PARTITIONS;
+    let broker = Broker::start(partitions)?;
     let bootstrap = broker.bootstrap();
     let run = format!("c{events}");
     let t = Instant::now();
     prefill(&bootstrap, &run, events).await?;
     eprintln!(
-        "prefilled {events} events in {:.1} s",
+        "prefilled {events} events into {partitions} partitions in {:.1} s",
         t.elapsed().as_secs_f64()
+    );
+    let kept = tokio::task::block_in_place(|| retained(&bootstrap, Topic::Events.default_name()))?;
+    ensure!(
+        kept == events as i64,
+        "the broker kept only {kept} of {events} events (retention): use more partitions"
     );
     let resends = (0..events).filter(|&i| workload::is_resend(i)).count() as u64;
 
-    let kafka = [("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone())];
+    let extra = extra.iter().map(|(k, v)| (k.as_str(), v.clone()));
+    let kafka: Vec<_> = [("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone())]
+        .into_iter()
+        .chain(extra.clone())
+        .collect();
     let dedup = tokio::task::block_in_place(|| consumer("callstream-dedup", &kafka))?;
     let dedup_seconds = tokio::task::block_in_place(|| {
         time_until(
@@ -181,10 +213,13 @@ pub async fn run(events: u64) -> anyhow::Result<ConsumerRun> {
 
     std::env::set_var(callstream_testkit::postgres::DURABLE_ENV, "1");
     let db = callstream_testkit::postgres::TestDatabase::create().await;
-    let env = [
+    let env: Vec<_> = [
         ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
         ("DATABASE_URL", db.url.clone()),
-    ];
+    ]
+    .into_iter()
+    .chain(extra)
+    .collect();
     let store = tokio::task::block_in_place(|| consumer("callstream-store", &env))?;
     let store_seconds = tokio::task::block_in_place(|| {
         time_until(

@@ -20,6 +20,8 @@ pub struct HttpOptions {
     pub peer: Option<PathBuf>,
     /// Only these systems (all when empty; the ceiling always runs).
     pub only: Vec<System>,
+    /// Extra environment for the gateway.
+    pub gateway_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -64,7 +66,8 @@ pub struct Turn {
 }
 
 pub fn run(opts: &HttpOptions) -> anyhow::Result<Vec<Turn>> {
-    let broker = Broker::start().context("starting the broker")?;
+    // Three partitions per topic, as the gateway's embedded broker has.
+    let broker = Broker::start(3).context("starting the broker")?;
     let bootstrap = broker.bootstrap();
     eprintln!("broker (own process) at {bootstrap}");
     let mut systems = vec![System::Ceiling];
@@ -106,7 +109,7 @@ fn one_turn(
             Some(PEER_TOPIC.to_string()),
         ),
         System::Gateway | System::GatewaySpool => (
-            Server::gateway(bootstrap)?,
+            Server::gateway(bootstrap, &opts.gateway_env)?,
             Some(Topic::Raw.default_name().to_string()),
         ),
     };

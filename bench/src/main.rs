@@ -46,6 +46,9 @@ enum Command {
     Consumers {
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
         events: Vec<u64>,
+        /// Extra environment for both consumers, `NAME=value` (tuning experiments).
+        #[arg(long = "consumer-env", value_parser = parse_env)]
+        consumer_env: Vec<(String, String)>,
         #[arg(long, default_value = "bench/results-consumers.md")]
         out: PathBuf,
     },
@@ -82,6 +85,9 @@ struct HttpArgs {
     /// mq-bridge-app's binary (default: $MQ_BRIDGE_APP, then PATH).
     #[arg(long)]
     peer: Option<PathBuf>,
+    /// Extra environment for the gateway, `NAME=value` (tuning experiments).
+    #[arg(long = "gateway-env", value_parser = parse_env)]
+    gateway_env: Vec<(String, String)>,
     /// Only these systems besides the ceiling (for investigating one).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<http::System>,
@@ -104,6 +110,7 @@ impl HttpArgs {
             connections: self.connections,
             peer: peer.filter(|_| wants_peer),
             only: self.only.clone(),
+            gateway_env: self.gateway_env.clone(),
         })
     }
 }
@@ -117,13 +124,17 @@ fn main() -> anyhow::Result<()> {
             let turns = http::run(&http.options(true)?)?;
             finish(&out, &turns, &[], false)
         }
-        Command::Consumers { events, out } => {
-            let runs = consumer_runs(&events)?;
+        Command::Consumers {
+            events,
+            consumer_env,
+            out,
+        } => {
+            let runs = consumer_runs(&events, &consumer_env)?;
             finish(&out, &[], &runs, false)
         }
         Command::All { http, events, out } => {
             let turns = http::run(&http.options(true)?)?;
-            let runs = consumer_runs(&events)?;
+            let runs = consumer_runs(&events, &[])?;
             finish(&out, &turns, &runs, false)
         }
         Command::Smoke => {
@@ -134,16 +145,26 @@ fn main() -> anyhow::Result<()> {
                 connections: 8,
                 peer: None,
                 only: Vec::new(),
+                gateway_env: Vec::new(),
             };
             let turns = http::run(&opts)?;
-            let runs = consumer_runs(&[5_000])?;
+            let runs = consumer_runs(&[5_000], &[])?;
             let out = std::env::temp_dir().join("callstream-bench-smoke.md");
             finish(&out, &turns, &runs, true)
         }
     }
 }
 
-fn consumer_runs(sizes: &[u64]) -> anyhow::Result<Vec<consumers::ConsumerRun>> {
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=value, got {s:?}"))
+}
+
+fn consumer_runs(
+    sizes: &[u64],
+    env: &[(String, String)],
+) -> anyhow::Result<Vec<consumers::ConsumerRun>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -151,7 +172,7 @@ fn consumer_runs(sizes: &[u64]) -> anyhow::Result<Vec<consumers::ConsumerRun>> {
     let mut runs = Vec::new();
     for &events in sizes {
         let run = rt
-            .block_on(consumers::run(events))
+            .block_on(consumers::run(events, env))
             .with_context(|| format!("consumer run of {events} events"))?;
         eprintln!(
             "consumers, {events} events: dedup {:.0}/s, store {:.0} rows/s",

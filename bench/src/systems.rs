@@ -191,13 +191,10 @@ impl Drop for Process {
 pub struct Broker(Process);
 
 impl Broker {
-    pub fn start() -> anyhow::Result<Broker> {
-        Ok(Broker(Process::start(
-            &me()?,
-            &["broker"],
-            &[],
-            BROKER_READY,
-        )?))
+    pub fn start(partitions: i32) -> anyhow::Result<Broker> {
+        let partitions = partitions.to_string();
+        let args = ["broker", "--partitions", &partitions];
+        Ok(Broker(Process::start(&me()?, &args, &[], BROKER_READY)?))
     }
 
     pub fn bootstrap(&self) -> String {
@@ -248,9 +245,9 @@ impl Server {
 
     /// callstream-gateway as shipped (default settings and log level), with
     /// a fresh spool directory and a key for every source.
-    pub fn gateway(bootstrap: &str) -> anyhow::Result<Server> {
+    pub fn gateway(bootstrap: &str, extra: &[(String, String)]) -> anyhow::Result<Server> {
         let keys = format!("[{KEY}]");
-        let env = [
+        let mut env = vec![
             ("GATEWAY_LISTEN", "127.0.0.1:0".to_string()),
             ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.to_string()),
             ("CALLSTREAM_SPOOL__DIR", "spool".to_string()),
@@ -258,6 +255,7 @@ impl Server {
             ("CALLSTREAM_SOURCES__XARIOS__API_KEYS", keys.clone()),
             ("CALLSTREAM_SOURCES__TELECMI__API_KEYS", keys),
         ];
+        env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let process = Process::start(&sibling("callstream-gateway")?, &[], &env, GATEWAY_READY)?;
         Ok(Server { process })
     }

@@ -35,7 +35,7 @@ use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -47,7 +47,6 @@ use crate::config::{KafkaSettings, Settings};
 use crate::kafka::{client_config, consumer_config, TrackingContext};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
-const LAG_EVERY: Duration = Duration::from_secs(5);
 /// Changelog key of a partition's position record; no identity starts with NUL.
 const POSITION_KEY: &str = "\u{0}position";
 
@@ -358,22 +357,16 @@ impl Dedup {
     /// Runs until `shutdown`; the batch in hand is committed first.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         self.consumer.subscribe(&[&self.input])?;
-        // Measure lag after the first batch already, not only after 5 s.
-        let mut last_lag = Instant::now() - LAG_EVERY;
+        let _lag =
+            crate::kafka::LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
         while !*shutdown.borrow() {
             let batch = tokio::select! {
                 batch = next_batch(&self.consumer, self.batch_max, self.linger) => batch?,
                 _ = crate::runtime::wait_for(&mut shutdown) => break,
             };
             self.apply_assignment_changes().await?;
-            if let Err(err) = self.process(&batch) {
+            if let Err(err) = self.process(&batch).await {
                 self.recover(err).await?;
-            }
-            if last_lag.elapsed() >= LAG_EVERY {
-                if let Some(lag) = crate::kafka::consumer_lag(self.consumer.clone()).await {
-                    self.metrics.lag.set(lag);
-                }
-                last_lag = Instant::now();
             }
         }
         tracing::info!("dedup stopped after its last committed transaction");
@@ -424,7 +417,7 @@ impl Dedup {
 
     /// One transaction: outputs, changelog, offsets. State in memory is
     /// changed as records are decided; on failure `recover` rebuilds it.
-    fn process(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+    async fn process(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -434,6 +427,8 @@ impl Dedup {
         // Counted only once the transaction commits, so a replay after an
         // abort does not count twice.
         let mut tally = Tally::default();
+        // Every record's acknowledgement, awaited before the commit (see below).
+        let mut acks: Vec<DeliveryFuture> = Vec::with_capacity(batch.len() * 2);
         for msg in batch {
             let p = msg.partition();
             let Some(state) = self.partitions.get_mut(&p) else {
@@ -476,16 +471,16 @@ impl Dedup {
                     r
                 }
             };
-            forward(&self.producer, &self.output, msg, revision)?;
+            acks.push(forward(&self.producer, &self.output, msg, revision)?);
             tally.forwarded += 1;
             if let Some(seen) = seen {
-                write_state(
+                acks.push(write_state(
                     &self.producer,
                     &self.changelog,
                     p,
                     &key.identity,
                     Some(&seen),
-                )?;
+                )?);
             }
             if !touched.contains(&p) {
                 touched.push(p);
@@ -494,7 +489,13 @@ impl Dedup {
         for p in touched {
             if let Some(state) = self.partitions.get_mut(&p) {
                 for identity in state.evict(self.window_ms) {
-                    write_state(&self.producer, &self.changelog, p, &identity, None)?;
+                    acks.push(write_state(
+                        &self.producer,
+                        &self.changelog,
+                        p,
+                        &identity,
+                        None,
+                    )?);
                     tally.evicted += 1;
                 }
             }
@@ -504,7 +505,8 @@ impl Dedup {
             tpl.add_partition_offset(&self.input, *p, Offset::Offset(*next))?;
             let position =
                 serde_json::to_vec(&Position { next: *next }).expect("position serializes");
-            self.producer
+            let ack = self
+                .producer
                 .send_result(
                     FutureRecord::<str, Vec<u8>>::to(&self.changelog)
                         .key(POSITION_KEY)
@@ -512,6 +514,20 @@ impl Dedup {
                         .partition(*p),
                 )
                 .map_err(|(e, _)| e)?;
+            acks.push(ack);
+        }
+        // Wait for every acknowledgement here, without blocking the thread.
+        // commit_transaction flushes too, but rust-rdkafka's flush polls in
+        // 100 ms steps while the producer's own polling thread takes the
+        // delivery reports, so it slept ~100 ms per transaction: dedup ran
+        // at ~4k events/s (BENCHMARKS.md). With nothing left in flight its
+        // flush returns at once.
+        for ack in futures_util::future::join_all(acks).await {
+            match ack {
+                Ok(Ok(_)) => {}
+                Ok(Err((err, _))) => return Err(err.into()),
+                Err(_canceled) => return Err(KafkaError::Canceled.into()),
+            }
         }
         let group = self
             .consumer
@@ -578,7 +594,7 @@ fn forward(
     topic: &str,
     msg: &OwnedMessage,
     revision: u32,
-) -> Result<(), KafkaError> {
+) -> Result<DeliveryFuture, KafkaError> {
     let revision = revision.to_string();
     let mut headers = OwnedHeaders::new();
     if let Some(hs) = msg.headers() {
@@ -597,7 +613,7 @@ fn forward(
     if let Some(value) = msg.payload() {
         record = record.payload(value);
     }
-    producer.send_result(record).map(drop).map_err(|(e, _)| e)
+    producer.send_result(record).map_err(|(e, _)| e)
 }
 
 fn write_state(
@@ -606,7 +622,7 @@ fn write_state(
     partition: i32,
     identity: &str,
     seen: Option<&Seen>,
-) -> Result<(), KafkaError> {
+) -> Result<DeliveryFuture, KafkaError> {
     let value = seen.map(|s| serde_json::to_vec(s).expect("state always serializes"));
     let mut record = FutureRecord::<str, Vec<u8>>::to(changelog)
         .key(identity)
@@ -614,7 +630,7 @@ fn write_state(
     if let Some(value) = &value {
         record = record.payload(value);
     }
-    producer.send_result(record).map(drop).map_err(|(e, _)| e)
+    producer.send_result(record).map_err(|(e, _)| e)
 }
 
 /// The restore reader's context: reaching the end of a partition is how it

@@ -135,27 +135,69 @@ impl ConsumerContext for TrackingContext {
 }
 
 /// Records between `consumer`'s positions and the ends of its assigned
-/// partitions, or `None` if the brokers did not answer. Blocking calls run
-/// off the async threads.
-pub async fn consumer_lag<C: Consumer<TrackingContext> + Send + Sync + 'static>(
-    consumer: Arc<C>,
-) -> Option<i64> {
-    tokio::task::spawn_blocking(move || {
-        let positions = consumer.position().ok()?;
-        let mut lag = 0;
-        for e in positions.elements() {
-            let (_, high) = consumer
-                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
-                .ok()?;
-            if let Offset::Offset(pos) = e.offset() {
-                lag += (high - pos).max(0);
-            }
+/// partitions, from the high watermarks librdkafka caches from its fetch
+/// responses: no request to the broker (one request per partition took
+/// seconds with hundreds of partitions). A partition not fetched yet counts
+/// as 0. `None` if the consumer has no positions.
+pub fn consumer_lag<C: Consumer<TrackingContext>>(consumer: &C) -> Option<i64> {
+    let positions = consumer.position().ok()?;
+    let client = consumer.client();
+    let mut lag = 0;
+    for e in positions.elements() {
+        let Ok(topic) = std::ffi::CString::new(e.topic()) else {
+            continue;
+        };
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid while `consumer` is borrowed;
+        // `topic` is a NUL-terminated string that outlives the call, and
+        // librdkafka only writes the two i64 out-parameters.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                client.native_ptr(),
+                topic.as_ptr(),
+                e.partition(),
+                &mut low,
+                &mut high,
+            )
+        };
+        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+            continue;
         }
-        Some(lag)
-    })
-    .await
-    .ok()
-    .flatten()
+        if let Offset::Offset(pos) = e.offset() {
+            lag += (high - pos).max(0);
+        }
+    }
+    Some(lag)
+}
+
+/// How often [`LagReporter`] measures.
+pub const LAG_EVERY: Duration = Duration::from_secs(2);
+
+/// Measures a consumer's lag into `gauge` every [`LAG_EVERY`], on a task of
+/// its own, so the gauge also moves while the consumer is idle or stuck (it
+/// used to be measured only after a batch). Stops when dropped.
+pub struct LagReporter(tokio::task::JoinHandle<()>);
+
+impl LagReporter {
+    pub fn spawn<C: Consumer<TrackingContext> + Send + Sync + 'static>(
+        consumer: Arc<C>,
+        gauge: prometheus::IntGauge,
+    ) -> LagReporter {
+        LagReporter(tokio::spawn(async move {
+            loop {
+                if let Some(lag) = consumer_lag(consumer.as_ref()) {
+                    gauge.set(lag);
+                }
+                tokio::time::sleep(LAG_EVERY).await;
+            }
+        }))
+    }
+}
+
+impl Drop for LagReporter {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Copies `msg` (key, value, headers) to `topic` with `extra` headers and

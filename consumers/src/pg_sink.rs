@@ -8,7 +8,7 @@
 //! from its beginning). A crash before the commit re-delivers the batch;
 //! after it, the stored position skips it. Each transaction also
 //! checks that the stored position is still where this instance read it
-//! ([`crate::pg::advance_offset`]), so two instances briefly owning one
+//! ([`crate::pg::advance_offsets`]), so two instances briefly owning one
 //! partition during a rebalance cannot both apply a range.
 //!
 //! What breaks it: a writer whose effect depends on anything but the batch
@@ -146,15 +146,14 @@ struct Received {
     event: Option<UniqueEvent>,
 }
 
-const LAG_EVERY: Duration = Duration::from_secs(5);
-
 impl<W: PgWriter> PgSink<W> {
     /// Runs until `shutdown`; returns after the batch in progress committed.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         self.consumer.subscribe(&[&self.topic])?;
         // Partition → stored next offset; absent = not read from the database yet.
         let mut positions: HashMap<i32, Option<i64>> = HashMap::new();
-        let mut last_lag = Instant::now();
+        let _lag =
+            crate::kafka::LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
         while !*shutdown.borrow() {
             let batch = tokio::select! {
                 batch = self.next_batch() => batch?,
@@ -166,10 +165,6 @@ impl<W: PgWriter> PgSink<W> {
             }
             if !batch.is_empty() {
                 self.apply(batch, &mut positions).await?;
-            }
-            if last_lag.elapsed() > LAG_EVERY {
-                self.update_lag().await;
-                last_lag = Instant::now();
             }
         }
         tracing::info!(group = %self.group, "stopped after the last committed batch");
@@ -242,13 +237,15 @@ impl<W: PgWriter> PgSink<W> {
         }
         let tx = self.client.transaction().await?;
         self.writer.write(&tx, &events).await?;
-        let mut fenced = false;
-        for (partition, (from, _, to)) in &ranges {
-            if !pg::advance_offset(&tx, &self.group, &self.topic, *partition, *from, *to).await? {
-                fenced = true;
-                break;
-            }
-        }
+        let moves: Vec<pg::OffsetMove> = ranges
+            .iter()
+            .map(|(partition, (from, _, to))| pg::OffsetMove {
+                partition: *partition,
+                from: *from,
+                to: *to,
+            })
+            .collect();
+        let fenced = !pg::advance_offsets(&tx, &self.group, &self.topic, &moves).await?;
         if fenced {
             tx.rollback().await?;
             self.metrics.fenced.inc();
@@ -290,12 +287,6 @@ impl<W: PgWriter> PgSink<W> {
             .seek(&self.topic, partition, offset, Duration::from_secs(5))
         {
             tracing::warn!(partition, ?offset, error = %e, "seek failed; the partition will be re-read after reassignment");
-        }
-    }
-
-    async fn update_lag(&self) {
-        if let Some(lag) = crate::kafka::consumer_lag(self.consumer.clone()).await {
-            self.metrics.lag.set(lag);
         }
     }
 }

@@ -168,12 +168,12 @@ impl Ingest {
 
         let (outcome, records) = match source.provider.normalize(&raw, &ctx) {
             Ok(event) => {
-                tracing::info!(
-                    source = source_name,
-                    kind = event.kind.as_str(),
-                    event_id = %event.event_id,
-                    "normalized"
-                );
+                // On the request's span: its one "request done" line says
+                // what the delivery was (one log line per request, not two).
+                let span = tracing::Span::current();
+                span.record("source", source_name);
+                span.record("kind", event.kind.as_str());
+                span.record("event_id", tracing::field::display(&event.event_id));
                 let raw_record = OutRecord {
                     topic: Topic::Raw,
                     key: event.identity.clone(),

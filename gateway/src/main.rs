@@ -9,6 +9,9 @@ use callstream_gateway::startup::Application;
 use callstream_gateway::telemetry;
 
 /// callstream webhook gateway: provider webhooks in, durable Kafka records out.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version)]
 struct Cli {

@@ -36,7 +36,8 @@ pub fn init(format: LogFormat) {
 }
 
 /// Root span per request: method, path (no query: it may carry a token),
-/// request id, then status and latency when the answer goes out.
+/// request id, then source, event kind and id once normalized, and the
+/// status when the answer goes out, logged as one "request done" line.
 pub struct RedactingRootSpan;
 
 impl RootSpanBuilder for RedactingRootSpan {
@@ -48,6 +49,9 @@ impl RootSpanBuilder for RedactingRootSpan {
             method = %request.method(),
             path = %request.path(),
             status = tracing::field::Empty,
+            source = tracing::field::Empty,
+            kind = tracing::field::Empty,
+            event_id = tracing::field::Empty,
         )
     }
 
