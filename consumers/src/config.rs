@@ -138,8 +138,8 @@ fn defaults() -> Defaults {
             group_id: "callstream-dedup".into(),
             transactional_id: "callstream-dedup-0".into(),
             window_secs: 7 * 24 * 3600,
-            batch_max: 1000,
-            batch_linger_ms: 20,
+            batch_max: 5000,
+            batch_linger_ms: 50,
         },
         store: BatchSettings {
             group_id: "callstream-store".into(),

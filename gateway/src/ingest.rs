@@ -120,7 +120,11 @@ impl Ingest {
                 .auth_failures
                 .with_label_values(&[source_name])
                 .inc();
-            tracing::warn!(source = source_name, "refused: missing or invalid API key");
+            tracing::warn!(
+                source = source_name,
+                request_id,
+                "refused: missing or invalid API key"
+            );
             return Err(ApiError::Unauthorized);
         }
         let body = tokio::time::timeout(self.body_read_timeout, self.read_body(req, body))
@@ -168,8 +172,8 @@ impl Ingest {
 
         let (outcome, records) = match source.provider.normalize(&raw, &ctx) {
             Ok(event) => {
-                // On the request's span: its one "request done" line says
-                // what the delivery was (one log line per request, not two).
+                // On the request's span: its one line (see telemetry) says
+                // what the delivery was.
                 let span = tracing::Span::current();
                 span.record("source", source_name);
                 span.record("kind", event.kind.as_str());
@@ -183,7 +187,7 @@ impl Ingest {
                 (Outcome::Published, [raw_record, event_record(&event)])
             }
             Err(err) => {
-                tracing::warn!(source = source_name, reason = err.code(), error = %err, "not normalized: dead-lettering");
+                tracing::warn!(source = source_name, request_id, reason = err.code(), error = %err, "not normalized: dead-lettering");
                 self.metrics
                     .dlq_records
                     .with_label_values(&[source_name, err.code()])
@@ -203,7 +207,7 @@ impl Ingest {
             Ok(Stored::Kafka) => Ok(outcome),
             Ok(Stored::Spool) => Ok(Outcome::Spooled),
             Err(err) => {
-                tracing::error!(source = source_name, error = %err, "not stored: answering 503");
+                tracing::error!(source = source_name, request_id, error = %err, "not stored: answering 503");
                 Err(ApiError::Unavailable {
                     retry_after_secs: self.retry_after_secs,
                     reason: match err {
