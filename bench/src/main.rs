@@ -79,8 +79,10 @@ struct HttpArgs {
     seconds: f64,
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// Keep-alive connections of the load generator.
-    #[arg(long, default_value_t = 32)]
+    /// Keep-alive connections of the load generator. Many: webhooks come
+    /// from many senders at once, and a system that answers only after a
+    /// broker's acknowledgement needs concurrency to reach its maximum.
+    #[arg(long, default_value_t = 256)]
     connections: usize,
     /// mq-bridge-app's binary (default: $MQ_BRIDGE_APP, then PATH).
     #[arg(long)]
@@ -100,7 +102,7 @@ impl HttpArgs {
         if peer.is_none() && peer_required && wants_peer {
             bail!(
                 "mq-bridge-app not found (--peer, MQ_BRIDGE_APP or PATH). Install it with:\n  \
-                 cargo install mq-bridge-app --version 1.3.0 --locked --no-default-features --features kafka,http,mimalloc"
+                 cargo install mq-bridge-app --version 1.3.0 --no-default-features --features kafka,http,mimalloc"
             );
         }
         Ok(http::HttpOptions {

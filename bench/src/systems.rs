@@ -251,6 +251,10 @@ impl Server {
             ("GATEWAY_LISTEN", "127.0.0.1:0".to_string()),
             ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.to_string()),
             ("CALLSTREAM_SPOOL__DIR", "spool".to_string()),
+            // 8 GiB instead of the default 1 GiB, so 20 s at full speed with
+            // Kafka down fit (a full spool answers 503, as it should, but
+            // that measures the disk budget, not the spool path).
+            ("CALLSTREAM_SPOOL__MAX_BYTES", (8u64 << 30).to_string()),
             ("CALLSTREAM_SOURCES__ONOFF__API_KEYS", keys.clone()),
             ("CALLSTREAM_SOURCES__XARIOS__API_KEYS", keys.clone()),
             ("CALLSTREAM_SOURCES__TELECMI__API_KEYS", keys),

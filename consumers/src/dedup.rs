@@ -93,7 +93,15 @@ pub struct PartitionState {
     seen: HashMap<String, Seen>,
     /// Highest event time seen; the window is measured back from it.
     high_water_ms: i64,
+    /// The window's cutoff must reach this before the next sweep.
+    next_sweep_ms: i64,
 }
+
+/// Sweeps for expired identities run each time the cutoff has advanced by
+/// this share of the window (so identities are remembered for the window and
+/// at most 1/64 longer). Sweeping on every batch scanned the whole state each
+/// time, which made the cost per event grow with the state (BENCHMARKS.md).
+const SWEEP_EVERY_WINDOW_SHARE: i64 = 64;
 
 impl PartitionState {
     /// Decides on an event and records it. Returns the verdict and, unless
@@ -126,10 +134,15 @@ impl PartitionState {
         }
     }
 
-    /// Forgets identities not seen within `window_ms` of the newest event;
-    /// returns them so tombstones can be written.
+    /// Forgets identities not seen within `window_ms` of the newest event
+    /// (in sweeps: see [`SWEEP_EVERY_WINDOW_SHARE`]); returns them so
+    /// tombstones can be written.
     pub fn evict(&mut self, window_ms: i64) -> Vec<String> {
         let cutoff = self.high_water_ms.saturating_sub(window_ms);
+        if cutoff < self.next_sweep_ms {
+            return Vec::new();
+        }
+        self.next_sweep_ms = cutoff + (window_ms / SWEEP_EVERY_WINDOW_SHARE).max(1);
         let old: Vec<String> = self
             .seen
             .iter()
@@ -751,6 +764,23 @@ mod tests {
             Verdict::New,
             "forgotten after the window"
         );
+    }
+
+    #[test]
+    fn sweeps_wait_for_the_cutoff_to_move_a_64th_of_the_window() {
+        let mut s = PartitionState::default();
+        s.observe("a", FP1, 0);
+        s.observe("b", FP1, 100);
+        s.observe("now", FP1, 6_400);
+        assert_eq!(s.evict(6_400), Vec::<String>::new(), "nothing older than 0");
+        s.observe("later", FP1, 6_450);
+        // Cutoff 50: "a" is expired but the next sweep waits for cutoff 100.
+        assert!(s.evict(6_400).is_empty());
+        s.observe("later2", FP1, 6_600);
+        // Cutoff 200 passed 100: one sweep takes both.
+        let mut gone = s.evict(6_400);
+        gone.sort();
+        assert_eq!(gone, vec!["a".to_string(), "b".to_string()]);
     }
 
     #[test]

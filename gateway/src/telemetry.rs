@@ -68,6 +68,10 @@ impl RootSpanBuilder for RedactingRootSpan {
         };
         span.record("status", status);
         let _entered = span.enter();
+        if status < 400 {
+            tracing::debug!(status, "request done");
+            return;
+        }
         let request_id = request
             .and_then(|r| r.extensions().get::<RequestId>().map(|id| id.to_string()))
             .unwrap_or_default();
@@ -75,10 +79,8 @@ impl RootSpanBuilder for RedactingRootSpan {
         let path = request.map(|r| r.path().to_string()).unwrap_or_default();
         if status >= 500 {
             tracing::warn!(status, request_id, method, path, "request failed");
-        } else if status >= 400 {
-            tracing::info!(status, request_id, method, path, "request refused");
         } else {
-            tracing::debug!(status, "request done");
+            tracing::info!(status, request_id, method, path, "request refused");
         }
     }
 }
