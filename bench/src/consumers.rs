@@ -25,10 +25,15 @@ pub struct ConsumerRun {
     pub dedup_seconds: f64,
     pub dedup_per_second: f64,
     pub dedup_peak_rss_mib: f64,
+    /// CPU of the dedup process, and of the broker process meanwhile, per event.
+    pub dedup_cpu_us_per_event: f64,
+    pub dedup_broker_cpu_us_per_event: f64,
     pub forwarded: u64,
     pub store_seconds: f64,
     pub store_rows_per_second: f64,
     pub store_peak_rss_mib: f64,
+    /// CPU of the store process per row (PostgreSQL's own is not included).
+    pub store_cpu_us_per_row: f64,
     pub rows: i64,
 }
 
@@ -194,6 +199,7 @@ pub async fn run(events: u64, extra: &[(String, String)]) -> anyhow::Result<Cons
         .into_iter()
         .chain(extra.clone())
         .collect();
+    let broker_cpu = broker.cpu_seconds();
     let dedup = tokio::task::block_in_place(|| consumer("callstream-dedup", &kafka))?;
     let dedup_seconds = tokio::task::block_in_place(|| {
         time_until(
@@ -205,6 +211,8 @@ pub async fn run(events: u64, extra: &[(String, String)]) -> anyhow::Result<Cons
     let forwarded = metric(&dedup, "callstream_dedup_forwarded_records_total")? as u64;
     let dropped = metric(&dedup, "callstream_dedup_duplicates_dropped_total")? as u64;
     let dedup_peak_rss_mib = dedup.peak_rss_mib();
+    let dedup_cpu_us_per_event = 1e6 * dedup.cpu_seconds() / events as f64;
+    let dedup_broker_cpu_us_per_event = 1e6 * (broker.cpu_seconds() - broker_cpu) / events as f64;
     dedup.stop()?;
     ensure!(
         dropped == resends && forwarded == events - resends,
@@ -229,6 +237,7 @@ pub async fn run(events: u64, extra: &[(String, String)]) -> anyhow::Result<Cons
         )
     })?;
     let store_peak_rss_mib = store.peak_rss_mib();
+    let store_cpu_us_per_row = 1e6 * store.cpu_seconds() / forwarded as f64;
     store.stop()?;
     let client = db.connect().await;
     let rows: i64 = client
@@ -245,10 +254,13 @@ pub async fn run(events: u64, extra: &[(String, String)]) -> anyhow::Result<Cons
         dedup_seconds,
         dedup_per_second: events as f64 / dedup_seconds,
         dedup_peak_rss_mib,
+        dedup_cpu_us_per_event,
+        dedup_broker_cpu_us_per_event,
         forwarded,
         store_seconds,
         store_rows_per_second: forwarded as f64 / store_seconds,
         store_peak_rss_mib,
+        store_cpu_us_per_row,
         rows,
     })
 }

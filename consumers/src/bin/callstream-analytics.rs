@@ -2,6 +2,9 @@
 //! PostgreSQL rollups, each event counted once. See
 //! `callstream_consumers::analytics`.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use prometheus::Registry;
 
 use callstream_consumers::analytics::AnalyticsWriter;

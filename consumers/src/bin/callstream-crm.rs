@@ -1,6 +1,9 @@
 //! `callstream-crm`: unique events to CRM targets over HTTP, at least once.
 //! See `callstream_consumers::crm`.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use prometheus::Registry;
 
 use callstream_consumers::cli;

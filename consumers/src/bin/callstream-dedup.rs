@@ -1,6 +1,9 @@
 //! `callstream-dedup`: each distinct event once, updates as revisions,
 //! exactly-once with Kafka transactions. See `callstream_consumers::dedup`.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use prometheus::Registry;
 
 use callstream_consumers::cli;

@@ -2,6 +2,9 @@
 //! object storage, announced on `callstream.recordings.v1`, at least once.
 //! See `callstream_consumers::recordings`.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use prometheus::Registry;
 
 use callstream_consumers::cli;

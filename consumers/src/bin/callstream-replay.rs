@@ -4,6 +4,9 @@
 //! record and a summary on stdout, and exits. See
 //! `callstream_consumers::replay` for the guarantee.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::path::PathBuf;
 

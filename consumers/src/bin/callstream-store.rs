@@ -1,6 +1,9 @@
 //! `callstream-store`: unique events into the PostgreSQL table `events`,
 //! exactly once. See `callstream_consumers::store`.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use prometheus::Registry;
 
 use callstream_consumers::store::StoreWriter;
