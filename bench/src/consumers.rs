@@ -113,17 +113,8 @@ async fn prefill(bootstrap: &str, run: &str, events: u64) -> anyhow::Result<()> 
 
 /// Records a topic still holds (high − low watermarks over its partitions).
 fn retained(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut total = 0;
-    for p in metadata.topics()[0].partitions() {
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-        total += high - low;
-    }
-    Ok(total)
+    let (low, high) = crate::systems::watermark_sums(bootstrap, topic)?;
+    Ok(high - low)
 }
 
 /// Reads a counter (or gauge) from a consumer's metrics page.
@@ -156,7 +147,9 @@ fn time_until(process: &Process, name: &str, target: f64) -> anyhow::Result<f64>
             return Ok(if v0 < value && secs > 0.0 {
                 secs * value / (value - v0)
             } else {
-                secs
+                // All of it in one step: no rate after the first sample, so
+                // count from the start (group join included: conservative).
+                started.elapsed().as_secs_f64()
             });
         }
         if started.elapsed() > Duration::from_secs(1800) {

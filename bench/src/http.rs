@@ -193,23 +193,8 @@ fn system_tag(system: System) -> &'static str {
 /// Records ever appended to `topic`: the sum of its high watermarks. (Not
 /// high − low: the embedded broker keeps only ~5 MB per partition and drops
 /// the oldest records beyond that, which moves the low watermark.)
-pub fn appended(bootstrap: &str, topic: &str) -> i64 {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("consumer builds");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("topic metadata");
-    metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .expect("watermarks")
-                .1
-        })
-        .sum()
+fn appended(bootstrap: &str, topic: &str) -> i64 {
+    crate::systems::watermark_sums(bootstrap, topic)
+        .expect("topic watermarks")
+        .1
 }

@@ -304,3 +304,19 @@ pub fn find_peer(given: Option<PathBuf>) -> Option<PathBuf> {
             })
         })
 }
+
+/// The sums of `topic`'s low and high watermarks over its partitions.
+pub fn watermark_sums(bootstrap: &str, topic: &str) -> anyhow::Result<(i64, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut sums = (0, 0);
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        sums.0 += low;
+        sums.1 += high;
+    }
+    Ok(sums)
+}

@@ -251,7 +251,11 @@ pub fn request(run: &str, i: u64) -> Request {
                 body: format!(
                     r#"{{"virtual_number":"440000000000","call_id":"{id}","custom":"{{\"crm\":\"true\"}}","leg":"{leg}","type":"cdr","appid":2222223,"to":{to},"cmiuuid":"{id}-{leg}","status":"{status}","user":"{user}_2222223","time":{time},"direction":"{dir}","answeredsec":{duration},"hangup_reason":"recv_bye","request_id":"req-{id}"}}"#,
                     leg = if h & 4 == 0 { "a" } else { "b" },
-                    status = if h % 5 == 0 { "missed" } else { "answered" },
+                    status = if h.is_multiple_of(5) {
+                        "missed"
+                    } else {
+                        "answered"
+                    },
                     user = 200 + h % 30,
                     time = 1_650_630_551_178 + j,
                     dir = if h & 1 == 0 { "inbound" } else { "outbound" },
