@@ -144,19 +144,24 @@ async fn a_batch_behind_the_stored_position_is_fenced_and_never_applied() {
         .expect("position moves");
     assert_eq!(moved, 1);
     let second: Vec<Revision> = (11..=20).map(record).collect();
+    // Partition 1 goes through another connection (one per partition
+    // here): its transactions are not the fenced one's.
+    let elsewhere: Vec<Revision> = (21..=30).map(record).collect();
     produce(&bootstrap, &second, Some(0)).await;
-    wait_caught_up(&client, GROUP, 20, CATCH_UP).await;
+    produce(&bootstrap, &elsewhere, Some(1)).await;
+    wait_caught_up(&client, GROUP, 30, CATCH_UP).await;
 
     assert!(sink.metrics.fenced.get() >= 1, "the stale batch was fenced");
     let stored: BTreeSet<String> = store_rows(&client).await.into_keys().collect();
     let expected: BTreeSet<String> = first
         .iter()
         .chain(&second[5..])
+        .chain(&elsewhere)
         .map(|r| r.event().identity)
         .collect();
     assert_eq!(
         stored, expected,
-        "offsets 10..15 are the other instance's: this one applied none of them, and resumed at 15"
+        "offsets 10..15 of partition 0 are the other instance's: this one applied none of them, resumed at 15, and partition 1 was applied whole"
     );
     sink.stop().await;
 }

@@ -101,6 +101,10 @@ pub struct BatchSettings {
     pub batch_max: usize,
     /// How long to wait for a batch to fill before committing what there is.
     pub batch_linger_ms: u64,
+    /// PostgreSQL connections writing concurrently, each in its own
+    /// transaction for its share of the partitions (store only: analytics
+    /// rows are shared by all partitions, so it needs 1).
+    pub connections: usize,
 }
 
 #[derive(Serialize)]
@@ -145,11 +149,13 @@ fn defaults() -> Defaults {
             group_id: "callstream-store".into(),
             batch_max: 2000,
             batch_linger_ms: 50,
+            connections: 4,
         },
         analytics: BatchSettings {
             group_id: "callstream-analytics".into(),
             batch_max: 2000,
             batch_linger_ms: 50,
+            connections: 1,
         },
         crm: crate::crm::CrmSettings::default(),
         recordings: crate::recordings::RecordingsSettings::default(),
@@ -205,6 +211,15 @@ impl Settings {
             if b.batch_max == 0 {
                 return Err(invalid(format!("{name}.batch_max"), "must be at least 1"));
             }
+            if b.connections == 0 {
+                return Err(invalid(format!("{name}.connections"), "must be at least 1"));
+            }
+        }
+        if self.analytics.connections != 1 {
+            return Err(invalid(
+                "analytics.connections",
+                "must be 1: every partition adds into the same KPI rows, so analytics writes through one connection",
+            ));
         }
         if self.dedup.batch_max == 0 {
             return Err(invalid("dedup.batch_max", "must be at least 1"));
@@ -221,5 +236,35 @@ impl Settings {
         self.database_url
             .as_ref()
             .ok_or_else(|| invalid("database_url", "is required (set DATABASE_URL)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::Serialized;
+
+    use super::*;
+
+    fn with(key: &str, value: usize) -> Result<Settings, ConfigError> {
+        Settings::from_figment(
+            Settings::defaults()
+                .merge(Serialized::default(
+                    "kafka.bootstrap_servers",
+                    "127.0.0.1:9092",
+                ))
+                .merge(Serialized::default(key, value)),
+        )
+    }
+
+    #[test]
+    fn the_store_may_write_through_several_connections_analytics_through_one() {
+        assert_eq!(with("store.connections", 8).unwrap().store.connections, 8);
+        let err = with("analytics.connections", 2).unwrap_err().to_string();
+        assert!(err.contains("`analytics.connections` must be 1"), "{err}");
+        let err = with("store.connections", 0).unwrap_err().to_string();
+        assert!(
+            err.contains("`store.connections` must be at least 1"),
+            "{err}"
+        );
     }
 }

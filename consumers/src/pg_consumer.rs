@@ -39,10 +39,15 @@ pub async fn run<W: PgWriter>(
     let metrics_port = metrics_server.port;
     let metrics_handle = metrics_server.spawn();
 
-    let mut client = pg::connect(database_url)
-        .await
-        .context("cannot connect to PostgreSQL (database_url)")?;
-    pg::migrate(&mut client)
+    let mut clients = Vec::with_capacity(batch.connections);
+    for _ in 0..batch.connections {
+        clients.push(
+            pg::connect(database_url)
+                .await
+                .context("cannot connect to PostgreSQL (database_url)")?,
+        );
+    }
+    pg::migrate(&mut clients[0])
         .await
         .context("cannot apply the database migrations")?;
 
@@ -57,12 +62,13 @@ pub async fn run<W: PgWriter>(
         port = metrics_port,
         group = %batch.group_id,
         topic = %topic,
+        connections = batch.connections,
         "consumer running"
     );
 
     let result = PgSink {
         consumer: consumer.clone(),
-        client,
+        clients,
         writer,
         group: batch.group_id.clone(),
         topic,

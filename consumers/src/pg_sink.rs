@@ -11,13 +11,20 @@
 //! ([`crate::pg::advance_offsets`]), so two instances briefly owning one
 //! partition during a rebalance cannot both apply a range.
 //!
+//! A writer whose records of different partitions never share rows (the
+//! store) may use several connections: a batch is split by partition into
+//! one transaction per connection, run concurrently, each holding its
+//! partitions' rows and positions; a partition always goes through the same
+//! connection. One PostgreSQL backend per connection then shares the work
+//! (one backend was the store's bottleneck, see BENCHMARKS.md).
+//!
 //! What breaks it: a writer whose effect depends on anything but the batch
 //! and the database (a clock, an outside service), or rows written outside
 //! the transaction it is given.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
@@ -31,42 +38,29 @@ use crate::pg;
 
 /// What a PostgreSQL consumer does with a batch, inside the transaction.
 pub trait PgWriter: Send + Sync {
-    /// Applies `batch`. May be called again with the same batch after a
+    /// Whether the records of different partitions may be written by
+    /// concurrent transactions, one per connection (`connections` > 1).
+    /// True only when records of different partitions never touch the same
+    /// rows: the store's rows are keyed by `event_id`, and the topic is keyed
+    /// by the identity it derives from. Analytics adds every event into KPI
+    /// rows shared by all partitions, so it writes through one connection.
+    const PARTITION_PARALLEL: bool = false;
+
+    /// What a `write` leaves for `committed` (metric increments).
+    type Applied: Send;
+
+    /// Applies `batch`. May be called again with the same records after a
     /// rollback, so it must depend only on the batch and the database.
     fn write<'a>(
         &'a self,
         tx: &'a Transaction<'a>,
         batch: &'a [UniqueEvent],
-    ) -> impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a;
+    ) -> impl Future<Output = Result<Self::Applied, tokio_postgres::Error>> + Send + 'a;
 
-    /// Called once the transaction of the last `write` committed: the place
-    /// for effects outside the database (metrics), which a rolled-back or
-    /// re-applied batch must not repeat.
-    fn committed(&self) {}
-}
-
-/// What a writer's `write` leaves for `committed` (metric increments):
-/// each `write` replaces it, so a rolled-back batch's is dropped unseen.
-#[derive(Debug, Default)]
-pub struct AfterCommit<T>(Mutex<T>);
-
-impl<T: Default> AfterCommit<T> {
-    /// Replaces what the previous batch left.
-    pub fn set(&self, value: T) {
-        *self.lock() = value;
-    }
-
-    /// Takes what the committed batch left.
-    pub fn take(&self) -> T {
-        std::mem::take(&mut *self.lock())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-        // A panic elsewhere cannot leave a plain value half-written.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+    /// Called with what `write` returned once its transaction committed: the
+    /// place for effects outside the database (metrics), which a
+    /// rolled-back or re-applied batch must not repeat.
+    fn committed(&self, applied: Self::Applied);
 }
 
 /// Per-consumer metrics: `callstream_<consumer>_...`.
@@ -130,7 +124,10 @@ impl SinkMetrics {
 
 pub struct PgSink<W> {
     pub consumer: Arc<StreamConsumer<TrackingContext>>,
-    pub client: Client,
+    /// One or more connections; partition `p` is always written through
+    /// `clients[p % clients.len()]`, each in its own transaction. More than
+    /// one only for a [`PgWriter::PARTITION_PARALLEL`] writer.
+    pub clients: Vec<Client>,
     pub writer: W,
     pub group: String,
     pub topic: String,
@@ -149,6 +146,11 @@ struct Received {
 impl<W: PgWriter> PgSink<W> {
     /// Runs until `shutdown`; returns after the batch in progress committed.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.clients.is_empty(), "a sink needs a connection");
+        anyhow::ensure!(
+            W::PARTITION_PARALLEL || self.clients.len() == 1,
+            "this consumer's rows are shared by all partitions: it writes through one connection"
+        );
         self.consumer.subscribe(&[&self.topic])?;
         // Partition → stored next offset; absent = not read from the database yet.
         let mut positions: HashMap<i32, Option<i64>> = HashMap::new();
@@ -191,9 +193,7 @@ impl<W: PgWriter> PgSink<W> {
         positions: &mut HashMap<i32, Option<i64>>,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
-        let mut events = Vec::with_capacity(batch.len());
-        // partition → (stored position before, first offset, next offset after)
-        let mut ranges: BTreeMap<i32, (Option<i64>, i64, i64)> = BTreeMap::new();
+        let mut lanes: Vec<Lane> = (0..self.clients.len()).map(|_| Lane::default()).collect();
         let mut reseeked = Vec::new();
         for r in batch {
             if reseeked.contains(&r.partition) {
@@ -202,9 +202,13 @@ impl<W: PgWriter> PgSink<W> {
             let stored = match positions.get(&r.partition) {
                 Some(stored) => *stored,
                 None => {
-                    let stored =
-                        pg::load_offset(&self.client, &self.group, &self.topic, r.partition)
-                            .await?;
+                    let stored = pg::load_offset(
+                        self.client_of(r.partition),
+                        &self.group,
+                        &self.topic,
+                        r.partition,
+                    )
+                    .await?;
                     positions.insert(r.partition, stored);
                     // The database decides: with no stored position the
                     // partition is read from its beginning, whatever offset
@@ -223,58 +227,78 @@ impl<W: PgWriter> PgSink<W> {
             if stored.is_some_and(|next| r.offset < next) {
                 continue; // already applied
             }
-            ranges
+            let lane = &mut lanes[self.lane_of(r.partition)];
+            lane.ranges
                 .entry(r.partition)
                 .and_modify(|range| range.2 = r.offset + 1)
                 .or_insert((stored, r.offset, r.offset + 1));
             match r.event {
-                Some(e) => events.push(e),
+                Some(e) => lane.events.push(e),
                 None => self.metrics.undecodable.inc(),
             }
         }
-        if ranges.is_empty() {
+        if lanes.iter().all(|lane| lane.ranges.is_empty()) {
             return Ok(());
         }
-        let tx = self.client.transaction().await?;
-        self.writer.write(&tx, &events).await?;
-        let moves: Vec<pg::OffsetMove> = ranges
-            .iter()
-            .map(|(partition, (from, _, to))| pg::OffsetMove {
-                partition: *partition,
-                from: *from,
-                to: *to,
-            })
-            .collect();
-        let fenced = !pg::advance_offsets(&tx, &self.group, &self.topic, &moves).await?;
-        if fenced {
-            tx.rollback().await?;
-            self.metrics.fenced.inc();
-            tracing::warn!(group = %self.group, "batch fenced: another instance advanced a partition; re-reading positions");
-            for (partition, (_, first, _)) in &ranges {
-                // Resume where the other instance left the partition now,
-                // not at this partition's next record: none may come.
-                let stored =
-                    pg::load_offset(&self.client, &self.group, &self.topic, *partition).await?;
-                positions.insert(*partition, stored);
-                self.seek(*partition, stored.unwrap_or(*first));
-            }
-            return Ok(());
-        }
-        tx.commit().await?;
-        self.writer.committed();
+        // Each lane is one transaction on its own connection, all at once:
+        // a lane's rows and its partitions' positions commit together, so
+        // lanes need not commit together.
+        let (writer, group, topic) = (&self.writer, &self.group, &self.topic);
+        let outcomes = futures_util::future::try_join_all(
+            self.clients
+                .iter_mut()
+                .zip(&lanes)
+                .map(|(client, lane)| commit_lane(client, writer, group, topic, lane)),
+        )
+        .await?;
         let mut tpl = TopicPartitionList::new();
-        for (partition, (_, _, to)) in &ranges {
-            positions.insert(*partition, Some(*to));
-            tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*to))?;
+        for (lane, outcome) in lanes.iter().zip(outcomes) {
+            match outcome {
+                LaneOutcome::Empty => {}
+                LaneOutcome::Committed(applied) => {
+                    self.writer.committed(applied);
+                    for (partition, (_, _, to)) in &lane.ranges {
+                        positions.insert(*partition, Some(*to));
+                        tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*to))?;
+                    }
+                    self.metrics.consumed.inc_by(lane.events.len() as u64);
+                }
+                LaneOutcome::Fenced => {
+                    self.metrics.fenced.inc();
+                    tracing::warn!(group = %self.group, partitions = ?lane.ranges.keys().collect::<Vec<_>>(), "batch fenced: another instance advanced a partition; re-reading positions");
+                    for (partition, (_, first, _)) in &lane.ranges {
+                        // Resume where the other instance left the partition
+                        // now, not at this partition's next record: none may come.
+                        let stored = pg::load_offset(
+                            self.client_of(*partition),
+                            &self.group,
+                            &self.topic,
+                            *partition,
+                        )
+                        .await?;
+                        positions.insert(*partition, stored);
+                        self.seek(*partition, stored.unwrap_or(*first));
+                    }
+                }
+            }
         }
-        // Informational only: lets Kafka tools show this group's lag.
-        let _ = self.consumer.commit(&tpl, CommitMode::Async);
-        self.metrics.consumed.inc_by(events.len() as u64);
-        self.metrics.batches.inc();
-        self.metrics
-            .batch_duration
-            .observe(started.elapsed().as_secs_f64());
+        if tpl.count() > 0 {
+            // Informational only: lets Kafka tools show this group's lag.
+            let _ = self.consumer.commit(&tpl, CommitMode::Async);
+            self.metrics.batches.inc();
+            self.metrics
+                .batch_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
+    }
+
+    fn lane_of(&self, partition: i32) -> usize {
+        partition.unsigned_abs() as usize % self.clients.len()
+    }
+
+    fn client_of(&self, partition: i32) -> &Client {
+        &self.clients[self.lane_of(partition)]
     }
 
     fn seek(&self, partition: i32, offset: i64) {
@@ -289,6 +313,52 @@ impl<W: PgWriter> PgSink<W> {
             tracing::warn!(partition, ?offset, error = %e, "seek failed; the partition will be re-read after reassignment");
         }
     }
+}
+
+/// The part of a batch written through one connection.
+#[derive(Default)]
+struct Lane {
+    events: Vec<UniqueEvent>,
+    /// partition → (stored position before, first offset, next offset after)
+    ranges: BTreeMap<i32, (Option<i64>, i64, i64)>,
+}
+
+enum LaneOutcome<A> {
+    /// The lane had no partition in this batch.
+    Empty,
+    Committed(A),
+    /// Another instance moved one of the lane's positions first: rolled back.
+    Fenced,
+}
+
+/// Writes a lane and moves its partitions' positions in one transaction.
+async fn commit_lane<W: PgWriter>(
+    client: &mut Client,
+    writer: &W,
+    group: &str,
+    topic: &str,
+    lane: &Lane,
+) -> anyhow::Result<LaneOutcome<W::Applied>> {
+    if lane.ranges.is_empty() {
+        return Ok(LaneOutcome::Empty);
+    }
+    let tx = client.transaction().await?;
+    let applied = writer.write(&tx, &lane.events).await?;
+    let moves: Vec<pg::OffsetMove> = lane
+        .ranges
+        .iter()
+        .map(|(partition, (from, _, to))| pg::OffsetMove {
+            partition: *partition,
+            from: *from,
+            to: *to,
+        })
+        .collect();
+    if !pg::advance_offsets(&tx, group, topic, &moves).await? {
+        tx.rollback().await?;
+        return Ok(LaneOutcome::Fenced);
+    }
+    tx.commit().await?;
+    Ok(LaneOutcome::Committed(applied))
 }
 
 fn received(msg: &rdkafka::message::BorrowedMessage<'_>) -> Received {

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use callstream_schemas::Event;
 
 use crate::kafka::UniqueEvent;
-use crate::pg_sink::{AfterCommit, PgWriter};
+use crate::pg_sink::PgWriter;
 use crate::unique::{direction_str, latest_revisions, status_str};
 
 /// Columns written from a record, with their array types for `unnest`.
@@ -89,8 +89,6 @@ pub struct StoreWriter {
     /// Records that changed nothing (resends, revisions not newer than the
     /// row): how out of order the input is.
     stale: IntCounter,
-    /// Stale records of the batch in progress, counted once it commits.
-    pending_stale: AfterCommit<u64>,
 }
 
 impl StoreWriter {
@@ -103,7 +101,6 @@ impl StoreWriter {
         Ok(StoreWriter {
             sql: upsert_sql(),
             stale,
-            pending_stale: AfterCommit::default(),
         })
     }
 }
@@ -207,12 +204,23 @@ impl<'a> Columns<'a> {
 }
 
 impl PgWriter for StoreWriter {
+    /// Rows are keyed by `event_id`, derived from the identity the topic is
+    /// keyed by: partitions never share a row.
+    const PARTITION_PARALLEL: bool = true;
+
+    /// Stale records of the batch, counted once it commits.
+    type Applied = u64;
+
     async fn write<'a>(
         &'a self,
         tx: &'a Transaction<'a>,
         batch: &'a [UniqueEvent],
-    ) -> Result<(), tokio_postgres::Error> {
-        let latest = latest_revisions(batch);
+    ) -> Result<u64, tokio_postgres::Error> {
+        let mut latest = latest_revisions(batch);
+        // Rows locked in one order by every transaction: should partitions
+        // ever share an event (a topic whose partition count changed), two
+        // concurrent transactions wait for each other instead of deadlocking.
+        latest.sort_unstable_by_key(|record| record.event.event_id);
         let mut columns = Columns::default();
         for record in &latest {
             columns.push(record);
@@ -222,13 +230,11 @@ impl PgWriter for StoreWriter {
         } else {
             tx.execute(self.sql.as_str(), &columns.params()).await?
         };
-        self.pending_stale
-            .set((batch.len() as u64).saturating_sub(changed));
-        Ok(())
+        Ok((batch.len() as u64).saturating_sub(changed))
     }
 
-    fn committed(&self) {
-        self.stale.inc_by(self.pending_stale.take());
+    fn committed(&self, stale: u64) {
+        self.stale.inc_by(stale);
     }
 }
 

@@ -129,7 +129,9 @@ pub struct RunningSink {
 
 /// Starts `writer` as `group` (its positions in the database) with the
 /// Kafka consumer group `kafka_group` (which only decides where a partition
-/// starts before the database corrects it).
+/// starts before the database corrects it), writing through one connection
+/// per partition when the writer allows it (so every lane is exercised),
+/// else one.
 pub async fn start_sink<W: PgWriter + 'static>(
     bootstrap: &str,
     db_url: &str,
@@ -137,6 +139,11 @@ pub async fn start_sink<W: PgWriter + 'static>(
     kafka_group: &str,
     writer: W,
 ) -> RunningSink {
+    let connections = if W::PARTITION_PARALLEL {
+        PARTITIONS as usize
+    } else {
+        1
+    };
     let kafka = KafkaSettings {
         bootstrap_servers: bootstrap.to_string(),
         properties: Default::default(),
@@ -144,14 +151,18 @@ pub async fn start_sink<W: PgWriter + 'static>(
     let consumer = consumer_config(&kafka, kafka_group)
         .create_with_context(TrackingContext::default())
         .expect("consumer builds");
-    let (client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
-        .await
-        .expect("connects to the test database");
-    tokio::spawn(connection);
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
+            .await
+            .expect("connects to the test database");
+        tokio::spawn(connection);
+        clients.push(client);
+    }
     let metrics = SinkMetrics::new(&prometheus::Registry::new(), "test");
     let sink = PgSink {
         consumer: Arc::new(consumer),
-        client,
+        clients,
         writer,
         group: group.to_string(),
         topic: unique_topic().to_string(),

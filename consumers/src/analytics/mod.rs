@@ -52,7 +52,7 @@ use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::kafka::UniqueEvent;
-use crate::pg_sink::{AfterCommit, PgWriter};
+use crate::pg_sink::PgWriter;
 use crate::unique::latest_revisions;
 
 mod rules;
@@ -76,9 +76,9 @@ struct FirstCount {
     talk_seconds: f64,
 }
 
-/// Metric changes of the batch in progress, applied once it commits.
+/// Metric changes of a batch, applied once it commits.
 #[derive(Default)]
-struct Pending {
+pub struct Pending {
     counted: Vec<FirstCount>,
     recounted: u64,
 }
@@ -87,7 +87,6 @@ struct Pending {
 pub struct AnalyticsWriter {
     statements: Statements,
     metrics: LiveMetrics,
-    pending: AfterCommit<Pending>,
 }
 
 impl AnalyticsWriter {
@@ -120,17 +119,21 @@ impl AnalyticsWriter {
                 talk_seconds,
                 recounted,
             },
-            pending: AfterCommit::default(),
         })
     }
 }
 
 impl PgWriter for AnalyticsWriter {
+    /// Every partition adds into the same KPI rows: one connection.
+    const PARTITION_PARALLEL: bool = false;
+
+    type Applied = Pending;
+
     async fn write<'a>(
         &'a self,
         tx: &'a Transaction<'a>,
         batch: &'a [UniqueEvent],
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<Pending, tokio_postgres::Error> {
         let latest = latest_revisions(batch);
         let ids: Vec<Uuid> = latest.iter().map(|r| r.event.event_id).collect();
         let before = self.statements.load_counted(tx, &ids).await?;
@@ -167,12 +170,10 @@ impl PgWriter for AnalyticsWriter {
         }
         self.statements.apply(tx, &rollup).await?;
         self.statements.store_counted(tx, &counted).await?;
-        self.pending.set(pending);
-        Ok(())
+        Ok(pending)
     }
 
-    fn committed(&self) {
-        let pending = self.pending.take();
+    fn committed(&self, pending: Pending) {
         for first in &pending.counted {
             let [tenant, provider, direction, status] = &first.labels;
             self.metrics
