@@ -28,14 +28,16 @@
 //! `transactional_id` (they fence each other).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -298,7 +300,7 @@ struct EventKey {
 
 pub struct Dedup {
     consumer: Arc<StreamConsumer<TrackingContext>>,
-    producer: FutureProducer,
+    producer: ThreadedProducer<Acks>,
     input: String,
     output: String,
     changelog: String,
@@ -319,13 +321,19 @@ impl Dedup {
         let consumer: StreamConsumer<TrackingContext> =
             consumer_config(&settings.kafka, &d.group_id)
                 .create_with_context(TrackingContext::default())?;
-        let producer: FutureProducer = client_config(&settings.kafka)
+        let mut producer = client_config(&settings.kafka);
+        if !settings.kafka.properties.contains_key("compression.type") {
+            // As the gateway's: events are JSON, several times smaller
+            // compressed, on the broker's disks and to every subscriber.
+            producer.set("compression.type", "lz4");
+        }
+        let producer: ThreadedProducer<Acks> = producer
             .set("transactional.id", &d.transactional_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
-            .create()?;
+            .create_with_context(Acks::default())?;
         producer.init_transactions(TXN_TIMEOUT)?;
         let dedup = Dedup {
             consumer: Arc::new(consumer),
@@ -440,8 +448,6 @@ impl Dedup {
         // Counted only once the transaction commits, so a replay after an
         // abort does not count twice.
         let mut tally = Tally::default();
-        // Every record's acknowledgement, awaited before the commit (see below).
-        let mut acks: Vec<DeliveryFuture> = Vec::with_capacity(batch.len() * 2);
         for msg in batch {
             let p = msg.partition();
             let Some(state) = self.partitions.get_mut(&p) else {
@@ -484,16 +490,16 @@ impl Dedup {
                     r
                 }
             };
-            acks.push(forward(&self.producer, &self.output, msg, revision)?);
+            forward(&self.producer, &self.output, msg, revision)?;
             tally.forwarded += 1;
             if let Some(seen) = seen {
-                acks.push(write_state(
+                write_state(
                     &self.producer,
                     &self.changelog,
                     p,
                     &key.identity,
                     Some(&seen),
-                )?);
+                )?;
             }
             if !touched.contains(&p) {
                 touched.push(p);
@@ -502,13 +508,7 @@ impl Dedup {
         for p in touched {
             if let Some(state) = self.partitions.get_mut(&p) {
                 for identity in state.evict(self.window_ms) {
-                    acks.push(write_state(
-                        &self.producer,
-                        &self.changelog,
-                        p,
-                        &identity,
-                        None,
-                    )?);
+                    write_state(&self.producer, &self.changelog, p, &identity, None)?;
                     tally.evicted += 1;
                 }
             }
@@ -518,30 +518,23 @@ impl Dedup {
             tpl.add_partition_offset(&self.input, *p, Offset::Offset(*next))?;
             let position =
                 serde_json::to_vec(&Position { next: *next }).expect("position serializes");
-            let ack = self
-                .producer
-                .send_result(
-                    FutureRecord::<str, Vec<u8>>::to(&self.changelog)
-                        .key(POSITION_KEY)
-                        .payload(&position)
-                        .partition(*p),
-                )
-                .map_err(|(e, _)| e)?;
-            acks.push(ack);
+            send(
+                &self.producer,
+                BaseRecord::<str, Vec<u8>>::to(&self.changelog)
+                    .key(POSITION_KEY)
+                    .payload(&position)
+                    .partition(*p),
+            )?;
         }
         // Wait for every acknowledgement here, without blocking the thread.
         // commit_transaction flushes too, but rust-rdkafka's flush polls in
         // 100 ms steps while the producer's own polling thread takes the
         // delivery reports, so it slept ~100 ms per transaction: dedup ran
         // at ~4k events/s (BENCHMARKS.md). With nothing left in flight its
-        // flush returns at once.
-        for ack in futures_util::future::join_all(acks).await {
-            match ack {
-                Ok(Ok(_)) => {}
-                Ok(Err((err, _))) => return Err(err.into()),
-                Err(_canceled) => return Err(KafkaError::Canceled.into()),
-            }
-        }
+        // flush returns at once. The acknowledgements are counted in the
+        // producer's context rather than awaited as a future per record
+        // (an allocation, a channel and a wake-up each).
+        self.producer.context().all_acknowledged().await?;
         let group = self
             .consumer
             .group_metadata()
@@ -567,6 +560,9 @@ impl Dedup {
             }
         }
         self.producer.abort_transaction(TXN_TIMEOUT)?;
+        // The aborted records' reports (purged or failed) settle them; their
+        // failure is this transaction's, not the next one's.
+        let _ = self.producer.context().all_acknowledged().await;
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
         let restored = restore(&self.kafka, &self.changelog, &partitions).await?;
         self.partitions.clear();
@@ -603,11 +599,11 @@ async fn next_batch(
 }
 
 fn forward(
-    producer: &FutureProducer,
+    producer: &ThreadedProducer<Acks>,
     topic: &str,
     msg: &OwnedMessage,
     revision: u32,
-) -> Result<DeliveryFuture, KafkaError> {
+) -> Result<(), KafkaError> {
     let revision = revision.to_string();
     let mut headers = OwnedHeaders::new();
     if let Some(hs) = msg.headers() {
@@ -619,31 +615,115 @@ fn forward(
         key: REVISION_HEADER,
         value: Some(revision.as_bytes()),
     });
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
     if let Some(key) = msg.key() {
         record = record.key(key);
     }
     if let Some(value) = msg.payload() {
         record = record.payload(value);
     }
-    producer.send_result(record).map_err(|(e, _)| e)
+    send(producer, record)
 }
 
 fn write_state(
-    producer: &FutureProducer,
+    producer: &ThreadedProducer<Acks>,
     changelog: &str,
     partition: i32,
     identity: &str,
     seen: Option<&Seen>,
-) -> Result<DeliveryFuture, KafkaError> {
+) -> Result<(), KafkaError> {
     let value = seen.map(|s| serde_json::to_vec(s).expect("state always serializes"));
-    let mut record = FutureRecord::<str, Vec<u8>>::to(changelog)
+    let mut record = BaseRecord::<str, Vec<u8>>::to(changelog)
         .key(identity)
         .partition(partition);
     if let Some(value) = &value {
         record = record.payload(value);
     }
-    producer.send_result(record).map_err(|(e, _)| e)
+    send(producer, record)
+}
+
+/// Enqueues `record` in the transaction, counted as awaiting its
+/// acknowledgement. A full local queue (a transaction larger than
+/// `queue.buffering.max.messages`) waits for room.
+fn send<K, P>(
+    producer: &ThreadedProducer<Acks>,
+    record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    let acks = producer.context();
+    acks.outstanding.fetch_add(1, Ordering::SeqCst);
+    let mut record = record;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((err, _)) => {
+                acks.settle(None);
+                return Err(err);
+            }
+        }
+    }
+}
+
+/// The dedup producer's context: counts the records of the transaction in
+/// progress that Kafka has not acknowledged yet, and keeps the first
+/// failure. Delivery reports arrive on the producer's polling thread.
+#[derive(Default)]
+struct Acks {
+    outstanding: AtomicUsize,
+    failed: Mutex<Option<KafkaError>>,
+    settled: tokio::sync::Notify,
+}
+
+impl Acks {
+    /// One record is done with (acknowledged, failed, or never enqueued).
+    fn settle(&self, failure: Option<KafkaError>) {
+        if let Some(err) = failure {
+            self.failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(err);
+        }
+        if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Waits until every record sent so far is settled; the first failure
+    /// among them, if any (the transaction must then abort).
+    async fn all_acknowledged(&self) -> Result<(), KafkaError> {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            // Registered before the check, so a notification between the
+            // check and the await is not missed.
+            settled.as_mut().enable();
+            if self.outstanding.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            settled.await;
+        }
+        match self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+impl rdkafka::ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        self.settle(result.as_ref().err().map(|(err, _)| err.clone()));
+    }
 }
 
 /// The restore reader's context: reaching the end of a partition is how it
