@@ -31,6 +31,9 @@ enum Command {
         /// Input sizes for the consumer figures.
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
         events: Vec<u64>,
+        /// Partitions of the consumers' topics.
+        #[arg(long, default_value_t = consumers::PARTITIONS)]
+        partitions: i32,
         /// Where to write the report (markdown) and the raw figures (JSON beside it).
         #[arg(long, default_value = "bench/results.md")]
         out: PathBuf,
@@ -46,6 +49,9 @@ enum Command {
     Consumers {
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
         events: Vec<u64>,
+        /// Partitions of the consumers' topics.
+        #[arg(long, default_value_t = consumers::PARTITIONS)]
+        partitions: i32,
         /// Extra environment for both consumers, `NAME=value` (tuning experiments).
         #[arg(long = "consumer-env", value_parser = parse_env)]
         consumer_env: Vec<(String, String)>,
@@ -128,15 +134,21 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Consumers {
             events,
+            partitions,
             consumer_env,
             out,
         } => {
-            let runs = consumer_runs(&events, &consumer_env)?;
+            let runs = consumer_runs(&events, partitions, &consumer_env)?;
             finish(&out, &[], &runs, false)
         }
-        Command::All { http, events, out } => {
+        Command::All {
+            http,
+            events,
+            partitions,
+            out,
+        } => {
             let turns = http::run(&http.options(true)?)?;
-            let runs = consumer_runs(&events, &[])?;
+            let runs = consumer_runs(&events, partitions, &[])?;
             finish(&out, &turns, &runs, false)
         }
         Command::Smoke => {
@@ -150,7 +162,7 @@ fn main() -> anyhow::Result<()> {
                 gateway_env: Vec::new(),
             };
             let turns = http::run(&opts)?;
-            let runs = consumer_runs(&[5_000], &[])?;
+            let runs = consumer_runs(&[5_000], consumers::PARTITIONS, &[])?;
             let out = std::env::temp_dir().join("callstream-bench-smoke.md");
             finish(&out, &turns, &runs, true)
         }
@@ -165,6 +177,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 fn consumer_runs(
     sizes: &[u64],
+    partitions: i32,
     env: &[(String, String)],
 ) -> anyhow::Result<Vec<consumers::ConsumerRun>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -174,7 +187,7 @@ fn consumer_runs(
     let mut runs = Vec::new();
     for &events in sizes {
         let run = rt
-            .block_on(consumers::run(events, env))
+            .block_on(consumers::run(events, partitions, env))
             .with_context(|| format!("consumer run of {events} events"))?;
         eprintln!(
             "consumers, {events} events: dedup {:.0}/s, store {:.0} rows/s",

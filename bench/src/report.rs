@@ -125,15 +125,16 @@ pub fn http_table(summaries: &[Summary]) -> String {
 pub fn consumer_table(runs: &[ConsumerRun]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| input events (resends) | dedup events/s | dedup µs/event (wall) | dedup CPU µs/event (own / broker) | dedup RSS (MiB) | store rows/s (PostgreSQL, fsync on) | store µs/row (wall) | store CPU µs/row | store RSS (MiB) |\n\
+        "| input events (resends), partitions | dedup events/s | dedup µs/event (wall) | dedup CPU µs/event (own / broker) | dedup RSS (MiB) | store rows/s (PostgreSQL, fsync on) | store µs/row (wall) | store CPU µs/row | store RSS (MiB) |\n\
          |---|---:|---:|---|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         let _ = writeln!(
             out,
-            "| {} ({}) | {:.0} | {:.2} | {:.2} / {:.2} | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            "| {} ({}), {} | {:.0} | {:.2} | {:.2} / {:.2} | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} |",
             r.events,
             r.resends,
+            r.partitions,
             r.dedup_per_second,
             1e6 / r.dedup_per_second,
             r.dedup_cpu_us_per_event,
