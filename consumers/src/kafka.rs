@@ -42,6 +42,9 @@ pub fn consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig {
 #[derive(Debug, Clone)]
 pub struct UniqueEvent {
     pub event: Event,
+    /// The record's value as received: `event` before parsing (the store
+    /// keeps it as is, rather than serializing `event` again).
+    pub json: Vec<u8>,
     /// 1 for the first content of an identity, then 2, 3, ... per update.
     pub revision: i32,
     pub partition: i32,
@@ -65,12 +68,14 @@ pub fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
 }
 
 pub fn decode_unique(msg: &BorrowedMessage<'_>) -> Result<UniqueEvent, DecodeError> {
-    let event: Event = serde_json::from_slice(msg.payload().ok_or(DecodeError::Empty)?)?;
+    let json = msg.payload().ok_or(DecodeError::Empty)?;
+    let event: Event = serde_json::from_slice(json)?;
     let revision = header(msg, REVISION_HEADER)
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     Ok(UniqueEvent {
         event,
+        json: json.to_vec(),
         revision,
         partition: msg.partition(),
         offset: msg.offset(),
