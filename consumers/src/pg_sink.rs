@@ -27,6 +27,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::TryFutureExt;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -237,24 +238,23 @@ impl<W: PgWriter> PgSink<W> {
                 None => self.metrics.undecodable.inc(),
             }
         }
-        if lanes.iter().all(|lane| lane.ranges.is_empty()) {
-            return Ok(());
-        }
-        // Each lane is one transaction on its own connection, all at once:
-        // a lane's rows and its partitions' positions commit together, so
-        // lanes need not commit together.
+        // Each lane with records is one transaction on its own connection,
+        // all at once: a lane's rows and its partitions' positions commit
+        // together, so lanes need not commit together.
         let (writer, group, topic) = (&self.writer, &self.group, &self.topic);
         let outcomes = futures_util::future::try_join_all(
             self.clients
                 .iter_mut()
                 .zip(&lanes)
-                .map(|(client, lane)| commit_lane(client, writer, group, topic, lane)),
+                .filter(|(_, lane)| !lane.ranges.is_empty())
+                .map(|(client, lane)| {
+                    commit_lane(client, writer, group, topic, lane).map_ok(move |o| (lane, o))
+                }),
         )
         .await?;
         let mut tpl = TopicPartitionList::new();
-        for (lane, outcome) in lanes.iter().zip(outcomes) {
+        for (lane, outcome) in outcomes {
             match outcome {
-                LaneOutcome::Empty => {}
                 LaneOutcome::Committed(applied) => {
                     self.writer.committed(applied);
                     for (partition, (_, _, to)) in &lane.ranges {
@@ -324,8 +324,6 @@ struct Lane {
 }
 
 enum LaneOutcome<A> {
-    /// The lane had no partition in this batch.
-    Empty,
     Committed(A),
     /// Another instance moved one of the lane's positions first: rolled back.
     Fenced,
@@ -339,9 +337,6 @@ async fn commit_lane<W: PgWriter>(
     topic: &str,
     lane: &Lane,
 ) -> anyhow::Result<LaneOutcome<W::Applied>> {
-    if lane.ranges.is_empty() {
-        return Ok(LaneOutcome::Empty);
-    }
     let tx = client.transaction().await?;
     let applied = writer.write(&tx, &lane.events).await?;
     let moves: Vec<pg::OffsetMove> = lane
