@@ -72,12 +72,11 @@ pub async fn handle(
     let started = Instant::now();
     let source_name = source.provider.id().as_str();
     // Over the limit, refuse at once: queueing would grow memory without bound.
+    let request_id = request_id.to_string();
     let result = match ingest.in_flight.try_acquire() {
         Ok(_permit) => {
             let _in_flight = InFlight::start(&ingest.metrics);
-            ingest
-                .accept(&req, body, &source, &request_id.to_string())
-                .await
+            ingest.accept(&req, body, &source, &request_id).await
         }
         Err(_) => Err(ApiError::Overloaded {
             retry_after_secs: ingest.retry_after_secs,
@@ -99,11 +98,18 @@ pub async fn handle(
         .with_label_values(&[source_name])
         .observe(started.elapsed().as_secs_f64());
     result.map(|outcome| {
-        HttpResponse::Ok().json(serde_json::json!({
-            "status": outcome.as_str(),
-            "request_id": request_id.to_string(),
-        }))
+        HttpResponse::Ok().json(Answer {
+            status: outcome.as_str(),
+            request_id: &request_id,
+        })
     })
+}
+
+/// The body of a 2xx answer.
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    status: &'static str,
+    request_id: &'a str,
 }
 
 impl Ingest {

@@ -15,13 +15,16 @@
 //! nothing unacknowledged gets 2xx.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
 
 use callstream_schemas::Topic;
 
@@ -61,10 +64,9 @@ pub enum PublishError {
 
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<Deliveries>>,
     topics: TopicNames,
     timeout: Duration,
-    metrics: Metrics,
 }
 
 /// librdkafka message size margin over the body for key and headers.
@@ -84,6 +86,9 @@ impl Publisher {
         metrics: Metrics,
     ) -> Result<Publisher, KafkaError> {
         let mut config = ClientConfig::new();
+        // Events are JSON, several times smaller compressed, on the broker's
+        // disks and to every subscriber; `kafka.properties` may choose another.
+        config.set("compression.type", "lz4");
         for (key, value) in &kafka.properties {
             config.set(key, value);
         }
@@ -95,18 +100,20 @@ impl Publisher {
             // Java clients' partitioner, so Kafka Streams / Java consumers
             // co-partition with us by key.
             .set("partitioner", "murmur2_random")
-            .set("compression.type", "lz4")
             .set(
                 "message.max.bytes",
                 (max_body_bytes + RECORD_OVERHEAD_BYTES).to_string(),
             )
             // librdkafka decides when a record has failed (see module docs).
             .set("message.timeout.ms", kafka.publish_timeout_ms.to_string());
+        let context = Deliveries {
+            topics: topics.clone(),
+            metrics,
+        };
         Ok(Publisher {
-            producer: config.create()?,
+            producer: Arc::new(config.create_with_context(context)?),
             topics,
             timeout: Duration::from_millis(kafka.publish_timeout_ms) + SAFETY_MARGIN,
-            metrics,
         })
     }
 
@@ -116,66 +123,44 @@ impl Publisher {
 
     /// Publishes all records concurrently and waits for every acknowledgement.
     pub async fn publish(&self, records: &[OutRecord]) -> Result<(), PublishError> {
-        let sends = records.iter().map(|r| self.publish_one(r));
-        match tokio::time::timeout(self.timeout, join_all(sends)).await {
-            Ok(results) => results.into_iter().collect(),
+        let batch = Arc::new(InFlight::new(records.len()));
+        for (i, record) in records.iter().enumerate() {
+            let headers = record
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new(), |h, (key, value)| {
+                    h.insert(Header {
+                        key: key.as_ref(),
+                        value: Some(value.as_slice()),
+                    })
+                });
+            let base = BaseRecord::with_opaque_to(self.topics.name(record.topic), batch.clone())
+                .key(record.key.as_bytes())
+                .payload(record.payload.as_slice())
+                .headers(headers);
+            if let Err((err, _)) = self.producer.send(base) {
+                // Neither this record nor the ones after it were enqueued;
+                // the ones before it still settle through their reports, so
+                // none is left to arrive after the delivery is spooled.
+                let context = self.producer.context();
+                context.count_error(record.topic, classify(&err));
+                batch.settle(records.len() - i, Some((record.topic, err)));
+                break;
+            }
+        }
+        match tokio::time::timeout(self.timeout, Settled(&batch)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((_, err))) => Err(PublishError::Kafka {
+                kind: classify(&err),
+                source: err,
+            }),
             Err(_) => {
                 for r in records {
-                    self.count_error(r.topic, "timeout");
+                    self.producer.context().count_error(r.topic, "timeout");
                 }
                 Err(PublishError::Timeout(self.timeout))
             }
         }
-    }
-
-    async fn publish_one(&self, record: &OutRecord) -> Result<(), PublishError> {
-        let started = Instant::now();
-        let headers = record
-            .headers
-            .iter()
-            .fold(OwnedHeaders::new(), |h, (key, value)| {
-                h.insert(Header {
-                    key: key.as_ref(),
-                    value: Some(value.as_slice()),
-                })
-            });
-        let future_record = FutureRecord::to(self.topics.name(record.topic))
-            .key(record.key.as_bytes())
-            .payload(record.payload.as_slice())
-            .headers(headers);
-        let delivery = match self.producer.send_result(future_record) {
-            Ok(delivery) => delivery,
-            Err((err, _)) => return Err(self.fail(record.topic, err)),
-        };
-        match delivery.await {
-            Ok(Ok(_)) => {
-                let label = record.topic.label();
-                self.metrics
-                    .produce_duration
-                    .with_label_values(&[label])
-                    .observe(started.elapsed().as_secs_f64());
-                self.metrics
-                    .records_published
-                    .with_label_values(&[label])
-                    .inc();
-                Ok(())
-            }
-            Ok(Err((err, _))) => Err(self.fail(record.topic, err)),
-            Err(_canceled) => Err(self.fail(record.topic, KafkaError::Canceled)),
-        }
-    }
-
-    fn fail(&self, topic: Topic, err: KafkaError) -> PublishError {
-        let kind = classify(&err);
-        self.count_error(topic, kind);
-        PublishError::Kafka { kind, source: err }
-    }
-
-    fn count_error(&self, topic: Topic, kind: &str) {
-        self.metrics
-            .produce_errors
-            .with_label_values(&[topic.label(), kind])
-            .inc();
     }
 
     /// Whether a broker answers a metadata request within `timeout`.
@@ -189,6 +174,127 @@ impl Publisher {
     /// Waits up to `timeout` for queued records to be acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
+    }
+}
+
+/// The records of one delivery that Kafka has not settled yet. Delivery
+/// reports arrive on the producer's polling thread and count it down; the
+/// last one wakes the waiting handler once. (rust-rdkafka's `FutureProducer`
+/// allocates a channel per record and wakes the handler for each.)
+struct InFlight {
+    state: Mutex<InFlightState>,
+    started: Instant,
+}
+
+struct InFlightState {
+    remaining: usize,
+    /// The first failure among the records, with its record's topic.
+    failure: Option<(Topic, KafkaError)>,
+    waker: Option<Waker>,
+}
+
+impl InFlight {
+    fn new(records: usize) -> InFlight {
+        InFlight {
+            state: Mutex::new(InFlightState {
+                remaining: records,
+                failure: None,
+                waker: None,
+            }),
+            started: Instant::now(),
+        }
+    }
+
+    /// `count` records are done with (acknowledged, failed, or never enqueued).
+    fn settle(&self, count: usize, failure: Option<(Topic, KafkaError)>) {
+        let waker = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.remaining = state.remaining.saturating_sub(count);
+            if state.failure.is_none() {
+                state.failure = failure;
+            }
+            if state.remaining == 0 {
+                state.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Resolves once every record of an [`InFlight`] is settled.
+struct Settled<'a>(&'a InFlight);
+
+impl Future for Settled<'_> {
+    type Output = Result<(), (Topic, KafkaError)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.remaining == 0 {
+            return Poll::Ready(state.failure.take().map_or(Ok(()), Err));
+        }
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// The producer's context: takes each record's delivery report, counts it
+/// in the metrics and settles its delivery.
+struct Deliveries {
+    topics: TopicNames,
+    metrics: Metrics,
+}
+
+impl Deliveries {
+    fn topic_of(&self, name: &str) -> Topic {
+        [Topic::Raw, Topic::Events, Topic::Dlq]
+            .into_iter()
+            .find(|t| self.topics.name(*t) == name)
+            .unwrap_or(Topic::Raw)
+    }
+
+    fn count_error(&self, topic: Topic, kind: &str) {
+        self.metrics
+            .produce_errors
+            .with_label_values(&[topic.label(), kind])
+            .inc();
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Arc<InFlight>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<InFlight>) {
+        match result {
+            Ok(msg) => {
+                let label = self.topic_of(msg.topic()).label();
+                self.metrics
+                    .produce_duration
+                    .with_label_values(&[label])
+                    .observe(batch.started.elapsed().as_secs_f64());
+                self.metrics
+                    .records_published
+                    .with_label_values(&[label])
+                    .inc();
+                batch.settle(1, None);
+            }
+            Err((err, msg)) => {
+                let topic = self.topic_of(msg.topic());
+                self.count_error(topic, classify(err));
+                batch.settle(1, Some((topic, err.clone())));
+            }
+        }
     }
 }
 
