@@ -266,15 +266,16 @@ impl Event {
 
     /// Hex SHA-256 over the canonical JSON of the content fields.
     pub fn compute_fingerprint(&self) -> String {
-        let mut value = serde_json::to_value(self).expect("an Event always serializes");
-        if let Some(map) = value.as_object_mut() {
-            for delivery_field in ["fingerprint", "received_at", "raw"] {
-                map.remove(delivery_field);
-            }
+        const DELIVERY_FIELDS: &[&str] = &["fingerprint", "received_at", "raw"];
+        let canonical = crate::canonical::to_vec_without(self, DELIVERY_FIELDS)
+            .expect("an Event always serializes");
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(64);
+        for b in Sha256::digest(&canonical) {
+            hex.push(char::from(HEX[usize::from(b >> 4)]));
+            hex.push(char::from(HEX[usize::from(b & 0xf)]));
         }
-        // serde_json's Map is ordered by key, so this is canonical.
-        let digest = Sha256::digest(value.to_string().as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        hex
     }
 
     /// An empty event for normalizers to fill; `seal` completes it.

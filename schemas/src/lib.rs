@@ -11,6 +11,7 @@
 //! (`cargo run -p callstream-schemas --bin callstream-schemas`); a test fails
 //! when they drift.
 
+pub mod canonical;
 pub mod event;
 pub mod lenient;
 pub mod provider;

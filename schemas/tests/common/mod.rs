@@ -135,3 +135,19 @@ pub fn normalize_as(case: &Case, payload: &[u8]) -> Result<Event, NormalizeError
     };
     provider.normalize(&req, &ctx())
 }
+
+/// The fingerprint as the first release computed it: through a
+/// `serde_json::Value` tree (sorted maps) and `format!` per byte. The
+/// canonical writer must give the same bytes.
+#[allow(dead_code)] // not every test binary that shares this module uses it
+pub fn tree_fingerprint(event: &Event) -> String {
+    use sha2::{Digest, Sha256};
+    let mut value = serde_json::to_value(event).expect("an Event always serializes");
+    if let Some(map) = value.as_object_mut() {
+        for delivery_field in ["fingerprint", "received_at", "raw"] {
+            map.remove(delivery_field);
+        }
+    }
+    let digest = Sha256::digest(value.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

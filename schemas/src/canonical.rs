@@ -1,0 +1,533 @@
+//! Canonical JSON: every object's keys in byte order, no whitespace. The
+//! bytes are exactly `serde_json::to_value(v)?.to_string()` (serde_json's
+//! `Map` is a `BTreeMap`), which is what event fingerprints hash; written
+//! directly instead of through a `Value` tree, whose maps, keys and nodes
+//! were half the cost of normalizing an event (BENCHMARKS.md).
+//!
+//! Each object's fields are written in the order they come, then the
+//! object's bytes are reordered by key in place: one copy per object, no
+//! allocation per field.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde::ser::{self, Serialize};
+use serde_json::Error;
+
+/// `value` as canonical JSON, leaving out the top-level fields in `skip`.
+pub fn to_vec_without<T: Serialize + ?Sized>(
+    value: &T,
+    skip: &'static [&'static str],
+) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(1024);
+    value.serialize(Canonical {
+        out: &mut out,
+        skip,
+    })?;
+    Ok(out)
+}
+
+/// `value` as canonical JSON.
+pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
+    to_vec_without(value, &[])
+}
+
+struct Canonical<'a> {
+    out: &'a mut Vec<u8>,
+    /// Fields of the top-level object to leave out (empty below it).
+    skip: &'static [&'static str],
+}
+
+impl<'a> Canonical<'a> {
+    fn nested(out: &'a mut Vec<u8>) -> Canonical<'a> {
+        Canonical { out, skip: &[] }
+    }
+
+    /// A scalar, formatted by serde_json itself.
+    fn scalar<T: Serialize + ?Sized>(self, v: &T) -> Result<(), Error> {
+        serde_json::to_writer(&mut *self.out, v)
+    }
+
+    fn object(self) -> Object<'a> {
+        let start = self.out.len();
+        Object {
+            out: self.out,
+            skip: self.skip,
+            start,
+            fields: Vec::new(),
+            pending_key: None,
+            closes_variant: false,
+        }
+    }
+
+    /// `{"variant":` before a variant's content; `}` closes it.
+    fn open_variant(&mut self, variant: &str) -> Result<(), Error> {
+        self.out.push(b'{');
+        serde_json::to_writer(&mut *self.out, variant)?;
+        self.out.push(b':');
+        Ok(())
+    }
+}
+
+impl<'a> ser::Serializer for Canonical<'a> {
+    type Ok = ();
+    type Error = Error;
+    type SerializeSeq = Seq<'a>;
+    type SerializeTuple = Seq<'a>;
+    type SerializeTupleStruct = Seq<'a>;
+    type SerializeTupleVariant = Seq<'a>;
+    type SerializeMap = Object<'a>;
+    type SerializeStruct = Object<'a>;
+    type SerializeStructVariant = Object<'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), Error> {
+        self.scalar(&v)
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), Error> {
+        self.scalar(&v)
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), Error> {
+        self.scalar(&v)
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), Error> {
+        self.scalar(&v)
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), Error> {
+        self.scalar(&v)
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), Error> {
+        // As `to_value` does: a Number when it fits, else an error.
+        self.scalar(&serde_json::to_value(v)?)
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), Error> {
+        self.scalar(&v)
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), Error> {
+        self.scalar(&v)
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), Error> {
+        self.scalar(&v)
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), Error> {
+        self.scalar(&v)
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), Error> {
+        self.scalar(&serde_json::to_value(v)?)
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), Error> {
+        // `to_value` widens an f32 to f64 before formatting.
+        self.scalar(&serde_json::Value::from(v))
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), Error> {
+        self.scalar(&serde_json::Value::from(v))
+    }
+    fn serialize_char(self, v: char) -> Result<(), Error> {
+        self.scalar(&v)
+    }
+    fn serialize_str(self, v: &str) -> Result<(), Error> {
+        self.scalar(v)
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
+        self.scalar(v)
+    }
+    fn serialize_none(self) -> Result<(), Error> {
+        self.serialize_unit()
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), Error> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Error> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), Error> {
+        self.scalar(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        mut self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.open_variant(variant)?;
+        value.serialize(Canonical::nested(&mut *self.out))?;
+        self.out.push(b'}');
+        Ok(())
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Seq<'a>, Error> {
+        self.out.push(b'[');
+        Ok(Seq {
+            out: self.out,
+            first: true,
+            variant: false,
+        })
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Seq<'a>, Error> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<Seq<'a>, Error> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(
+        mut self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Seq<'a>, Error> {
+        self.open_variant(variant)?;
+        self.out.push(b'[');
+        Ok(Seq {
+            out: self.out,
+            first: true,
+            variant: true,
+        })
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Object<'a>, Error> {
+        Ok(self.object())
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Object<'a>, Error> {
+        Ok(self.object())
+    }
+    fn serialize_struct_variant(
+        mut self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Object<'a>, Error> {
+        self.open_variant(variant)?;
+        Ok(Object {
+            closes_variant: true,
+            ..Canonical::nested(self.out).object()
+        })
+    }
+}
+
+pub struct Seq<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+    /// Inside `{"variant":[...]}`: close the wrapper too.
+    variant: bool,
+}
+
+impl Seq<'_> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+        value.serialize(Canonical::nested(&mut *self.out))
+    }
+
+    fn close(self) -> Result<(), Error> {
+        self.out.push(b']');
+        if self.variant {
+            self.out.push(b'}');
+        }
+        Ok(())
+    }
+}
+
+impl ser::SerializeSeq for Seq<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTuple for Seq<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleStruct for Seq<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleVariant for Seq<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+/// An object being written: each value goes to `out` as it comes, its key
+/// and byte range noted; `end` rewrites the region sorted by key.
+pub struct Object<'a> {
+    out: &'a mut Vec<u8>,
+    skip: &'static [&'static str],
+    start: usize,
+    fields: Vec<(Cow<'static, str>, Range<usize>)>,
+    /// A map key waiting for its value.
+    pending_key: Option<String>,
+    /// Inside `{"variant":{...}}`: close the wrapper too.
+    closes_variant: bool,
+}
+
+impl Object<'_> {
+    fn field<T: Serialize + ?Sized>(
+        &mut self,
+        key: Cow<'static, str>,
+        value: &T,
+    ) -> Result<(), Error> {
+        if self.skip.contains(&key.as_ref()) {
+            return Ok(());
+        }
+        let from = self.out.len();
+        value.serialize(Canonical::nested(&mut *self.out))?;
+        self.fields.push((key, from..self.out.len()));
+        Ok(())
+    }
+
+    fn close(mut self) -> Result<(), Error> {
+        let values = self.out.split_off(self.start);
+        // Stable: of equal keys the last one written wins, as in a map insert.
+        self.fields.sort_by(|a, b| a.0.cmp(&b.0));
+        self.out.push(b'{');
+        let mut first = true;
+        for (i, (key, range)) in self.fields.iter().enumerate() {
+            if self.fields.get(i + 1).is_some_and(|next| next.0 == *key) {
+                continue;
+            }
+            if !std::mem::take(&mut first) {
+                self.out.push(b',');
+            }
+            serde_json::to_writer(&mut *self.out, key.as_ref())?;
+            self.out.push(b':');
+            let range = range.start - self.start..range.end - self.start;
+            self.out.extend_from_slice(&values[range]);
+        }
+        self.out.push(b'}');
+        if self.closes_variant {
+            self.out.push(b'}');
+        }
+        Ok(())
+    }
+}
+
+/// A map key as `to_value` accepts one: a string, or a number or bool
+/// written as one.
+fn key_string<T: Serialize + ?Sized>(key: &T) -> Result<String, Error> {
+    match serde_json::to_value(key)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(ser::Error::custom("key must be a string")),
+    }
+}
+
+impl ser::SerializeMap for Object<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
+        self.pending_key = Some(key_string(key)?);
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        let key = self
+            .pending_key
+            .take()
+            .ok_or_else(|| <Error as ser::Error>::custom("map value without a key"))?;
+        self.field(Cow::Owned(key), value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeStruct for Object<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.field(Cow::Borrowed(key), value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeStructVariant for Object<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.field(Cow::Borrowed(key), value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde::Serialize;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// What canonical JSON is defined as.
+    fn tree<T: Serialize>(v: &T) -> String {
+        serde_json::to_value(v).unwrap().to_string()
+    }
+
+    fn canonical<T: Serialize>(v: &T) -> String {
+        String::from_utf8(to_vec(v).unwrap()).unwrap()
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Shape {
+        Unit,
+        Newtype(u8),
+        Tuple(i32, String),
+        Struct { z: bool, a: Option<f64> },
+    }
+
+    #[derive(Serialize)]
+    struct Inner {
+        zeta: &'static str,
+        alpha: Vec<Shape>,
+    }
+
+    #[derive(Serialize)]
+    struct Outer {
+        yes: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        skipped: Option<u64>,
+        b: Inner,
+        a: HashMap<i32, &'static str>,
+        f32: f32,
+        f64: f64,
+        nan: f64,
+        text: &'static str,
+        c: char,
+        unit: (),
+        doc: Value,
+        big: i128,
+    }
+
+    fn outer() -> Outer {
+        Outer {
+            yes: None,
+            skipped: None,
+            b: Inner {
+                zeta: "z",
+                alpha: vec![
+                    Shape::Unit,
+                    Shape::Newtype(7),
+                    Shape::Tuple(-3, "t".into()),
+                    Shape::Struct {
+                        z: true,
+                        a: Some(0.1),
+                    },
+                ],
+            },
+            a: HashMap::from([(10, "ten"), (2, "two"), (-1, "minus")]),
+            f32: 0.1,
+            f64: 1e300,
+            nan: f64::NAN,
+            text: "quote \" backslash \\ newline \n tab \t nul \u{0} é 📞",
+            c: '\u{1f}',
+            unit: (),
+            doc: json!({"z": [1, {"y": null, "b": 2.5}], "a": {"é": true, "E": false}, "": -0.0}),
+            big: 12345,
+        }
+    }
+
+    #[test]
+    fn writes_what_the_value_tree_writes() {
+        assert_eq!(canonical(&outer()), tree(&outer()));
+        for doc in [
+            json!(null),
+            json!([]),
+            json!({}),
+            json!("s"),
+            json!([{"b": 1, "a": [{"d": {}, "c": []}]}]),
+            json!({"k": u64::MAX, "n": i64::MIN, "f": 1.5e-7}),
+        ] {
+            assert_eq!(canonical(&doc), doc.to_string());
+        }
+    }
+
+    #[test]
+    fn objects_are_sorted_by_key_bytes() {
+        let out = canonical(&json!({"b": 1, "a": {"d": 1, "c": 2}, "B": 0}));
+        assert_eq!(out, r#"{"B":0,"a":{"c":2,"d":1},"b":1}"#);
+    }
+
+    #[test]
+    fn leaves_out_only_top_level_fields() {
+        #[derive(Serialize)]
+        struct T {
+            raw: u8,
+            keep: Inner2,
+        }
+        #[derive(Serialize)]
+        struct Inner2 {
+            raw: u8,
+        }
+        let out = to_vec_without(
+            &T {
+                raw: 1,
+                keep: Inner2 { raw: 2 },
+            },
+            &["raw"],
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"keep":{"raw":2}}"#);
+    }
+
+    #[test]
+    fn refuses_what_the_value_tree_refuses() {
+        let unkeyable = HashMap::from([(vec![1u8], 1)]);
+        assert!(serde_json::to_value(&unkeyable).is_err());
+        assert!(to_vec(&unkeyable).is_err());
+        assert!(to_vec(&(u128::MAX)).is_err() == serde_json::to_value(u128::MAX).is_err());
+    }
+}
