@@ -71,8 +71,8 @@ pub async fn handle(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let source_name = source.provider.id().as_str();
-    // Over the limit, refuse at once: queueing would grow memory without bound.
     let request_id = request_id.to_string();
+    // Over the limit, refuse at once: queueing would grow memory without bound.
     let result = match ingest.in_flight.try_acquire() {
         Ok(_permit) => {
             let _in_flight = InFlight::start(&ingest.metrics);

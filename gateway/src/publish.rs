@@ -144,19 +144,20 @@ impl Publisher {
                 // none is left to arrive after the delivery is spooled.
                 let context = self.producer.context();
                 context.count_error(record.topic, classify(&err));
-                batch.settle(records.len() - i, Some((record.topic, err)));
+                batch.settle(records.len() - i, Some(err));
                 break;
             }
         }
         match tokio::time::timeout(self.timeout, Settled(&batch)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err((_, err))) => Err(PublishError::Kafka {
+            Ok(Err(err)) => Err(PublishError::Kafka {
                 kind: classify(&err),
                 source: err,
             }),
             Err(_) => {
+                let context = self.producer.context();
                 for r in records {
-                    self.producer.context().count_error(r.topic, "timeout");
+                    context.count_error(r.topic, "timeout");
                 }
                 Err(PublishError::Timeout(self.timeout))
             }
@@ -188,8 +189,8 @@ struct InFlight {
 
 struct InFlightState {
     remaining: usize,
-    /// The first failure among the records, with its record's topic.
-    failure: Option<(Topic, KafkaError)>,
+    /// The first failure among the records.
+    failure: Option<KafkaError>,
     waker: Option<Waker>,
 }
 
@@ -206,7 +207,7 @@ impl InFlight {
     }
 
     /// `count` records are done with (acknowledged, failed, or never enqueued).
-    fn settle(&self, count: usize, failure: Option<(Topic, KafkaError)>) {
+    fn settle(&self, count: usize, failure: Option<KafkaError>) {
         let waker = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             state.remaining = state.remaining.saturating_sub(count);
@@ -229,7 +230,7 @@ impl InFlight {
 struct Settled<'a>(&'a InFlight);
 
 impl Future for Settled<'_> {
-    type Output = Result<(), (Topic, KafkaError)>;
+    type Output = Result<(), KafkaError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,7 +293,7 @@ impl ProducerContext for Deliveries {
             Err((err, msg)) => {
                 let topic = self.topic_of(msg.topic());
                 self.count_error(topic, classify(err));
-                batch.settle(1, Some((topic, err.clone())));
+                batch.settle(1, Some(err.clone()));
             }
         }
     }
