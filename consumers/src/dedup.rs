@@ -46,7 +46,7 @@ use callstream_schemas::event::REVISION_HEADER;
 use callstream_schemas::Topic;
 
 use crate::config::{KafkaSettings, Settings};
-use crate::kafka::{client_config, consumer_config, TrackingContext};
+use crate::kafka::{client_config, client_config_with, consumer_config, TrackingContext};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Changelog key of a partition's position record; no identity starts with NUL.
@@ -321,19 +321,16 @@ impl Dedup {
         let consumer: StreamConsumer<TrackingContext> =
             consumer_config(&settings.kafka, &d.group_id)
                 .create_with_context(TrackingContext::default())?;
-        let mut producer = client_config(&settings.kafka);
-        if !settings.kafka.properties.contains_key("compression.type") {
-            // As the gateway's: events are JSON, several times smaller
-            // compressed, on the broker's disks and to every subscriber.
-            producer.set("compression.type", "lz4");
-        }
-        let producer: ThreadedProducer<Acks> = producer
-            .set("transactional.id", &d.transactional_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .create_with_context(Acks::default())?;
+        // lz4 as the gateway's: events are JSON, several times smaller
+        // compressed, on the broker's disks and to every subscriber.
+        let producer: ThreadedProducer<Acks> =
+            client_config_with(&settings.kafka, &[("compression.type", "lz4")])
+                .set("transactional.id", &d.transactional_id)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("partitioner", "murmur2_random")
+                .set("linger.ms", "5")
+                .create_with_context(Acks::default())?;
         producer.init_transactions(TXN_TIMEOUT)?;
         let dedup = Dedup {
             consumer: Arc::new(consumer),

@@ -16,7 +16,15 @@ use crate::config::KafkaSettings;
 
 /// Base configuration of every client: brokers plus configured extras.
 pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
+    client_config_with(kafka, &[])
+}
+
+/// [`client_config`] over `defaults`, which `kafka.properties` may override.
+pub fn client_config_with(kafka: &KafkaSettings, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
+    for (k, v) in defaults {
+        config.set(*k, *v);
+    }
     for (k, v) in &kafka.properties {
         config.set(k, v);
     }
@@ -35,10 +43,8 @@ pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// A consumer in `group` that never commits on its own and reads only
 /// committed transactional data (the dedup output is transactional).
 pub fn consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig {
-    let mut config = client_config(kafka);
-    if !kafka.properties.contains_key("fetch.queue.backoff.ms") {
-        config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
-    }
+    let mut config =
+        client_config_with(kafka, &[("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)]);
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
