@@ -280,13 +280,14 @@ struct Tally {
 }
 
 impl Tally {
+    /// `consumed` last: whoever sees it grow sees the outcomes that add up to it.
     fn record(&self, m: &DedupMetrics) {
-        m.consumed.inc_by(self.consumed);
         m.forwarded.inc_by(self.forwarded);
         m.duplicates.inc_by(self.duplicates);
         m.updates.inc_by(self.updates);
         m.undecodable.inc_by(self.undecodable);
         m.evicted.inc_by(self.evicted);
+        m.consumed.inc_by(self.consumed);
     }
 }
 

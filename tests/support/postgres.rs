@@ -3,8 +3,10 @@
 //! One cluster per test process (initdb takes seconds), one fresh database
 //! per test. `initdb` refuses to run as root, so as root the cluster runs as
 //! the `postgres` user. The server is started under a small shell wrapper
-//! that stops it when this process's end of a pipe closes, so no server
-//! outlives the tests, even when they panic.
+//! that, when this process's end of a pipe closes, stops it and deletes its
+//! data directory: no server and no data outlive the tests, even when they
+//! panic or are killed. (The cluster lives in a static, which Rust never
+//! drops, so the `TempDir` alone would leave gigabytes behind per benchmark.)
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -20,7 +22,6 @@ pub const DURABLE_ENV: &str = "CALLSTREAM_TEST_PG_DURABLE";
 
 struct Cluster {
     port: u16,
-    _dir: tempfile::TempDir,
     /// Holds the wrapper's stdin open; dropping it (process exit) stops the server.
     _server: Mutex<Child>,
 }
@@ -53,12 +54,13 @@ fn pg_command(program: &Path, as_postgres: bool) -> Command {
 
 fn start_cluster() -> Cluster {
     let as_postgres = is_root();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
+    // Deleted by the server's wrapper once the server has stopped.
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let data = dir.join("data");
     if as_postgres {
         let ok = Command::new("chown")
             .args(["-R", "postgres"])
-            .arg(dir.path())
+            .arg(&dir)
             .status()
             .expect("chown");
         assert!(ok.success(), "chown of the test cluster directory failed");
@@ -90,11 +92,11 @@ fn start_cluster() -> Cluster {
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     };
     let server_cmd = format!(
-        "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 {durability} \
-         -c max_connections=200 & pid=$!; read _; kill -INT $pid; wait $pid",
+        "{} -D {} -p {port} -k {dir} -c listen_addresses=127.0.0.1 {durability} \
+         -c max_connections=200 & pid=$!; read _; kill -INT $pid; wait $pid; rm -rf {dir}",
         postgres.display(),
         data.display(),
-        dir.path().display(),
+        dir = dir.display(),
     );
     let mut server = pg_command(Path::new("/bin/sh"), as_postgres)
         .args(["-c", &server_cmd])
@@ -123,7 +125,6 @@ fn start_cluster() -> Cluster {
     let _ = server.stdin.as_mut().map(|s| s.flush());
     Cluster {
         port,
-        _dir: dir,
         _server: Mutex::new(server),
     }
 }
