@@ -8,9 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use prometheus::Registry;
 
+use callstream_consumers::pg;
 use callstream_consumers::store::StoreWriter;
 use callstream_testkit::count_records;
 use callstream_testkit::expected::{assert_newest_revisions, store_rows};
+use callstream_testkit::postgres::TestDatabase;
 use callstream_testkit::sinks::{produce, setup, start_sink, wait_caught_up};
 use callstream_testkit::unique::{at, scenario, set_notes, spec, unique_topic, Revision};
 
@@ -42,16 +44,27 @@ async fn one_row_per_event_holding_its_newest_revision() {
     assert_eq!(sink.metrics.consumed.get(), records.len() as u64);
     assert_eq!(sink.metrics.fenced.get(), 0);
 
-    // The typed columns of one answered inbound Xarios call.
+    // The typed columns of one answered inbound Xarios call, looked up by
+    // identity through the primary key as the README shows.
+    client
+        .batch_execute(r#"CREATE EXTENSION IF NOT EXISTS "uuid-ossp""#)
+        .await
+        .expect("uuid-ossp is installed");
     let row = client
         .query_one(
             "SELECT provider, tenant, kind, direction, status, user_number, external_number,
-                    ring_seconds, talk_seconds, duration_seconds, started_at, call_id, user_id
-             FROM events WHERE identity = 'xarios:globex:call:s-10:post-call'",
+                    ring_seconds, talk_seconds, duration_seconds, started_at, call_id, user_id,
+                    identity
+             FROM events WHERE event_id = uuid_generate_v5(
+                 '6b2f1c2e-9a1d-4c55-8f1e-3b7d0c9a51e4', 'xarios:globex:call:s-10:post-call')",
             &[],
         )
         .await
         .expect("the row of s-10");
+    assert_eq!(
+        row.get::<_, String>("identity"),
+        "xarios:globex:call:s-10:post-call"
+    );
     let text = |i: usize| row.get::<_, Option<String>>(i);
     assert_eq!(
         (0..7).map(text).collect::<Vec<_>>(),
@@ -164,4 +177,83 @@ async fn a_batch_behind_the_stored_position_is_fenced_and_never_applied() {
         "offsets 10..15 of partition 0 are the other instance's: this one applied none of them, resumed at 15, and partition 1 was applied whole"
     );
     sink.stop().await;
+}
+
+/// A database the first release migrated (V3) and filled upgrades in place:
+/// rows kept, the identity index gone, identifier columns compared bytewise
+/// and still found through their indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_upgrade_a_filled_table_in_place() {
+    let db = TestDatabase::create().await;
+    let mut client = db.connect().await;
+    pg::migrate_up_to(&mut client, Some(3))
+        .await
+        .expect("the first release's migrations apply");
+    for (id, tenant, number) in [(1, "acme", "+4470"), (2, "Acme", "0044"), (3, "acme", "é1")] {
+        client
+            .execute(
+                "INSERT INTO events (event_id, identity, revision, fingerprint, provider,
+                     tenant, kind, direction, status, external_number, call_id,
+                     started_at, received_at, event)
+                 VALUES (gen_random_uuid(), $1, 1, 'f', 'onoff', $2, 'call', 'inbound',
+                     'answered', $3, $1, now(), now(), '{}')",
+                &[&format!("onoff:{tenant}:call:{id}"), &tenant, &number],
+            )
+            .await
+            .expect("a V3 row");
+    }
+    pg::migrate(&mut client).await.expect("the upgrade applies");
+
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM events").await, 3);
+    assert_eq!(
+        count("SELECT count(*) FROM pg_indexes WHERE indexname = 'events_identity'").await,
+        0
+    );
+    let collations: Vec<(String, Option<String>)> = client
+        .query(
+            "SELECT column_name::text, collation_name::text FROM information_schema.columns
+             WHERE table_name = 'events' AND column_name IN
+                 ('tenant', 'user_id', 'external_number', 'call_id')
+             ORDER BY column_name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        collations,
+        ["call_id", "external_number", "tenant", "user_id"]
+            .map(|c| (c.to_string(), Some("C".into())))
+    );
+    // Bytewise: "+" < "0" < "A" < "a" < "é" whatever the database's locale.
+    let numbers: Vec<String> = client
+        .query(
+            "SELECT external_number FROM events ORDER BY external_number",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(numbers, ["+4470", "0044", "é1"]);
+    // The rebuilt indexes answer equality look-ups.
+    client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE tenant = 'acme' AND started_at <= now()").await,
+        2
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE call_id = 'onoff:Acme:call:2'").await,
+        1
+    );
 }

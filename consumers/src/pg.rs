@@ -22,7 +22,21 @@ pub async fn connect(url: &SecretString) -> Result<Client, tokio_postgres::Error
 
 /// Applies every migration not yet applied.
 pub async fn migrate(client: &mut Client) -> Result<(), refinery::Error> {
-    let report = embedded::migrations::runner().run_async(client).await?;
+    migrate_up_to(client, None).await
+}
+
+/// Applies the migrations not yet applied, up to and including `version`
+/// (all with `None`): a database as an older release left it, for upgrade
+/// tests and staged roll-outs.
+pub async fn migrate_up_to(
+    client: &mut Client,
+    version: Option<i32>,
+) -> Result<(), refinery::Error> {
+    let mut runner = embedded::migrations::runner();
+    if let Some(version) = version {
+        runner = runner.set_target(refinery::Target::Version(version));
+    }
+    let report = runner.run_async(client).await?;
     for m in report.applied_migrations() {
         tracing::info!(migration = %m, "applied migration");
     }

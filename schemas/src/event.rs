@@ -179,8 +179,9 @@ pub struct RawPointer {
 /// One normalized event (`callstream.events.v1`, JSON, keyed by `identity`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
-    /// Stable id: UUIDv5 of `identity`. Every resend and every revision of one
-    /// event carries the same `event_id`.
+    /// Stable id: UUIDv5 of `identity` in namespace
+    /// `6b2f1c2e-9a1d-4c55-8f1e-3b7d0c9a51e4`. Every resend and every
+    /// revision of one event carries the same `event_id`.
     pub event_id: Uuid,
     /// Dedup identity: `provider:tenant:kind:provider_id`. Two legs of one
     /// call, or two webhook triggers for one call, are distinct identities.
@@ -313,5 +314,27 @@ impl Event {
                 request_id: ctx.request_id.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The namespace is published (schema, README, the store's migration):
+    /// data teams compute `event_id` from an identity with it.
+    #[test]
+    fn the_event_id_namespace_is_the_documented_one() {
+        assert_eq!(
+            EVENT_ID_NAMESPACE.to_string(),
+            "6b2f1c2e-9a1d-4c55-8f1e-3b7d0c9a51e4"
+        );
+        let identity = Event::identity_for(ProviderId::Onoff, "acme", Kind::Call, "c-1");
+        assert_eq!(identity, "onoff:acme:call:c-1");
+        // Python: uuid.uuid5(uuid.UUID("6b2f1c2e-..."), "onoff:acme:call:c-1")
+        assert_eq!(
+            Uuid::new_v5(&EVENT_ID_NAMESPACE, identity.as_bytes()).to_string(),
+            "ea5dd800-642e-5d07-9154-ebd9939abf31"
+        );
     }
 }
