@@ -500,6 +500,19 @@ async fn an_unreachable_bootstrap_server_gives_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_and_published_records() {
     let gw = spawn_gateway(|f| f).await;
+    // Before any request, every series alerts may watch exists at 0.
+    let metrics = gw.metrics().await;
+    for line in [
+        r#"callstream_gateway_requests_total{outcome="unavailable",source="onoff"} 0"#,
+        r#"callstream_gateway_requests_total{outcome="published",source="telecmi"} 0"#,
+        r#"callstream_gateway_dlq_records_total{reason="malformed",source="xarios"} 0"#,
+        r#"callstream_gateway_auth_failures_total{source="onoff"} 0"#,
+        r#"callstream_gateway_kafka_produce_errors_total{kind="timeout",topic="events"} 0"#,
+        r#"callstream_gateway_records_published_total{topic="dlq"} 0"#,
+        r#"callstream_gateway_request_duration_seconds_count{source="xarios"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
+    }
     assert_eq!(
         post_json(&gw, "/v1/onoff/sms", ONOFF_SMS).await.status(),
         StatusCode::OK

@@ -2,6 +2,7 @@
 //! only (source, outcome, topic label, error kind): never an id, a number,
 //! a key or a raw error message.
 
+use callstream_schemas::{NormalizeError, Topic};
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -27,6 +28,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Published,
+        Outcome::DeadLettered,
+        Outcome::Unauthorized,
+        Outcome::TooLarge,
+        Outcome::Spooled,
+        Outcome::Unavailable,
+        Outcome::Overloaded,
+        Outcome::BadRequest,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Published => "published",
@@ -60,6 +72,13 @@ pub struct Metrics {
     pub spool_corrupt: IntCounter,
     pub kafka_degraded: IntGauge,
 }
+
+/// The topics the gateway writes.
+const PUBLISHED_TOPICS: [Topic; 3] = [Topic::Raw, Topic::Events, Topic::Dlq];
+
+/// The `kind` label of `callstream_gateway_kafka_produce_errors_total`
+/// ([`crate::publish::classify`], or no answer in time).
+pub const PRODUCE_ERROR_KINDS: [&str; 3] = ["timeout", "retriable", "fatal"];
 
 /// Latency buckets in seconds, dense below 10 ms where the gateway should live.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -187,6 +206,31 @@ impl Metrics {
             spool_drained,
             spool_corrupt,
             kafka_degraded,
+        }
+    }
+
+    /// Creates every labelled series the gateway can produce for these
+    /// sources, at 0, so that dashboards and alerts (`rate()`, `increase()`,
+    /// "absent") see a series before its first event: a first 503 or DLQ
+    /// record then shows as an increase instead of a new series.
+    pub fn prepare<'a>(&self, sources: impl IntoIterator<Item = &'a str>) {
+        for source in sources {
+            for outcome in Outcome::ALL {
+                self.requests.with_label_values(&[source, outcome.as_str()]);
+            }
+            self.request_duration.with_label_values(&[source]);
+            self.auth_failures.with_label_values(&[source]);
+            for reason in NormalizeError::CODES {
+                self.dlq_records.with_label_values(&[source, reason]);
+            }
+        }
+        for topic in PUBLISHED_TOPICS {
+            let label = topic.label();
+            self.produce_duration.with_label_values(&[label]);
+            self.records_published.with_label_values(&[label]);
+            for kind in PRODUCE_ERROR_KINDS {
+                self.produce_errors.with_label_values(&[label, kind]);
+            }
         }
     }
 

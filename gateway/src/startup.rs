@@ -82,6 +82,7 @@ impl Application {
             retry_after_secs: 5,
         });
         let routes = Arc::new(source_routes(settings));
+        metrics.prepare(routes.iter().map(|(_, r)| r.provider.id().as_str()));
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .wrap(TracingLogger::<RedactingRootSpan>::new())

@@ -83,6 +83,15 @@ pub enum NormalizeError {
 }
 
 impl NormalizeError {
+    /// Every [`NormalizeError::code`].
+    pub const CODES: [&'static str; 5] = [
+        "malformed",
+        "missing_field",
+        "invalid_field",
+        "unknown_event_type",
+        "empty_body",
+    ];
+
     /// Short machine-readable reason, for the `cs_dlq_reason` header.
     pub fn code(&self) -> &'static str {
         match self {
@@ -105,4 +114,28 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Turns one delivery into one event. Must not panic on any input.
     fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Event, NormalizeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_listed() {
+        let all = [
+            NormalizeError::Malformed {
+                format: "JSON",
+                detail: String::new(),
+            },
+            NormalizeError::MissingField("id"),
+            NormalizeError::InvalidField {
+                field: "id",
+                detail: String::new(),
+            },
+            NormalizeError::UnknownEventType(String::new()),
+            NormalizeError::EmptyBody,
+        ];
+        let codes: Vec<&str> = all.iter().map(NormalizeError::code).collect();
+        assert_eq!(codes, NormalizeError::CODES);
+    }
 }
