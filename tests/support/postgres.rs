@@ -71,6 +71,10 @@ fn start_cluster() -> Cluster {
         .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
         .output()
         .expect("initdb runs (is PostgreSQL installed? set PG_BIN)");
+    if !out.status.success() {
+        // No wrapper yet to clean up after us.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     assert!(
         out.status.success(),
         "initdb failed: {}",
