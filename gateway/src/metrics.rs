@@ -2,7 +2,7 @@
 //! only (source, outcome, topic label, error kind): never an id, a number,
 //! a key or a raw error message.
 
-use callstream_schemas::{NormalizeError, Topic};
+use callstream_schemas::NormalizeError;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -72,9 +72,6 @@ pub struct Metrics {
     pub spool_corrupt: IntCounter,
     pub kafka_degraded: IntGauge,
 }
-
-/// The topics the gateway writes.
-const PUBLISHED_TOPICS: [Topic; 3] = [Topic::Raw, Topic::Events, Topic::Dlq];
 
 /// The `kind` label of `callstream_gateway_kafka_produce_errors_total`
 /// ([`crate::publish::classify`], or no answer in time).
@@ -224,7 +221,7 @@ impl Metrics {
                 self.dlq_records.with_label_values(&[source, reason]);
             }
         }
-        for topic in PUBLISHED_TOPICS {
+        for topic in crate::publish::PUBLISHED_TOPICS {
             let label = topic.label();
             self.produce_duration.with_label_values(&[label]);
             self.records_published.with_label_values(&[label]);

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use prometheus::{Histogram, IntCounter};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -61,6 +62,9 @@ pub enum PublishError {
         source: KafkaError,
     },
 }
+
+/// The topics the gateway writes.
+pub const PUBLISHED_TOPICS: [Topic; 3] = [Topic::Raw, Topic::Events, Topic::Dlq];
 
 #[derive(Clone)]
 pub struct Publisher {
@@ -107,7 +111,14 @@ impl Publisher {
             // librdkafka decides when a record has failed (see module docs).
             .set("message.timeout.ms", kafka.publish_timeout_ms.to_string());
         let context = Deliveries {
-            topics: topics.clone(),
+            topics: PUBLISHED_TOPICS.map(|topic| PublishedTopic {
+                topic,
+                name: topics.name(topic).to_string(),
+                produce_duration: metrics.produce_duration.with_label_values(&[topic.label()]),
+                records_published: metrics
+                    .records_published
+                    .with_label_values(&[topic.label()]),
+            }),
             metrics,
         };
         Ok(Publisher {
@@ -251,16 +262,26 @@ impl Future for Settled<'_> {
 /// The producer's context: takes each record's delivery report, counts it
 /// in the metrics and settles its delivery.
 struct Deliveries {
-    topics: TopicNames,
+    /// In [`PUBLISHED_TOPICS`] order.
+    topics: [PublishedTopic; 3],
     metrics: Metrics,
 }
 
+/// A topic the gateway writes, with its metric children resolved once
+/// rather than looked up by label for every delivery report.
+struct PublishedTopic {
+    topic: Topic,
+    name: String,
+    produce_duration: Histogram,
+    records_published: IntCounter,
+}
+
 impl Deliveries {
-    fn topic_of(&self, name: &str) -> Topic {
-        [Topic::Raw, Topic::Events, Topic::Dlq]
-            .into_iter()
-            .find(|t| self.topics.name(*t) == name)
-            .unwrap_or(Topic::Raw)
+    fn topic_of(&self, name: &str) -> &PublishedTopic {
+        self.topics
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or(&self.topics[0])
     }
 
     fn count_error(&self, topic: Topic, kind: &str) {
@@ -279,19 +300,15 @@ impl ProducerContext for Deliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<InFlight>) {
         match result {
             Ok(msg) => {
-                let label = self.topic_of(msg.topic()).label();
-                self.metrics
+                let topic = self.topic_of(msg.topic());
+                topic
                     .produce_duration
-                    .with_label_values(&[label])
                     .observe(batch.started.elapsed().as_secs_f64());
-                self.metrics
-                    .records_published
-                    .with_label_values(&[label])
-                    .inc();
+                topic.records_published.inc();
                 batch.settle(1, None);
             }
             Err((err, msg)) => {
-                let topic = self.topic_of(msg.topic());
+                let topic = self.topic_of(msg.topic()).topic;
                 self.count_error(topic, classify(err));
                 batch.settle(1, Some(err.clone()));
             }
