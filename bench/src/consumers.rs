@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context as _};
 use callstream_gateway::auth::redact_query;
 use callstream_gateway::ingest::event_record;
 use callstream_schemas::{providers, Context, RawRequest, Topic};
+use callstream_testkit::postgres::{Durability, TestCluster};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -228,8 +229,10 @@ pub async fn run(
         "the broker dropped dedup's oldest output (retention): use more partitions"
     );
 
-    std::env::set_var(callstream_testkit::postgres::DURABLE_ENV, "1");
-    let db = callstream_testkit::postgres::TestDatabase::create().await;
+    // A cluster of its own per run: a run of one size must not pay for the
+    // rows, dirty buffers and WAL an earlier run left behind.
+    let cluster = tokio::task::block_in_place(|| TestCluster::start(Durability::Durable));
+    let db = cluster.database().await;
     let env: Vec<_> = [
         ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
         ("DATABASE_URL", db.url.clone()),
@@ -257,6 +260,8 @@ pub async fn run(
         rows == forwarded as i64,
         "the store holds {rows} rows for {forwarded} unique events"
     );
+    drop(client);
+    tokio::task::block_in_place(|| drop(cluster));
     Ok(ConsumerRun {
         events,
         partitions,

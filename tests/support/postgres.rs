@@ -1,12 +1,14 @@
 //! A throwaway PostgreSQL cluster from the system's binaries, for tests.
 //!
 //! One cluster per test process (initdb takes seconds), one fresh database
-//! per test. `initdb` refuses to run as root, so as root the cluster runs as
-//! the `postgres` user. The server is started under a small shell wrapper
-//! that, when this process's end of a pipe closes, stops it and deletes its
-//! data directory: no server and no data outlive the tests, even when they
-//! panic or are killed. (The cluster lives in a static, which Rust never
-//! drops, so the `TempDir` alone would leave gigabytes behind per benchmark.)
+//! per test; the benchmark owns a [`TestCluster`] per measurement instead, so
+//! one measurement's rows, buffers and WAL never weigh on the next. `initdb`
+//! refuses to run as root, so as root the cluster runs as the `postgres`
+//! user. The server is started under a small shell wrapper that, when this
+//! process's end of a pipe closes, stops it and deletes its data directory:
+//! no server and no data outlive the tests, even when they panic or are
+//! killed. (The shared cluster lives in a static, which Rust never drops, so
+//! the `TempDir` alone would leave gigabytes behind per benchmark.)
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -16,17 +18,27 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const DEFAULT_BIN: &str = "/usr/lib/postgresql/15/bin";
-/// Set (to anything) before the first [`TestDatabase::create`] for a cluster
-/// with PostgreSQL's durable defaults (fsync on).
-pub const DURABLE_ENV: &str = "CALLSTREAM_TEST_PG_DURABLE";
 
-struct Cluster {
-    port: u16,
-    /// Holds the wrapper's stdin open; dropping it (process exit) stops the server.
-    _server: Mutex<Child>,
+/// How a cluster trades durability for speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Tests: no fsync, no synchronous commit, no full-page writes.
+    Fast,
+    /// Benchmarks: PostgreSQL's durable defaults, so every commit is fsynced
+    /// as in production, with a production-sized buffer cache (2 GB instead
+    /// of initdb's 128 MB).
+    Durable,
 }
 
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+/// A PostgreSQL server in a temporary directory, stopped (and the directory
+/// deleted) when dropped or when this process exits.
+pub struct TestCluster {
+    port: u16,
+    /// Holds the wrapper's stdin open; closing it stops the server.
+    server: Mutex<Child>,
+}
+
+static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
 
 fn bin(name: &str) -> PathBuf {
     let dir = std::env::var("PG_BIN").unwrap_or_else(|_| DEFAULT_BIN.to_string());
@@ -52,7 +64,42 @@ fn pg_command(program: &Path, as_postgres: bool) -> Command {
     }
 }
 
-fn start_cluster() -> Cluster {
+impl TestCluster {
+    /// Starts a new cluster (initdb, then the server; a few seconds).
+    pub fn start(durability: Durability) -> TestCluster {
+        start_cluster(durability)
+    }
+
+    /// A fresh, empty database in this cluster.
+    pub async fn database(&self) -> TestDatabase {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test cluster");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        TestDatabase {
+            url: format!("postgres://postgres@127.0.0.1:{}/{name}", self.port),
+            name,
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    /// Stops the server and waits until it is gone and its directory deleted,
+    /// so nothing of it overlaps what the caller does next.
+    fn drop(&mut self) {
+        let server = self.server.get_mut().unwrap_or_else(|e| e.into_inner());
+        drop(server.stdin.take());
+        let _ = server.wait();
+    }
+}
+
+fn start_cluster(durability: Durability) -> TestCluster {
     let as_postgres = is_root();
     // Deleted by the server's wrapper once the server has stopped.
     let dir = tempfile::tempdir().expect("temp dir").keep();
@@ -86,18 +133,15 @@ fn start_cluster() -> Cluster {
         .unwrap()
         .port();
     let postgres = bin("postgres");
-    // Tests trade durability for speed; benchmarks (DURABLE_ENV set) keep
-    // PostgreSQL's durable defaults, so every commit is fsynced as in
-    // production, with a production-sized buffer cache instead of initdb's
-    // 128 MB.
-    let durability = if std::env::var_os(DURABLE_ENV).is_some() {
-        "-c shared_buffers=2GB"
-    } else {
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    let settings = match durability {
+        Durability::Durable => "-c shared_buffers=2GB",
+        Durability::Fast => "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
     };
+    // Immediate shutdown (SIGQUIT): the data is deleted next, so a shutdown
+    // checkpoint would only write gigabytes for nothing.
     let server_cmd = format!(
-        "{} -D {} -p {port} -k {dir} -c listen_addresses=127.0.0.1 {durability} \
-         -c max_connections=200 & pid=$!; read _; kill -INT $pid; wait $pid; rm -rf {dir}",
+        "{} -D {} -p {port} -k {dir} -c listen_addresses=127.0.0.1 {settings} \
+         -c max_connections=200 & pid=$!; read _; kill -QUIT $pid; wait $pid; rm -rf {dir}",
         postgres.display(),
         data.display(),
         dir = dir.display(),
@@ -127,35 +171,25 @@ fn start_cluster() -> Cluster {
     }
     // Keep stdin open: the wrapper stops the server when it closes.
     let _ = server.stdin.as_mut().map(|s| s.flush());
-    Cluster {
+    TestCluster {
         port,
-        _server: Mutex::new(server),
+        server: Mutex::new(server),
     }
 }
 
-/// A fresh, empty database in the shared test cluster.
+/// A fresh, empty database in a test cluster.
 pub struct TestDatabase {
     pub url: String,
     pub name: String,
 }
 
 impl TestDatabase {
+    /// A database in this process's shared, fast (non-durable) cluster.
     pub async fn create() -> TestDatabase {
-        let cluster = CLUSTER.get_or_init(start_cluster);
-        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
-        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        CLUSTER
+            .get_or_init(|| start_cluster(Durability::Fast))
+            .database()
             .await
-            .expect("connect to the test cluster");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
-        TestDatabase {
-            url: format!("postgres://postgres@127.0.0.1:{}/{name}", cluster.port),
-            name,
-        }
     }
 
     /// A new connection to this database.
