@@ -23,7 +23,7 @@ use callstream_schemas::{Context, Event, NormalizeError, Provider, RawRequest, R
 use crate::auth::{redact_query, Auth};
 use crate::deliver::{DeliverError, Deliverer, Stored};
 use crate::error::ApiError;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, SourceMetrics};
 use crate::publish::{header, HeaderPair, OutRecord};
 
 /// Everything a provider route needs, attached to its actix resource.
@@ -32,6 +32,7 @@ pub struct SourceRoute {
     pub route: &'static Route,
     pub auth: Arc<Auth>,
     pub tenant: String,
+    pub metrics: SourceMetrics,
 }
 
 /// Shared by all routes.
@@ -70,7 +71,6 @@ pub async fn handle(
     request_id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let source_name = source.provider.id().as_str();
     let request_id = request_id.to_string();
     // Over the limit, refuse at once: queueing would grow memory without bound.
     let result = match ingest.in_flight.try_acquire() {
@@ -90,12 +90,10 @@ pub async fn handle(
         Err(ApiError::Overloaded { .. }) => Outcome::Overloaded,
         Err(_) => Outcome::BadRequest,
     };
-    let m = &ingest.metrics;
-    m.requests
-        .with_label_values(&[source_name, outcome.as_str()])
-        .inc();
-    m.request_duration
-        .with_label_values(&[source_name])
+    source.metrics.request(outcome).inc();
+    source
+        .metrics
+        .request_duration
         .observe(started.elapsed().as_secs_f64());
     result.map(|outcome| {
         HttpResponse::Ok().json(Answer {
@@ -122,10 +120,7 @@ impl Ingest {
     ) -> Result<Outcome, ApiError> {
         let source_name = source.provider.id().as_str();
         if !source.auth.verify(req.headers(), req.query_string()) {
-            self.metrics
-                .auth_failures
-                .with_label_values(&[source_name])
-                .inc();
+            source.metrics.auth_failures.inc();
             tracing::warn!(
                 source = source_name,
                 request_id,

@@ -4,8 +4,8 @@
 
 use callstream_schemas::NormalizeError;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Answers that a request can end with; the `outcome` label.
@@ -50,6 +50,21 @@ impl Outcome {
             Outcome::Overloaded => "overloaded",
             Outcome::BadRequest => "bad_request",
         }
+    }
+}
+
+/// A source's request metrics (see [`Metrics::source`]).
+#[derive(Clone)]
+pub struct SourceMetrics {
+    /// Indexed like [`Outcome::ALL`].
+    requests: [IntCounter; Outcome::ALL.len()],
+    pub request_duration: Histogram,
+    pub auth_failures: IntCounter,
+}
+
+impl SourceMetrics {
+    pub fn request(&self, outcome: Outcome) -> &IntCounter {
+        &self.requests[outcome as usize]
     }
 }
 
@@ -206,17 +221,24 @@ impl Metrics {
         }
     }
 
+    /// One source's request series, resolved once so the request path does
+    /// no label look-up; creating them makes them exist at 0 (see `prepare`).
+    pub fn source(&self, source: &str) -> SourceMetrics {
+        SourceMetrics {
+            requests: Outcome::ALL
+                .map(|outcome| self.requests.with_label_values(&[source, outcome.as_str()])),
+            request_duration: self.request_duration.with_label_values(&[source]),
+            auth_failures: self.auth_failures.with_label_values(&[source]),
+        }
+    }
+
     /// Creates every labelled series the gateway can produce for these
     /// sources, at 0, so that dashboards and alerts (`rate()`, `increase()`,
     /// "absent") see a series before its first event: a first 503 or DLQ
     /// record then shows as an increase instead of a new series.
     pub fn prepare<'a>(&self, sources: impl IntoIterator<Item = &'a str>) {
         for source in sources {
-            for outcome in Outcome::ALL {
-                self.requests.with_label_values(&[source, outcome.as_str()]);
-            }
-            self.request_duration.with_label_values(&[source]);
-            self.auth_failures.with_label_values(&[source]);
+            self.source(source);
             for reason in NormalizeError::CODES {
                 self.dlq_records.with_label_values(&[source, reason]);
             }
@@ -244,5 +266,27 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_counts_each_outcome_in_its_own_series() {
+        let metrics = Metrics::new();
+        let onoff = metrics.source("onoff");
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                onoff.request(outcome).inc();
+            }
+        }
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            let series = metrics
+                .requests
+                .with_label_values(&["onoff", outcome.as_str()]);
+            assert_eq!(series.get(), i as u64 + 1, "{outcome:?}");
+        }
     }
 }

@@ -136,15 +136,15 @@ impl Publisher {
     pub async fn publish(&self, records: &[OutRecord]) -> Result<(), PublishError> {
         let batch = Arc::new(InFlight::new(records.len()));
         for (i, record) in records.iter().enumerate() {
-            let headers = record
-                .headers
-                .iter()
-                .fold(OwnedHeaders::new(), |h, (key, value)| {
+            let headers = record.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(record.headers.len()),
+                |h, (key, value)| {
                     h.insert(Header {
                         key: key.as_ref(),
                         value: Some(value.as_slice()),
                     })
-                });
+                },
+            );
             let base = BaseRecord::with_opaque_to(self.topics.name(record.topic), batch.clone())
                 .key(record.key.as_bytes())
                 .payload(record.payload.as_slice())

@@ -81,7 +81,7 @@ impl Application {
             in_flight: tokio::sync::Semaphore::new(settings.max_in_flight),
             retry_after_secs: 5,
         });
-        let routes = Arc::new(source_routes(settings));
+        let routes = Arc::new(source_routes(settings, &metrics));
         metrics.prepare(routes.iter().map(|(_, r)| r.provider.id().as_str()));
         let server = HttpServer::new(move || {
             let mut app = App::new()
@@ -150,7 +150,7 @@ impl Application {
 }
 
 /// (path, route) for every enabled source route, with its auth and tenant.
-fn source_routes(settings: &Settings) -> Vec<(String, web::Data<SourceRoute>)> {
+fn source_routes(settings: &Settings, metrics: &Metrics) -> Vec<(String, web::Data<SourceRoute>)> {
     let mut out = Vec::new();
     for provider in providers::all() {
         let provider: Arc<dyn callstream_schemas::Provider> = Arc::from(provider);
@@ -179,6 +179,7 @@ fn source_routes(settings: &Settings) -> Vec<(String, web::Data<SourceRoute>)> {
                     route,
                     auth: auth.clone(),
                     tenant: cfg.tenant.clone(),
+                    metrics: metrics.source(name),
                 }),
             ));
         }
