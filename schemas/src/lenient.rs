@@ -12,7 +12,8 @@
 //! kept, so such an event can be normalized again once the parser is fixed.
 
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
-use serde::{Deserialize, Deserializer};
+use serde::de::{self, DeserializeOwned, Visitor};
+use serde::Deserializer;
 use serde_json::{Map, Value};
 
 use crate::provider::{NormalizeError, RawRequest};
@@ -194,14 +195,154 @@ pub fn field<'a>(object: &'a Value, keys: &[&str]) -> Option<&'a Value> {
     })
 }
 
-/// Serde adapter: [`string`] for a payload struct field.
+/// Serde adapter: [`string`] for a payload struct field. Reads the value
+/// as it streams past instead of building a [`Value`] first; the answer is
+/// the same (a unit test holds the two together).
 pub fn de_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    Option::<Value>::deserialize(deserializer).map(|v| string(v.as_ref()))
+    deserializer.deserialize_any(StringVisitor)
 }
 
-/// Serde adapter: [`number`] for a payload struct field.
+/// Serde adapter: [`number`] for a payload struct field (streamed, as
+/// [`de_string`]).
 pub fn de_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
-    Option::<Value>::deserialize(deserializer).map(|v| number(v.as_ref()))
+    deserializer.deserialize_any(NumberVisitor)
+}
+
+/// [`string`] as a serde visitor.
+struct StringVisitor;
+
+impl<'de> Visitor<'de> for StringVisitor {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        let trimmed = s.trim();
+        Ok((!trimmed.is_empty()).then(|| trimmed.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+        if s.trim().len() == s.len() {
+            Ok((!s.is_empty()).then_some(s))
+        } else {
+            self.visit_str(&s)
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(Some(b.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(Some(n.to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Some(n.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(f).map(|n| render_number(&n)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map
+            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(None)
+    }
+}
+
+/// [`number`] as a serde visitor.
+struct NumberVisitor;
+
+impl<'de> Visitor<'de> for NumberVisitor {
+    type Value = Option<f64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(s.trim().parse::<f64>().ok().filter(|f| f.is_finite()))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(Some(n as f64))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Some(n as f64))
+    }
+
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
+        Ok(Some(f).filter(|f| f.is_finite()))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        StringVisitor.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        StringVisitor.visit_map(map).map(|_| None)
+    }
+}
+
+/// The body as a JSON object read straight into `T`, which should use the
+/// lenient adapters above; the same answer as `json_body` then
+/// `serde_json::from_value`, without building the [`Value`] tree.
+///
+/// Only the usual case takes the direct path: a body that is not a JSON
+/// object (whose error `json_body` words), or one that a struct refuses
+/// although a JSON object allows it (a repeated key: the last one wins),
+/// goes the long way.
+pub fn json_object<T: DeserializeOwned>(req: &RawRequest<'_>) -> Result<T, NormalizeError> {
+    let body = req.body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(req.body);
+    if body.trim_ascii_start().starts_with(b"{") {
+        if let Ok(value) = serde_json::from_slice(body) {
+            return Ok(value);
+        }
+    }
+    serde_json::from_value(json_body(req)?).map_err(|e| NormalizeError::Malformed {
+        format: "JSON",
+        detail: e.to_string(),
+    })
 }
 
 /// The body as a JSON object. A UTF-8 byte order mark and surrounding
@@ -505,6 +646,86 @@ mod tests {
                 Err(NormalizeError::InvalidField { field: "t", .. }) => {}
                 other => panic!("{bad}: expected InvalidField, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn streamed_adapters_read_values_as_the_value_readers_do() {
+        #[derive(serde::Deserialize)]
+        struct Fields {
+            #[serde(default, deserialize_with = "de_string")]
+            s: Option<String>,
+            #[serde(default, deserialize_with = "de_number")]
+            n: Option<f64>,
+        }
+        let values = [
+            "\"  padded \"",
+            "\"plain\"",
+            "\"   \"",
+            "\"\"",
+            "\" 2.5 \"",
+            "\"1e400\"",
+            "442000000000",
+            "-17",
+            "18446744073709551615",
+            "123456789012345678901234",
+            "2.50",
+            "1e20",
+            "-0.0",
+            "true",
+            "false",
+            "null",
+            "[1, \"a\", {\"b\": []}]",
+            "{\"a\": {\"b\": 1}}",
+        ];
+        for text in values {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let doc = format!("{{\"s\": {text}, \"n\": {text}}}");
+            // Straight from the bytes, and from a `Value` (form documents).
+            let streamed: Fields = serde_json::from_str(&doc).unwrap();
+            let from_tree: Fields =
+                serde_json::from_value(serde_json::from_str(&doc).unwrap()).unwrap();
+            for fields in [streamed, from_tree] {
+                assert_eq!(fields.s, string(Some(&value)), "string of {text}");
+                assert_eq!(fields.n, number(Some(&value)), "number of {text}");
+            }
+        }
+        let absent: Fields = serde_json::from_str("{}").unwrap();
+        assert_eq!((absent.s, absent.n), (None, None));
+    }
+
+    #[test]
+    fn json_object_reads_like_json_body_then_from_value() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct Doc {
+            #[serde(default, deserialize_with = "de_string")]
+            id: Option<String>,
+        }
+        let json = |body: &'static str| request(body.as_bytes(), "", Some("application/json"));
+        let read = |body| json_object::<Doc>(&json(body));
+        assert_eq!(
+            read("\u{feff} {\"id\": 7}").unwrap().id.as_deref(),
+            Some("7")
+        );
+        // A repeated key is legal JSON: the last one wins, as in a `Value`.
+        assert_eq!(
+            read("{\"id\": 1, \"id\": 2}").unwrap().id.as_deref(),
+            Some("2")
+        );
+        // Not objects: refused with json_body's own words, although a struct
+        // would accept a sequence.
+        for body in [
+            "[]",
+            "[\"x\"]",
+            "7",
+            "{\"id\": 1} trailing",
+            "",
+            "  ",
+            " \u{feff}{}",
+        ] {
+            let direct = read(body).unwrap_err();
+            let long_way = json_body(&json(body)).unwrap_err();
+            assert_eq!(direct.to_string(), long_way.to_string(), "{body:?}");
         }
     }
 

@@ -48,10 +48,18 @@ const CALL_FIELDS: &[&str] = &[
     "callRecordingUrl",
 ];
 
-/// Both sides of a call or SMS, common to the two log types.
+/// One delivery: the fields of both log types (a call log: `eventName`
+/// `CDR`, `RECORDING` or `VM`; an SMS log: `SMS`), read in one pass straight
+/// from the body.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-struct Parties {
+struct Log {
+    #[serde(deserialize_with = "lenient::de_string")]
+    id: Option<String>,
+    #[serde(deserialize_with = "lenient::de_string")]
+    event_name: Option<String>,
+
+    // Both sides, common to the two log types.
     #[serde(deserialize_with = "lenient::de_string")]
     onoff_user_name: Option<String>,
     #[serde(deserialize_with = "lenient::de_string")]
@@ -68,32 +76,8 @@ struct Parties {
     /// Undocumented, but seen in real deliveries.
     #[serde(deserialize_with = "lenient::de_string")]
     external_company_name: Option<String>,
-}
 
-impl Parties {
-    fn fill(self, event: &mut Event) {
-        event.internal = Party {
-            name: self.onoff_user_name,
-            email: self.onoff_user_email,
-            number: self.onoff_user_number,
-            ..Party::default()
-        };
-        event.external = Party {
-            name: self.external_name,
-            email: self.external_email,
-            number: self.external_number,
-            company: self.external_company_name,
-            ..Party::default()
-        };
-    }
-}
-
-/// A call log (`eventName` `CDR`, `RECORDING` or `VM`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct CallLog {
-    #[serde(flatten)]
-    parties: Parties,
+    // Call logs.
     /// Kept as JSON so that a bad time is reported with the field's name.
     call_started: Option<Value>,
     call_ended: Option<Value>,
@@ -116,19 +100,32 @@ struct CallLog {
     call_recording_url: Option<String>,
     #[serde(deserialize_with = "tags")]
     tags: Vec<Tag>,
-}
 
-/// An SMS log (`eventName` `SMS`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct SmsLog {
-    #[serde(flatten)]
-    parties: Parties,
+    // SMS logs.
     date: Option<Value>,
     #[serde(deserialize_with = "lenient::de_string")]
     sms_direction: Option<String>,
     #[serde(deserialize_with = "lenient::de_string")]
     body: Option<String>,
+}
+
+impl Log {
+    /// Both sides of the call or SMS.
+    fn fill_parties(&mut self, event: &mut Event) {
+        event.internal = Party {
+            name: self.onoff_user_name.take(),
+            email: self.onoff_user_email.take(),
+            number: self.onoff_user_number.take(),
+            ..Party::default()
+        };
+        event.external = Party {
+            name: self.external_name.take(),
+            email: self.external_email.take(),
+            number: self.external_number.take(),
+            company: self.external_company_name.take(),
+            ..Party::default()
+        };
+    }
 }
 
 /// `[{tagId, tagName, tagColor}]`; entries without a name are skipped
@@ -162,17 +159,14 @@ enum LogType {
 fn classify(
     route: &str,
     event_name: Option<&str>,
-    body: &Value,
+    req: &RawRequest<'_>,
 ) -> Result<LogType, NormalizeError> {
     let Some(name) = event_name else {
         // Each log type has its own URL, so the route is a fair hint; the
         // setup test payload has neither an `eventName` nor call fields.
         return if route == "sms" {
             Ok(LogType::Sms)
-        } else if CALL_FIELDS
-            .iter()
-            .any(|key| lenient::field(body, &[key]).is_some())
-        {
+        } else if has_call_fields(req)? {
             Ok(LogType::Call(Kind::Call))
         } else {
             Err(NormalizeError::UnknownEventType("(no eventName)".into()))
@@ -187,13 +181,14 @@ fn classify(
     }
 }
 
-fn read<T: for<'de> Deserialize<'de>>(body: Value) -> Result<T, NormalizeError> {
-    // Every field reader is lenient, so this only fails on a non-object,
-    // which `json_body` has already refused.
-    serde_json::from_value(body).map_err(|e| NormalizeError::Malformed {
-        format: "JSON",
-        detail: e.to_string(),
-    })
+/// Whether any call field holds something (even a value its reader would
+/// not take). Rare (deliveries without `eventName`), so the body is read
+/// again as a tree.
+fn has_call_fields(req: &RawRequest<'_>) -> Result<bool, NormalizeError> {
+    let body = lenient::json_body(req)?;
+    Ok(CALL_FIELDS
+        .iter()
+        .any(|key| lenient::field(&body, &[key]).is_some()))
 }
 
 fn call_status(status: Option<&str>) -> Status {
@@ -208,12 +203,11 @@ fn call_status(status: Option<&str>) -> Status {
 }
 
 fn call_event(
-    body: Value,
+    mut log: Log,
     kind: Kind,
     id: &str,
     ctx: &Context<'_>,
 ) -> Result<Event, NormalizeError> {
-    let log: CallLog = read(body)?;
     let status = call_status(log.call_status.as_deref());
     let is_voicemail =
         kind == Kind::Voicemail || status == Status::Voicemail || log.voicemail_url.is_some();
@@ -225,9 +219,10 @@ fn call_event(
     } else {
         status
     };
-    event.provider_status = log.call_status;
+    event.provider_status = log.call_status.take();
     event.direction = match log
         .call_direction
+        .take()
         .map(|d| d.to_ascii_uppercase())
         .as_deref()
     {
@@ -238,26 +233,25 @@ fn call_event(
     event.started_at = lenient::timestamp(log.call_started.as_ref(), "callStarted")?;
     event.ended_at = lenient::timestamp(log.call_ended.as_ref(), "callEnded")?;
     event.duration_seconds = log.call_duration;
-    event.notes = log.call_notes;
-    event.tags = log.tags;
-    event.recording = log.call_recording_url.map(|url| MediaRef {
+    event.notes = log.call_notes.take();
+    event.tags = std::mem::take(&mut log.tags);
+    event.recording = log.call_recording_url.take().map(|url| MediaRef {
         url: Some(url),
         ..MediaRef::default()
     });
     if log.voicemail_url.is_some() || log.voicemail_duration.is_some() {
         event.voicemail = Some(MediaRef {
-            url: log.voicemail_url,
+            url: log.voicemail_url.take(),
             duration_seconds: log.voicemail_duration,
             ..MediaRef::default()
         });
     }
     event.correlation.call_id = Some(id.to_string());
-    log.parties.fill(&mut event);
+    log.fill_parties(&mut event);
     Ok(event)
 }
 
-fn sms_event(body: Value, ctx: &Context<'_>) -> Result<Event, NormalizeError> {
-    let log: SmsLog = read(body)?;
+fn sms_event(mut log: Log, ctx: &Context<'_>) -> Result<Event, NormalizeError> {
     let mut event = Event::new(
         ProviderId::Onoff,
         ctx.default_tenant.to_string(),
@@ -265,14 +259,19 @@ fn sms_event(body: Value, ctx: &Context<'_>) -> Result<Event, NormalizeError> {
         ctx,
     );
     event.status = Status::Completed;
-    event.direction = match log.sms_direction.map(|d| d.to_ascii_uppercase()).as_deref() {
+    event.direction = match log
+        .sms_direction
+        .take()
+        .map(|d| d.to_ascii_uppercase())
+        .as_deref()
+    {
         Some("SENT") => Direction::Outbound,
         Some("RECEIVED") => Direction::Inbound,
         _ => Direction::Unknown,
     };
     event.started_at = lenient::timestamp(log.date.as_ref(), "date")?;
-    event.sms_body = log.body;
-    log.parties.fill(&mut event);
+    event.sms_body = log.body.take();
+    log.fill_parties(&mut event);
     Ok(event)
 }
 
@@ -286,13 +285,13 @@ impl Provider for Onoff {
     }
 
     fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Event, NormalizeError> {
-        let body = lenient::json_body(req)?;
-        let event_name = lenient::string(body.get("eventName"));
-        let log_type = classify(req.route, event_name.as_deref(), &body)?;
-        let id = lenient::string(body.get("id")).ok_or(NormalizeError::MissingField("id"))?;
+        let mut log: Log = lenient::json_object(req)?;
+        let event_name = log.event_name.take();
+        let log_type = classify(req.route, event_name.as_deref(), req)?;
+        let id = log.id.take().ok_or(NormalizeError::MissingField("id"))?;
         let mut event = match log_type {
-            LogType::Call(kind) => call_event(body, kind, &id, ctx)?,
-            LogType::Sms => sms_event(body, ctx)?,
+            LogType::Call(kind) => call_event(log, kind, &id, ctx)?,
+            LogType::Sms => sms_event(log, ctx)?,
         };
         event.provider_event_type = event_name;
         event.seal(&id);
