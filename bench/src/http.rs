@@ -63,6 +63,9 @@ pub struct Turn {
     /// Spool path: seconds from Kafka's return until Kafka held every
     /// acknowledged delivery.
     pub drain_seconds: Option<f64>,
+    /// Gateway turns: the ceiling, started afresh, at the same fixed rate as
+    /// `half`; what the machine's scheduling alone costs a request there.
+    pub ceiling_at_half: Option<LoadReport>,
 }
 
 pub fn run(opts: &HttpOptions) -> anyhow::Result<Vec<Turn>> {
@@ -86,8 +89,10 @@ pub fn run(opts: &HttpOptions) -> anyhow::Result<Vec<Turn>> {
             let turn = one_turn(opts, &broker, &bootstrap, round, system)
                 .with_context(|| format!("round {round}, {system:?}"))?;
             eprintln!(
-                "round {round} {system:?}: max {:.0} req/s ({:.1} µs CPU/req, broker {:.1}), half-rate p99 {:.2} ms, RSS {:.1} MiB, acked {} in Kafka {:?}",
-                turn.max.rps, turn.cpu_us_per_request, turn.broker_cpu_us_per_request, turn.half.p99_ms, turn.peak_rss_mib, turn.acked, turn.in_kafka
+                "round {round} {system:?}: max {:.0} req/s ({:.1} µs CPU/req, broker {:.1}), half-rate p99 {:.2} ms{}, RSS {:.1} MiB, acked {} in Kafka {:?}",
+                turn.max.rps, turn.cpu_us_per_request, turn.broker_cpu_us_per_request, turn.half.p99_ms,
+                turn.ceiling_at_half.as_ref().map(|c| format!(" (ceiling at that rate {:.2})", c.p99_ms)).unwrap_or_default(),
+                turn.peak_rss_mib, turn.acked, turn.in_kafka
             );
             turns.push(turn);
         }
@@ -129,8 +134,9 @@ fn one_turn(
         );
         first = 1;
     }
+    let addr = server.addr();
     let spec = |pace, first| LoadSpec {
-        addr: server.addr(),
+        addr,
         connections: opts.connections,
         pace,
         warmup: opts.warmup,
@@ -167,6 +173,21 @@ fn one_turn(
         .zip(before)
         .map(|(t, before)| appended(bootstrap, t) - before);
     server.process.stop().context("stopping")?;
+    let ceiling_at_half = if system == System::Gateway {
+        let ceiling = Server::ceiling()?;
+        let report = load::run(LoadSpec {
+            addr: ceiling.addr(),
+            run: format!("{run}c"),
+            ..spec(Pace::Fixed(max.rps / 2.0), 0)
+        })?;
+        ceiling
+            .process
+            .stop()
+            .context("stopping the reference ceiling")?;
+        Some(report)
+    } else {
+        None
+    };
     Ok(Turn {
         round,
         system,
@@ -178,6 +199,7 @@ fn one_turn(
         acked,
         in_kafka,
         drain_seconds,
+        ceiling_at_half,
     })
 }
 
