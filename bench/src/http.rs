@@ -66,6 +66,93 @@ pub struct Turn {
     /// Gateway turns: the ceiling, started afresh, at the same fixed rate as
     /// `half`; what the machine's scheduling alone costs a request there.
     pub ceiling_at_half: Option<LoadReport>,
+    /// Gateway turns: the gateway's own request-duration histogram over the
+    /// half-rate run (its warm-up included): the server's side of `half`.
+    pub server_half: Option<ServerLatency>,
+}
+
+/// Latency as the gateway itself measured it, from its Prometheus histogram
+/// (`callstream_gateway_request_duration_seconds`, all sources).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServerLatency {
+    pub requests: u64,
+    /// Share of requests answered within 2 ms (a bucket bound).
+    pub within_2ms: f64,
+    /// Upper bound (ms) of the bucket holding the 99th percentile.
+    pub p99_bucket_ms: f64,
+}
+
+const DURATION_BUCKET: &str = "callstream_gateway_request_duration_seconds_bucket{";
+
+/// Cumulative counts per bucket bound (seconds), summed over sources.
+fn duration_buckets(exposition: &str) -> Vec<(f64, u64)> {
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(DURATION_BUCKET) else {
+            continue;
+        };
+        let Some((labels, count)) = rest.split_once("} ") else {
+            continue;
+        };
+        let Some(le) = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("le=\""))
+            .map(|v| v.trim_end_matches('"'))
+        else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            match le.parse() {
+                Ok(v) => v,
+                Err(_) => continue,
+            }
+        };
+        let Ok(count) = count.trim().parse::<f64>() else {
+            continue;
+        };
+        match buckets.iter_mut().find(|(bound, _)| *bound == le) {
+            Some((_, total)) => *total += count as u64,
+            None => buckets.push((le, count as u64)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The requests counted between two scrapes of the histogram.
+fn server_latency(before: &str, after: &str) -> Option<ServerLatency> {
+    let before = duration_buckets(before);
+    let after = duration_buckets(after);
+    let cumulative: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let earlier = before.iter().find(|(b, _)| *b == le).map_or(0, |b| b.1);
+            (le, n.saturating_sub(earlier))
+        })
+        .collect();
+    let requests = cumulative.last()?.1;
+    if requests == 0 {
+        return None;
+    }
+    let within = |ms: f64| {
+        cumulative
+            .iter()
+            .filter(|(le, _)| *le <= ms / 1000.0 + 1e-12)
+            .map(|b| b.1)
+            .max()
+            .unwrap_or(0)
+    };
+    let p99_bucket = cumulative
+        .iter()
+        .find(|(_, n)| *n as f64 >= 0.99 * requests as f64)
+        .map_or(f64::INFINITY, |b| b.0);
+    Some(ServerLatency {
+        requests,
+        within_2ms: within(2.0) as f64 / requests as f64,
+        p99_bucket_ms: p99_bucket * 1000.0,
+    })
 }
 
 pub fn run(opts: &HttpOptions) -> anyhow::Result<Vec<Turn>> {
@@ -91,7 +178,8 @@ pub fn run(opts: &HttpOptions) -> anyhow::Result<Vec<Turn>> {
             eprintln!(
                 "round {round} {system:?}: max {:.0} req/s ({:.1} µs CPU/req, broker {:.1}), half-rate p99 {:.2} ms{}, RSS {:.1} MiB, acked {} in Kafka {:?}",
                 turn.max.rps, turn.cpu_us_per_request, turn.broker_cpu_us_per_request, turn.half.p99_ms,
-                turn.ceiling_at_half.as_ref().map(|c| format!(" (ceiling at that rate {:.2})", c.p99_ms)).unwrap_or_default(),
+                turn.ceiling_at_half.as_ref().map(|c| format!(" (ceiling at that rate {:.2})", c.p99_ms)).unwrap_or_default()
+                    + &turn.server_half.as_ref().map(|s| format!(" (own histogram: {:.1} % ≤ 2 ms, p99 ≤ {} ms)", 100.0 * s.within_2ms, s.p99_bucket_ms)).unwrap_or_default(),
                 turn.peak_rss_mib, turn.acked, turn.in_kafka
             );
             turns.push(turn);
@@ -150,7 +238,14 @@ fn one_turn(
     let cpu_us_per_request = 1e6 * (server.process.cpu_seconds() - cpu_before.0) / max_requests;
     let broker_cpu_us_per_request = 1e6 * (broker.cpu_seconds() - cpu_before.1) / max_requests;
     ensure!(max.ok > 0, "{system:?} answered no request with 2xx");
+    let own_histogram = matches!(system, System::Gateway | System::GatewaySpool);
+    let scrape = || load::get(addr, "/metrics");
+    let metrics_before = if own_histogram { Some(scrape()?) } else { None };
     let half = load::run(spec(Pace::Fixed(max.rps / 2.0), max.next_index))?;
+    let server_half = match metrics_before {
+        Some(before) => server_latency(&before, &scrape()?),
+        None => None,
+    };
     let peak_rss_mib = server.process.peak_rss_mib();
     let acked = max.ok_total + half.ok_total + u64::from(first > 0);
 
@@ -200,6 +295,7 @@ fn one_turn(
         in_kafka,
         drain_seconds,
         ceiling_at_half,
+        server_half,
     })
 }
 
@@ -219,4 +315,45 @@ fn appended(bootstrap: &str, topic: &str) -> i64 {
     crate::systems::watermark_sums(bootstrap, topic)
         .expect("topic watermarks")
         .1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(onoff: [u64; 4], xarios: [u64; 4]) -> String {
+        let mut text =
+            String::from("# TYPE callstream_gateway_request_duration_seconds histogram\n");
+        for (source, counts) in [("onoff", onoff), ("xarios", xarios)] {
+            for (le, n) in ["0.001", "0.002", "0.005", "+Inf"].iter().zip(counts) {
+                text.push_str(&format!(
+                    "callstream_gateway_request_duration_seconds_bucket{{source=\"{source}\",le=\"{le}\"}} {n}\n"
+                ));
+            }
+            text.push_str(&format!(
+                "callstream_gateway_request_duration_seconds_count{{source=\"{source}\"}} {}\n",
+                counts[3]
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn server_latency_counts_only_the_requests_between_the_scrapes() {
+        let before = exposition([10, 20, 30, 40], [0, 0, 0, 0]);
+        // Between the scrapes: 1,000 requests, 500 within 1 ms, 985 within
+        // 2 ms, 995 within 5 ms, 5 slower.
+        let after = exposition([410, 820, 830, 840], [100, 185, 195, 200]);
+        let latency = server_latency(&before, &after).expect("requests counted");
+        assert_eq!(latency.requests, 1000);
+        assert!((latency.within_2ms - 0.985).abs() < 1e-9, "{latency:?}");
+        assert_eq!(latency.p99_bucket_ms, 5.0);
+    }
+
+    #[test]
+    fn server_latency_is_none_without_requests() {
+        let text = exposition([1, 2, 3, 4], [0, 0, 0, 0]);
+        assert_eq!(server_latency(&text, &text), None);
+        assert_eq!(server_latency("", ""), None);
+    }
 }

@@ -37,6 +37,9 @@ pub struct Summary {
     pub drain: Option<f64>,
     /// The ceiling at this system's half rate: p50, p99, p99.9 (medians).
     pub ceiling_at_half: Option<[f64; 3]>,
+    /// The gateway's own histogram over its half-rate runs: share within
+    /// 2 ms and the p99's bucket bound in ms (medians).
+    pub server_half: Option<[f64; 2]>,
 }
 
 impl Summary {
@@ -97,6 +100,15 @@ pub fn summarize(turns: &[Turn]) -> Vec<Summary> {
                         [of(|r| r.p50_ms), of(|r| r.p99_ms), of(|r| r.p999_ms)]
                     })
                 },
+                server_half: {
+                    let own: Vec<_> = mine.iter().filter_map(|t| t.server_half.as_ref()).collect();
+                    (!own.is_empty()).then(|| {
+                        [
+                            median(own.iter().map(|l| l.within_2ms).collect()),
+                            median(own.iter().map(|l| l.p99_bucket_ms).collect()),
+                        ]
+                    })
+                },
             })
         })
         .collect()
@@ -134,6 +146,15 @@ pub fn http_table(summaries: &[Summary]) -> String {
         );
     }
     for s in summaries {
+        if let Some([within, p99_bucket]) = s.server_half {
+            let _ = writeln!(
+                out,
+                "\n{}, as its own request histogram saw its half-rate runs: \
+                 {:.1} % of requests within 2 ms, the p99 in the bucket up to {p99_bucket} ms.",
+                s.system.label(),
+                100.0 * within,
+            );
+        }
         if let Some([p50, p99, p999]) = s.ceiling_at_half {
             let _ = writeln!(
                 out,
