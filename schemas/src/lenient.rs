@@ -199,128 +199,97 @@ pub fn field<'a>(object: &'a Value, keys: &[&str]) -> Option<&'a Value> {
 /// as it streams past instead of building a [`Value`] first; the answer is
 /// the same (a unit test holds the two together).
 pub fn de_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    deserializer.deserialize_any(StringVisitor)
+    Ok(match deserializer.deserialize_any(ScalarVisitor)? {
+        Scalar::Str(s) if s.trim().len() == s.len() => (!s.is_empty()).then_some(s),
+        Scalar::Str(s) => string(Some(&Value::String(s))),
+        Scalar::I64(n) => Some(n.to_string()),
+        Scalar::U64(n) => Some(n.to_string()),
+        Scalar::F64(f) => serde_json::Number::from_f64(f).map(|n| render_number(&n)),
+        Scalar::Bool(b) => Some(b.to_string()),
+        Scalar::Other => None,
+    })
 }
 
 /// Serde adapter: [`number`] for a payload struct field (streamed, as
 /// [`de_string`]).
 pub fn de_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
-    deserializer.deserialize_any(NumberVisitor)
+    let parsed = match deserializer.deserialize_any(ScalarVisitor)? {
+        Scalar::Str(s) => s.trim().parse::<f64>().ok(),
+        Scalar::I64(n) => Some(n as f64),
+        Scalar::U64(n) => Some(n as f64),
+        Scalar::F64(f) => Some(f),
+        Scalar::Bool(_) | Scalar::Other => None,
+    };
+    Ok(parsed.filter(|f| f.is_finite()))
 }
 
-/// [`string`] as a serde visitor.
-struct StringVisitor;
+/// One JSON value as the lenient readers see it: a scalar, or something
+/// else (`null`, an array, an object), which they all read as absent.
+enum Scalar {
+    Str(String),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+    Other,
+}
 
-impl<'de> Visitor<'de> for StringVisitor {
-    type Value = Option<String>;
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-        let trimmed = s.trim();
-        Ok((!trimmed.is_empty()).then(|| trimmed.to_string()))
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Str(s.to_string()))
     }
 
-    fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
-        if s.trim().len() == s.len() {
-            Ok((!s.is_empty()).then_some(s))
-        } else {
-            self.visit_str(&s)
-        }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Scalar, E> {
+        Ok(Scalar::Str(s))
     }
 
-    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
-        Ok(Some(b.to_string()))
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool(b))
     }
 
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
-        Ok(Some(n.to_string()))
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Scalar, E> {
+        Ok(Scalar::I64(n))
     }
 
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
-        Ok(Some(n.to_string()))
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Scalar, E> {
+        Ok(Scalar::U64(n))
     }
 
-    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
-        Ok(serde_json::Number::from_f64(f).map(|n| render_number(&n)))
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Scalar, E> {
+        Ok(Scalar::F64(f))
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
     }
 
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
     }
 
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
         d.deserialize_any(self)
     }
 
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
         while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-        Ok(None)
+        Ok(Scalar::Other)
     }
 
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
         while map
             .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
             .is_some()
         {}
-        Ok(None)
-    }
-}
-
-/// [`number`] as a serde visitor.
-struct NumberVisitor;
-
-impl<'de> Visitor<'de> for NumberVisitor {
-    type Value = Option<f64>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-        Ok(s.trim().parse::<f64>().ok().filter(|f| f.is_finite()))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
-        Ok(Some(n as f64))
-    }
-
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
-        Ok(Some(n as f64))
-    }
-
-    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
-        Ok(Some(f).filter(|f| f.is_finite()))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        StringVisitor.visit_seq(seq).map(|_| None)
-    }
-
-    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        StringVisitor.visit_map(map).map(|_| None)
+        Ok(Scalar::Other)
     }
 }
 
