@@ -345,7 +345,7 @@ fn publisher(settings: &Settings) -> Result<Publisher, ReplayError> {
     let kafka = callstream_gateway::config::KafkaSettings {
         bootstrap_servers: bootstrap_servers.clone(),
         publish_timeout_ms: PUBLISH_TIMEOUT_MS,
-        linger_ms: 5,
+        linger_ms: 5.0,
         // Only the embedded broker reads it; a replay never starts one.
         embedded_partitions: 1,
         properties: properties.clone(),

@@ -19,6 +19,8 @@ use callstream_schemas::{providers, Topic};
 /// 2 s (librdkafka's timeout scan and our safety margin) and a spool write
 /// after that, so stay well below.
 const MAX_PUBLISH_TIMEOUT_MS: u64 = 7_000;
+/// Longest producer batching delay accepted: every request waits on it.
+const MAX_LINGER_MS: f64 = 1_000.0;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,8 +66,9 @@ pub struct KafkaSettings {
     /// How long a request waits for Kafka to acknowledge before answering 503.
     /// Must stay well under the providers' 10 s timeout.
     pub publish_timeout_ms: u64,
-    /// Producer batching delay. Small, because every request waits on it.
-    pub linger_ms: u64,
+    /// Producer batching delay in milliseconds, fractions allowed (0.5).
+    /// Small, because every request waits on it.
+    pub linger_ms: f64,
     /// Partitions per topic created by the embedded broker.
     pub embedded_partitions: i32,
     /// Extra librdkafka properties (security.protocol, sasl.*, ...). They
@@ -181,7 +184,7 @@ fn defaults() -> Defaults {
         kafka: KafkaSettings {
             bootstrap_servers: String::new(),
             publish_timeout_ms: 3_000,
-            linger_ms: 1,
+            linger_ms: 1.0,
             embedded_partitions: 3,
             properties: BTreeMap::new(),
         },
@@ -266,6 +269,12 @@ impl Settings {
                 format!(
                     "must be between 100 and {MAX_PUBLISH_TIMEOUT_MS} (providers time out at 10 s)"
                 ),
+            ));
+        }
+        if !(0.0..=MAX_LINGER_MS).contains(&k.linger_ms) {
+            return Err(invalid(
+                "kafka.linger_ms",
+                format!("must be between 0 and {MAX_LINGER_MS} (every request waits on it)"),
             ));
         }
         if self.max_in_flight == 0 {
@@ -421,6 +430,7 @@ mod tests {
                 "#,
             )?;
             jail.set_env("CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS", "2500");
+            jail.set_env("CALLSTREAM_KAFKA__LINGER_MS", "0.5");
             // Names the file (clap reads it); must not count as a setting.
             jail.set_env("CALLSTREAM_CONFIG", "gw.toml");
             jail.set_env("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092");
@@ -429,6 +439,7 @@ mod tests {
             let s = Settings::load(Some(Path::new("gw.toml"))).expect("valid");
             assert_eq!(s.listen, "127.0.0.1:9100");
             assert_eq!(s.kafka.publish_timeout_ms, 2500);
+            assert_eq!(s.kafka.linger_ms, 0.5);
             assert_eq!(s.kafka.bootstrap_servers, "kafka-1:9092,kafka-2:9092");
             assert!(!s.embedded_broker());
             assert_eq!(s.sources["onoff"].tenant, "acme");
@@ -463,6 +474,14 @@ mod tests {
             (
                 Box::new(|f: Figment| f.merge(("max_body_bytes", 0))),
                 "`max_body_bytes`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("kafka.linger_ms", -1.0))),
+                "`kafka.linger_ms`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("kafka.linger_ms", 5_000))),
+                "`kafka.linger_ms`",
             ),
             (
                 Box::new(|f: Figment| f.merge(("kafka.properties.acks", "1"))),
