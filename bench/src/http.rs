@@ -136,21 +136,19 @@ fn server_latency(before: &str, after: &str) -> Option<ServerLatency> {
     if requests == 0 {
         return None;
     }
-    let within = |ms: f64| {
-        cumulative
-            .iter()
-            .filter(|(le, _)| *le <= ms / 1000.0 + 1e-12)
-            .map(|b| b.1)
-            .max()
-            .unwrap_or(0)
-    };
+    // Cumulative: the count at the last bound up to 2 ms.
+    let within_2ms = cumulative
+        .iter()
+        .take_while(|(le, _)| *le <= 0.002 + 1e-12)
+        .last()
+        .map_or(0, |b| b.1);
     let p99_bucket = cumulative
         .iter()
         .find(|(_, n)| *n as f64 >= 0.99 * requests as f64)
         .map_or(f64::INFINITY, |b| b.0);
     Some(ServerLatency {
         requests,
-        within_2ms: within(2.0) as f64 / requests as f64,
+        within_2ms: within_2ms as f64 / requests as f64,
         p99_bucket_ms: p99_bucket * 1000.0,
     })
 }
@@ -241,7 +239,8 @@ fn one_turn(
     let own_histogram = matches!(system, System::Gateway | System::GatewaySpool);
     let scrape = || load::get(addr, "/metrics");
     let metrics_before = if own_histogram { Some(scrape()?) } else { None };
-    let half = load::run(spec(Pace::Fixed(max.rps / 2.0), max.next_index))?;
+    let half_rate = Pace::Fixed(max.rps / 2.0);
+    let half = load::run(spec(half_rate, max.next_index))?;
     let server_half = match metrics_before {
         Some(before) => server_latency(&before, &scrape()?),
         None => None,
@@ -273,7 +272,7 @@ fn one_turn(
         let report = load::run(LoadSpec {
             addr: ceiling.addr(),
             run: format!("{run}c"),
-            ..spec(Pace::Fixed(max.rps / 2.0), 0)
+            ..spec(half_rate, 0)
         })?;
         ceiling
             .process

@@ -222,7 +222,7 @@ impl Metrics {
     }
 
     /// One source's request series, resolved once so the request path does
-    /// no label look-up; creating them makes them exist at 0 (see `prepare`).
+    /// no label look-up; resolving them makes them exist at 0.
     pub fn source(&self, source: &str) -> SourceMetrics {
         SourceMetrics {
             requests: Outcome::ALL
@@ -232,13 +232,14 @@ impl Metrics {
         }
     }
 
-    /// Creates every labelled series the gateway can produce for these
-    /// sources, at 0, so that dashboards and alerts (`rate()`, `increase()`,
-    /// "absent") see a series before its first event: a first 503 or DLQ
-    /// record then shows as an increase instead of a new series.
+    /// Creates the labelled series that no [`SourceMetrics`] holds (DLQ
+    /// reasons per source, publishing per topic) at 0, so that dashboards
+    /// and alerts (`rate()`, `increase()`, "absent") see a series before its
+    /// first event: a first 503 or DLQ record then shows as an increase
+    /// instead of a new series. Each source's request series exist once its
+    /// routes resolved them with [`Metrics::source`].
     pub fn prepare<'a>(&self, sources: impl IntoIterator<Item = &'a str>) {
         for source in sources {
-            self.source(source);
             for reason in NormalizeError::CODES {
                 self.dlq_records.with_label_values(&[source, reason]);
             }

@@ -200,8 +200,16 @@ pub fn field<'a>(object: &'a Value, keys: &[&str]) -> Option<&'a Value> {
 /// the same (a unit test holds the two together).
 pub fn de_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     Ok(match deserializer.deserialize_any(ScalarVisitor)? {
-        Scalar::Str(s) if s.trim().len() == s.len() => (!s.is_empty()).then_some(s),
-        Scalar::Str(s) => string(Some(&Value::String(s))),
+        Scalar::Str(s) => {
+            let trimmed = s.trim();
+            if trimmed.is_empty() {
+                None
+            } else if trimmed.len() == s.len() {
+                Some(s)
+            } else {
+                Some(trimmed.to_string())
+            }
+        }
         Scalar::I64(n) => Some(n.to_string()),
         Scalar::U64(n) => Some(n.to_string()),
         Scalar::F64(f) => serde_json::Number::from_f64(f).map(|n| render_number(&n)),
@@ -302,9 +310,8 @@ impl<'de> Visitor<'de> for ScalarVisitor {
 /// although a JSON object allows it (a repeated key: the last one wins),
 /// goes the long way.
 pub fn json_object<T: DeserializeOwned>(req: &RawRequest<'_>) -> Result<T, NormalizeError> {
-    let body = req.body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(req.body);
-    if body.trim_ascii_start().starts_with(b"{") {
-        if let Ok(value) = serde_json::from_slice(body) {
+    if without_bom(req.body).trim_ascii_start().starts_with(b"{") {
+        if let Ok(value) = serde_json::from_slice(without_bom(req.body)) {
             return Ok(value);
         }
     }
@@ -314,10 +321,15 @@ pub fn json_object<T: DeserializeOwned>(req: &RawRequest<'_>) -> Result<T, Norma
     })
 }
 
+/// `body` without a leading UTF-8 byte order mark.
+fn without_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
+}
+
 /// The body as a JSON object. A UTF-8 byte order mark and surrounding
 /// whitespace are ignored.
 pub fn json_body(req: &RawRequest<'_>) -> Result<Value, NormalizeError> {
-    let body = req.body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(req.body);
+    let body = without_bom(req.body);
     if body.trim_ascii().is_empty() {
         return Err(NormalizeError::EmptyBody);
     }

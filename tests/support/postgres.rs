@@ -64,10 +64,94 @@ fn pg_command(program: &Path, as_postgres: bool) -> Command {
     }
 }
 
+impl Drop for TestCluster {
+    /// Stops the server and waits until it is gone and its directory deleted,
+    /// so nothing of it overlaps what the caller does next.
+    fn drop(&mut self) {
+        let server = self.server.get_mut().unwrap_or_else(|e| e.into_inner());
+        drop(server.stdin.take());
+        let _ = server.wait();
+    }
+}
+
 impl TestCluster {
     /// Starts a new cluster (initdb, then the server; a few seconds).
     pub fn start(durability: Durability) -> TestCluster {
-        start_cluster(durability)
+        let as_postgres = is_root();
+        // Deleted by the server's wrapper once the server has stopped.
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        let data = dir.join("data");
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(ok.success(), "chown of the test cluster directory failed");
+        }
+        let out = pg_command(&bin("initdb"), as_postgres)
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("initdb runs (is PostgreSQL installed? set PG_BIN)");
+        if !out.status.success() {
+            // No wrapper yet to clean up after us.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let postgres = bin("postgres");
+        let settings = match durability {
+            Durability::Durable => "-c shared_buffers=2GB",
+            Durability::Fast => "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+        };
+        // Immediate shutdown (SIGQUIT): the data is deleted next, so a shutdown
+        // checkpoint would only write gigabytes for nothing.
+        let server_cmd = format!(
+            "{} -D {} -p {port} -k {dir} -c listen_addresses=127.0.0.1 {settings} \
+         -c max_connections=200 & pid=$!; read _; kill -QUIT $pid; wait $pid; rm -rf {dir}",
+            postgres.display(),
+            data.display(),
+            dir = dir.display(),
+        );
+        let mut server = pg_command(Path::new("/bin/sh"), as_postgres)
+            .args(["-c", &server_cmd])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        let started = Instant::now();
+        loop {
+            let ready = Command::new(bin("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "PostgreSQL did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Keep stdin open: the wrapper stops the server when it closes.
+        let _ = server.stdin.as_mut().map(|s| s.flush());
+        TestCluster {
+            port,
+            server: Mutex::new(server),
+        }
     }
 
     /// A fresh, empty database in this cluster.
@@ -89,94 +173,6 @@ impl TestCluster {
     }
 }
 
-impl Drop for TestCluster {
-    /// Stops the server and waits until it is gone and its directory deleted,
-    /// so nothing of it overlaps what the caller does next.
-    fn drop(&mut self) {
-        let server = self.server.get_mut().unwrap_or_else(|e| e.into_inner());
-        drop(server.stdin.take());
-        let _ = server.wait();
-    }
-}
-
-fn start_cluster(durability: Durability) -> TestCluster {
-    let as_postgres = is_root();
-    // Deleted by the server's wrapper once the server has stopped.
-    let dir = tempfile::tempdir().expect("temp dir").keep();
-    let data = dir.join("data");
-    if as_postgres {
-        let ok = Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(&dir)
-            .status()
-            .expect("chown");
-        assert!(ok.success(), "chown of the test cluster directory failed");
-    }
-    let out = pg_command(&bin("initdb"), as_postgres)
-        .arg("-D")
-        .arg(&data)
-        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-        .output()
-        .expect("initdb runs (is PostgreSQL installed? set PG_BIN)");
-    if !out.status.success() {
-        // No wrapper yet to clean up after us.
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    assert!(
-        out.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let postgres = bin("postgres");
-    let settings = match durability {
-        Durability::Durable => "-c shared_buffers=2GB",
-        Durability::Fast => "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-    };
-    // Immediate shutdown (SIGQUIT): the data is deleted next, so a shutdown
-    // checkpoint would only write gigabytes for nothing.
-    let server_cmd = format!(
-        "{} -D {} -p {port} -k {dir} -c listen_addresses=127.0.0.1 {settings} \
-         -c max_connections=200 & pid=$!; read _; kill -QUIT $pid; wait $pid; rm -rf {dir}",
-        postgres.display(),
-        data.display(),
-        dir = dir.display(),
-    );
-    let mut server = pg_command(Path::new("/bin/sh"), as_postgres)
-        .args(["-c", &server_cmd])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("postgres starts");
-    let started = Instant::now();
-    loop {
-        let ready = Command::new(bin("pg_isready"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ready {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "PostgreSQL did not become ready"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // Keep stdin open: the wrapper stops the server when it closes.
-    let _ = server.stdin.as_mut().map(|s| s.flush());
-    TestCluster {
-        port,
-        server: Mutex::new(server),
-    }
-}
-
 /// A fresh, empty database in a test cluster.
 pub struct TestDatabase {
     pub url: String,
@@ -187,7 +183,7 @@ impl TestDatabase {
     /// A database in this process's shared, fast (non-durable) cluster.
     pub async fn create() -> TestDatabase {
         CLUSTER
-            .get_or_init(|| start_cluster(Durability::Fast))
+            .get_or_init(|| TestCluster::start(Durability::Fast))
             .database()
             .await
     }

@@ -156,15 +156,11 @@ enum LogType {
     Sms,
 }
 
-fn classify(
-    route: &str,
-    event_name: Option<&str>,
-    req: &RawRequest<'_>,
-) -> Result<LogType, NormalizeError> {
+fn classify(event_name: Option<&str>, req: &RawRequest<'_>) -> Result<LogType, NormalizeError> {
     let Some(name) = event_name else {
         // Each log type has its own URL, so the route is a fair hint; the
         // setup test payload has neither an `eventName` nor call fields.
-        return if route == "sms" {
+        return if req.route == "sms" {
             Ok(LogType::Sms)
         } else if has_call_fields(req)? {
             Ok(LogType::Call(Kind::Call))
@@ -287,7 +283,7 @@ impl Provider for Onoff {
     fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Event, NormalizeError> {
         let mut log: Log = lenient::json_object(req)?;
         let event_name = log.event_name.take();
-        let log_type = classify(req.route, event_name.as_deref(), req)?;
+        let log_type = classify(event_name.as_deref(), req)?;
         let id = log.id.take().ok_or(NormalizeError::MissingField("id"))?;
         let mut event = match log_type {
             LogType::Call(kind) => call_event(log, kind, &id, ctx)?,
