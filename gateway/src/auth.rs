@@ -35,18 +35,24 @@ impl Auth {
             return true;
         }
         let mut matched = false;
-        for candidate in self.candidates(headers, query) {
-            let d = digest(&candidate);
+        self.each_candidate(headers, query, |candidate| {
+            let d = digest(candidate);
             for key in &self.key_digests {
                 // Keep going after a match so timing does not tell which key matched.
                 matched |= bool::from(d.ct_eq(key));
             }
-        }
+        });
         matched
     }
 
-    fn candidates(&self, headers: &HeaderMap, query: &str) -> Vec<String> {
-        let mut found: Vec<String> = query_tokens(query).collect();
+    /// Calls `f` with every credential the request presents (none is
+    /// copied: this runs for every delivery).
+    fn each_candidate(&self, headers: &HeaderMap, query: &str, mut f: impl FnMut(&str)) {
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if name == "token" {
+                f(&value);
+            }
+        }
         for value in headers
             .get_all("authorization")
             .filter_map(|v| v.to_str().ok())
@@ -55,21 +61,17 @@ impl Auth {
             for scheme in ["x-api-key", "bearer"] {
                 if let Some(rest) = strip_prefix_ignore_case(value, scheme) {
                     if let Some(key) = rest.strip_prefix(' ').or_else(|| rest.strip_prefix(':')) {
-                        found.push(key.trim().to_string());
+                        f(key.trim());
                     }
                 }
             }
         }
         let named = std::iter::once("x-api-key").chain(self.extra_header.as_deref());
         for name in named {
-            found.extend(
-                headers
-                    .get_all(name)
-                    .filter_map(|v| v.to_str().ok())
-                    .map(|v| v.trim().to_string()),
-            );
+            for value in headers.get_all(name).filter_map(|v| v.to_str().ok()) {
+                f(value.trim());
+            }
         }
-        found
     }
 }
 
@@ -90,15 +92,12 @@ fn is_token_pair(pair: &str) -> bool {
         .is_some_and(|(k, _)| k == "token")
 }
 
-fn query_tokens(query: &str) -> impl Iterator<Item = String> + '_ {
-    form_urlencoded::parse(query.as_bytes())
-        .filter(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned())
-}
-
 /// The query string without any `token` parameter, other parameters kept
 /// byte-for-byte. This is what is stored and handed to providers.
 pub fn redact_query(query: &str) -> String {
+    if query.is_empty() {
+        return String::new();
+    }
     query
         .split('&')
         .filter(|pair| !pair.is_empty() && !is_token_pair(pair))
