@@ -186,7 +186,10 @@ fn normalize(provider: ProviderId, route: &str, body: &Value) -> Event {
         content_type: Some("application/json"),
         body: body.as_bytes(),
     };
-    normalizer.normalize(&request, &ctx).expect("normalizes")
+    normalizer
+        .normalize(&request, &ctx)
+        .expect("normalizes")
+        .into_event()
 }
 
 /// An Onoff call log with a recording and/or voicemail link.

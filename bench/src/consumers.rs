@@ -71,7 +71,7 @@ pub fn event_of(run: &str, i: u64) -> anyhow::Result<callstream_gateway::publish
             },
         )
         .map_err(|e| anyhow::anyhow!("request {i} does not normalize: {e}"))?;
-    Ok(event_record(&event))
+    Ok(event_record(event))
 }
 
 /// Produces `events` normalized events (resends included) to the events topic.

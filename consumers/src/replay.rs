@@ -278,7 +278,7 @@ fn judge(
                 },
                 (Some(_), None) => Verdict::Unverified(derived),
             };
-            (verdict, Some(event_record(&event)))
+            (verdict, Some(event_record(event)))
         }
     };
     let outcome = Outcome {

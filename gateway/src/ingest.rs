@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use tracing_actix_web::RequestId;
 
 use callstream_schemas::raw as h;
-use callstream_schemas::{Context, Event, NormalizeError, Provider, RawRequest, Route, Topic};
+use callstream_schemas::{Context, NormalizeError, Provider, RawRequest, Route, Sealed, Topic};
 
 use crate::auth::{redact_query, Auth};
 use crate::deliver::{DeliverError, Deliverer, Stored};
@@ -185,7 +185,7 @@ impl Ingest {
                     payload: body.to_vec(),
                     headers: raw_headers,
                 };
-                (Outcome::Published, [raw_record, event_record(&event)])
+                (Outcome::Published, [raw_record, event_record(event)])
             }
             Err(err) => {
                 tracing::warn!(source = source_name, request_id, reason = err.code(), error = %err, "not normalized: dead-lettering");
@@ -256,17 +256,17 @@ fn copied_headers(req: &HttpRequest) -> impl Iterator<Item = HeaderPair> + '_ {
         .filter_map(|(name, key)| req.headers().get(*name).map(|v| header(key, v.as_bytes())))
 }
 
-/// The normalized record: JSON, keyed by identity so every resend of one
-/// event lands on one partition, with CloudEvents Kafka-binding headers.
+/// The normalized record: the sealed event's JSON, keyed by identity so
+/// every resend of one event lands on one partition, with CloudEvents
+/// Kafka-binding headers.
 /// `ce_id` is the fingerprint: equal `ce_id` means an exact resend.
 /// `callstream-replay` publishes re-derived events with it too, so a replayed
 /// event is the very record the gateway would have published.
-pub fn event_record(event: &Event) -> OutRecord {
+pub fn event_record(event: Sealed) -> OutRecord {
+    let (event, payload) = event.into_parts();
     let time = event.started_at.unwrap_or(event.received_at);
     OutRecord {
         topic: Topic::Events,
-        key: event.identity.clone(),
-        payload: serde_json::to_vec(event).expect("an Event always serializes"),
         headers: vec![
             header("ce_specversion", "1.0"),
             header("ce_id", event.fingerprint.as_str()),
@@ -283,6 +283,8 @@ pub fn event_record(event: &Event) -> OutRecord {
             header("content-type", "application/json"),
             header(h::H_REQUEST_ID, event.raw.request_id.as_str()),
         ],
+        key: event.identity,
+        payload,
     }
 }
 

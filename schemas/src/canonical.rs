@@ -9,10 +9,12 @@
 //! allocation per field.
 
 use std::borrow::Cow;
+use std::fmt::Display;
 use std::ops::Range;
 
 use serde::ser::{self, Serialize};
 use serde_json::Error;
+use sha2::{Digest, Sha256};
 
 /// `value` as canonical JSON, leaving out the top-level fields in `skip`.
 pub fn to_vec_without<T: Serialize + ?Sized>(
@@ -23,8 +25,52 @@ pub fn to_vec_without<T: Serialize + ?Sized>(
     value.serialize(Canonical {
         out: &mut out,
         skip,
+        hashing: None,
     })?;
     Ok(out)
+}
+
+/// [`to_vec_hashed`]'s answer.
+#[derive(Debug)]
+pub struct Hashed {
+    /// `to_vec(value)`.
+    pub json: Vec<u8>,
+    /// SHA-256 of `to_vec_without(value, unhashed)`.
+    pub digest: [u8; 32],
+    /// Where the value of the top-level field named by `locate` is in `json`.
+    pub located: Option<Range<usize>>,
+}
+
+/// Canonical JSON of all of `value` and, in the same pass, the SHA-256 of
+/// what [`to_vec_without`]`(value, unhashed)` would write: a record and its
+/// fingerprint for the price of one serialization.
+pub fn to_vec_hashed<T: Serialize + ?Sized>(
+    value: &T,
+    unhashed: &'static [&'static str],
+    locate: &'static str,
+) -> Result<Hashed, Error> {
+    let mut out = Vec::with_capacity(1024);
+    let mut hashing = Hashing {
+        hasher: Sha256::new(),
+        unhashed,
+        locate,
+        located: None,
+        done: false,
+    };
+    value.serialize(Canonical {
+        out: &mut out,
+        skip: &[],
+        hashing: Some(&mut hashing),
+    })?;
+    if !hashing.done {
+        // Not an object: nothing to leave out, the digest is of it all.
+        hashing.hasher.update(&out);
+    }
+    Ok(Hashed {
+        digest: hashing.hasher.finalize().into(),
+        located: hashing.located,
+        json: out,
+    })
 }
 
 /// `value` as canonical JSON.
@@ -36,11 +82,27 @@ struct Canonical<'a> {
     out: &'a mut Vec<u8>,
     /// Fields of the top-level object to leave out (empty below it).
     skip: &'static [&'static str],
+    /// The top-level object's digest, for `to_vec_hashed` (none below it).
+    hashing: Option<&'a mut Hashing>,
+}
+
+/// The top level of [`to_vec_hashed`]: what it hashes besides writing.
+struct Hashing {
+    hasher: Sha256,
+    unhashed: &'static [&'static str],
+    locate: &'static str,
+    located: Option<Range<usize>>,
+    /// A top-level object was written (and hashed field by field).
+    done: bool,
 }
 
 impl<'a> Canonical<'a> {
     fn nested(out: &'a mut Vec<u8>) -> Canonical<'a> {
-        Canonical { out, skip: &[] }
+        Canonical {
+            out,
+            skip: &[],
+            hashing: None,
+        }
     }
 
     /// A scalar, formatted by serde_json itself.
@@ -53,6 +115,7 @@ impl<'a> Canonical<'a> {
         Object {
             out: self.out,
             skip: self.skip,
+            hashing: self.hashing,
             start,
             fields: Vec::new(),
             pending_key: None,
@@ -129,6 +192,10 @@ impl<'a> ser::Serializer for Canonical<'a> {
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
         self.scalar(v)
+    }
+    fn collect_str<T: Display + ?Sized>(self, v: &T) -> Result<(), Error> {
+        // Timestamps: formatted straight into the output, no `String` between.
+        (&mut serde_json::Serializer::new(&mut *self.out)).collect_str(v)
     }
     fn serialize_none(self) -> Result<(), Error> {
         self.serialize_unit()
@@ -289,6 +356,7 @@ forward!(
 pub struct Object<'a> {
     out: &'a mut Vec<u8>,
     skip: &'static [&'static str],
+    hashing: Option<&'a mut Hashing>,
     start: usize,
     fields: Vec<(Cow<'static, str>, Range<usize>)>,
     /// A map key waiting for its value.
@@ -316,8 +384,13 @@ impl Object<'_> {
         let values = self.out.split_off(self.start);
         // Stable: of equal keys the last one written wins, as in a map insert.
         self.fields.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut hashing = self.hashing.take();
         self.out.push(b'{');
+        if let Some(h) = hashing.as_deref_mut() {
+            h.hasher.update(b"{");
+        }
         let mut first = true;
+        let mut first_hashed = true;
         for (i, (key, range)) in self.fields.iter().enumerate() {
             if self.fields.get(i + 1).is_some_and(|next| next.0 == *key) {
                 continue;
@@ -325,12 +398,29 @@ impl Object<'_> {
             if !std::mem::take(&mut first) {
                 self.out.push(b',');
             }
+            let field_start = self.out.len();
             serde_json::to_writer(&mut *self.out, key.as_ref())?;
             self.out.push(b':');
+            let value_start = self.out.len();
             let range = range.start - self.start..range.end - self.start;
             self.out.extend_from_slice(&values[range]);
+            if let Some(h) = hashing.as_deref_mut() {
+                if key == h.locate {
+                    h.located = Some(value_start..self.out.len());
+                }
+                if !h.unhashed.contains(&key.as_ref()) {
+                    if !std::mem::take(&mut first_hashed) {
+                        h.hasher.update(b",");
+                    }
+                    h.hasher.update(&self.out[field_start..]);
+                }
+            }
         }
         self.out.push(b'}');
+        if let Some(h) = hashing {
+            h.hasher.update(b"}");
+            h.done = true;
+        }
         if self.closes_variant {
             self.out.push(b'}');
         }
@@ -489,6 +579,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"keep":{"raw":2}}"#);
+    }
+
+    #[test]
+    fn hashes_what_to_vec_without_writes_in_the_same_pass() {
+        use sha2::{Digest, Sha256};
+        let check = |value: &Value, unhashed: &'static [&'static str], locate: &'static str| {
+            let hashed = to_vec_hashed(value, unhashed, locate).unwrap();
+            assert_eq!(hashed.json, to_vec(value).unwrap(), "{value}");
+            let without = to_vec_without(value, unhashed).unwrap();
+            assert_eq!(
+                hashed.digest,
+                <[u8; 32]>::from(Sha256::digest(&without)),
+                "{value} without {unhashed:?}"
+            );
+            let located = hashed.located.map(|r| &hashed.json[r]);
+            let expected = value.get(locate).map(|v| v.to_string().into_bytes());
+            assert_eq!(located, expected.as_deref(), "{value} at {locate}");
+        };
+        let doc = json!({
+            "m": {"fp": "nested, not top level", "z": 1},
+            "fp": "0000",
+            "a": [1, {"fp": 2}],
+            "raw": {"x": null},
+            "zz": "last",
+        });
+        for unhashed in [
+            &[][..],
+            &["fp"],
+            &["fp", "raw"],
+            &["a", "zz"],
+            &["a", "fp", "m", "raw", "zz"],
+        ] {
+            check(&doc, unhashed, "fp");
+            check(&doc, unhashed, "absent");
+        }
+        // First and last fields left out; not objects at all.
+        check(&json!({"a": 1, "b": 2, "c": 3}), &["a", "c"], "b");
+        for doc in [json!(null), json!([{"fp": 1}]), json!("fp"), json!({})] {
+            check(&doc, &["fp"], "fp");
+        }
+        assert_eq!(
+            to_vec_hashed(&outer(), &["b"], "b").unwrap().json,
+            to_vec(&outer()).unwrap()
+        );
     }
 
     #[test]

@@ -257,26 +257,32 @@ impl Event {
         )
     }
 
-    /// Sets `identity`, `event_id` and `fingerprint` from the content.
+    /// Sets `identity`, `event_id` and `fingerprint` from the content, and
+    /// encodes the event for its record in the same pass as the fingerprint.
     /// Normalizers call this last, after every content field is set.
-    pub fn seal(&mut self, provider_id: &str) {
+    pub fn seal(mut self, provider_id: &str) -> Sealed {
         self.identity = Self::identity_for(self.provider, &self.tenant, self.kind, provider_id);
         self.event_id = Uuid::new_v5(&EVENT_ID_NAMESPACE, self.identity.as_bytes());
-        self.fingerprint = self.compute_fingerprint();
+        // A placeholder of the fingerprint's length: it is not hashed, and
+        // the digest then overwrites it in the encoded bytes.
+        self.fingerprint = "0".repeat(64);
+        let hashed = crate::canonical::to_vec_hashed(&self, DELIVERY_FIELDS, "fingerprint")
+            .expect("an Event always serializes");
+        let mut json = hashed.json;
+        self.fingerprint = hex(&hashed.digest);
+        let at = hashed
+            .located
+            .expect("`fingerprint` is a top-level field of every Event");
+        // `"<64 hex digits>"`: ASCII only, so JSON writes it verbatim.
+        json[at.start + 1..at.end - 1].copy_from_slice(self.fingerprint.as_bytes());
+        Sealed { event: self, json }
     }
 
     /// Hex SHA-256 over the canonical JSON of the content fields.
     pub fn compute_fingerprint(&self) -> String {
-        const DELIVERY_FIELDS: &[&str] = &["fingerprint", "received_at", "raw"];
         let canonical = crate::canonical::to_vec_without(self, DELIVERY_FIELDS)
             .expect("an Event always serializes");
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = String::with_capacity(64);
-        for b in Sha256::digest(&canonical) {
-            hex.push(char::from(HEX[usize::from(b >> 4)]));
-            hex.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-        hex
+        hex(&Sha256::digest(&canonical).into())
     }
 
     /// An empty event for normalizers to fill; `seal` completes it.
@@ -314,6 +320,52 @@ impl Event {
                 request_id: ctx.request_id.to_string(),
             },
         }
+    }
+}
+
+/// What differs between deliveries of one content: left out of the fingerprint.
+const DELIVERY_FIELDS: &[&str] = &["fingerprint", "received_at", "raw"];
+
+fn hex(digest: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    hex
+}
+
+/// An event whose identity, id and fingerprint are final, with the JSON of
+/// its record (canonical: keys in byte order). Read-only, so the JSON and
+/// the fingerprint cannot drift from the fields; [`Sealed::into_event`]
+/// gives the fields back to change (then seal again).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sealed {
+    event: Event,
+    json: Vec<u8>,
+}
+
+impl Sealed {
+    /// The event as its record's payload.
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    pub fn into_event(self) -> Event {
+        self.event
+    }
+
+    pub fn into_parts(self) -> (Event, Vec<u8>) {
+        (self.event, self.json)
+    }
+}
+
+impl std::ops::Deref for Sealed {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
     }
 }
 

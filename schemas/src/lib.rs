@@ -20,7 +20,7 @@ pub mod raw;
 pub mod recording;
 pub mod topics;
 
-pub use event::{Direction, Event, Kind, MediaRef, Party, ProviderId, Status, Tag};
+pub use event::{Direction, Event, Kind, MediaRef, Party, ProviderId, Sealed, Status, Tag};
 pub use provider::{Context, NormalizeError, Provider, RawRequest, Route};
 pub use topics::Topic;
 

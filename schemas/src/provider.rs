@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::event::{Event, ProviderId};
+use crate::event::{ProviderId, Sealed};
 
 /// HTTP methods a route may accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,8 +112,9 @@ pub trait Provider: Send + Sync + 'static {
     /// The endpoints this provider delivers to.
     fn routes(&self) -> &'static [Route];
 
-    /// Turns one delivery into one event. Must not panic on any input.
-    fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Event, NormalizeError>;
+    /// Turns one delivery into one event, sealed ([`Event::seal`]). Must
+    /// not panic on any input.
+    fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Sealed, NormalizeError>;
 }
 
 #[cfg(test)]

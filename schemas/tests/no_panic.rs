@@ -181,7 +181,8 @@ fn check(provider: &dyn Provider, req: &RawRequest<'_>) -> Result<(), TestCaseEr
         // The canonical writer hashes exactly what the first release hashed,
         // so a resend of an event seen before an upgrade is still a resend.
         prop_assert_eq!(&event.fingerprint, &common::tree_fingerprint(&event));
-        prop_assert!(serde_json::to_string(&event).is_ok());
+        let sealed = common::sealed_json_is_the_event(&event);
+        prop_assert!(sealed.is_ok(), "{:?}", sealed);
     }
     Ok(())
 }
@@ -291,6 +292,8 @@ proptest! {
                 prop_assert_eq!(event.provider, case.provider, "{}", case.fixture);
                 prop_assert_eq!(&event.fingerprint, &event.compute_fingerprint(), "{}", case.fixture);
                 prop_assert_eq!(&event.fingerprint, &common::tree_fingerprint(&event), "{}", case.fixture);
+                let sealed = common::sealed_json_is_the_event(&event);
+                prop_assert!(sealed.is_ok(), "{}: {:?}", case.fixture, sealed);
             }
         }
     }

@@ -441,10 +441,8 @@ pub fn onoff_call_event(id: &str, notes: &str, received_at_ms: i64) -> (String, 
             },
         )
         .expect("fixture normalizes");
-    (
-        event.identity.clone(),
-        serde_json::to_vec(&event).expect("serializes"),
-    )
+    let (event, json) = event.into_parts();
+    (event.identity, json)
 }
 
 /// Produces `(key, value)` records to `topic` and waits for every ack.

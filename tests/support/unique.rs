@@ -110,6 +110,7 @@ fn normalize(
             ctx,
         )
         .unwrap_or_else(|e| panic!("{provider:?} {route} body does not normalize ({e}): {body}"))
+        .into_event()
 }
 
 impl CallSpec {

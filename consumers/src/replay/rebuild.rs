@@ -17,7 +17,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 
 use callstream_schemas::raw as h;
-use callstream_schemas::{providers, Context, Event, Provider, RawRequest};
+use callstream_schemas::{providers, Context, Provider, RawRequest, Sealed};
 
 use super::ReplayError;
 use crate::kafka::header;
@@ -84,7 +84,7 @@ impl Renormalizer {
         })
     }
 
-    pub fn normalize(&self, msg: &BorrowedMessage<'_>) -> Result<Event, Failure> {
+    pub fn normalize(&self, msg: &BorrowedMessage<'_>) -> Result<Sealed, Failure> {
         let required = |name: &'static str| {
             header(msg, name)
                 .ok_or_else(|| Failure::new("missing_header", format!("no UTF-8 `{name}` header")))

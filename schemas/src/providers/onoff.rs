@@ -17,7 +17,7 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::event::{Direction, Event, Kind, MediaRef, Party, ProviderId, Status, Tag};
+use crate::event::{Direction, Event, Kind, MediaRef, Party, ProviderId, Sealed, Status, Tag};
 use crate::lenient;
 use crate::provider::{Context, Method, NormalizeError, Provider, RawRequest, Route};
 
@@ -280,7 +280,7 @@ impl Provider for Onoff {
         ROUTES
     }
 
-    fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Event, NormalizeError> {
+    fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Sealed, NormalizeError> {
         let mut log: Log = lenient::json_object(req)?;
         let event_name = log.event_name.take();
         let log_type = classify(event_name.as_deref(), req)?;
@@ -290,8 +290,7 @@ impl Provider for Onoff {
             LogType::Sms => sms_event(log, ctx)?,
         };
         event.provider_event_type = event_name;
-        event.seal(&id);
-        Ok(event)
+        Ok(event.seal(&id))
     }
 }
 

@@ -24,7 +24,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::event::{Direction, Event, Kind, MediaRef, Party, ProviderId, Status};
+use crate::event::{Direction, Event, Kind, MediaRef, Party, ProviderId, Sealed, Status};
 use crate::lenient::{self, field};
 use crate::provider::{Context, Method, NormalizeError, Provider, RawRequest, Route};
 
@@ -191,7 +191,7 @@ impl Provider for Telecmi {
         ROUTES
     }
 
-    fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Event, NormalizeError> {
+    fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Sealed, NormalizeError> {
         let doc = lenient::document(req)?;
         let delivery = delivery(&doc, req.route)?;
         let cmiuuid =
@@ -261,8 +261,7 @@ impl Provider for Telecmi {
         event.correlation.leg = lenient::string(doc.get("leg"));
         event.correlation.leg_id = Some(cmiuuid);
         event.custom = extras(&doc);
-        event.seal(&provider_id);
-        Ok(event)
+        Ok(event.seal(&provider_id))
     }
 }
 

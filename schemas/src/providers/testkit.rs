@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::{Context, Event, NormalizeError, Provider, RawRequest};
+use crate::{Context, Event, NormalizeError, Provider, RawRequest, Sealed};
 
 pub const TENANT: &str = "default-tenant";
 pub const JSON: Option<&str> = Some("application/json");
@@ -35,7 +35,7 @@ pub fn post(
         content_type,
         body: body.as_bytes(),
     };
-    provider.normalize(&req, &ctx())
+    provider.normalize(&req, &ctx()).map(Sealed::into_event)
 }
 
 /// A GET delivery carried by the query string.
@@ -47,7 +47,7 @@ pub fn get(provider: &dyn Provider, route: &str, query: &str) -> Result<Event, N
         content_type: None,
         body: b"",
     };
-    provider.normalize(&req, &ctx())
+    provider.normalize(&req, &ctx()).map(Sealed::into_event)
 }
 
 pub fn utc(rfc3339: &str) -> Option<DateTime<Utc>> {

@@ -13,7 +13,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::event::{Direction, Event, Kind, MediaRef, Party, ProviderId, Status, Tag};
+use crate::event::{Direction, Event, Kind, MediaRef, Party, ProviderId, Sealed, Status, Tag};
 use crate::lenient::{self, field};
 use crate::provider::{Context, Method, NormalizeError, Provider, RawRequest, Route};
 
@@ -206,7 +206,7 @@ impl Provider for Xarios {
         ROUTES
     }
 
-    fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Event, NormalizeError> {
+    fn normalize(&self, req: &RawRequest<'_>, ctx: &Context<'_>) -> Result<Sealed, NormalizeError> {
         let doc = document(req)?;
         let cdr = doc.get("cdr").unwrap_or(&Value::Null);
         let cdr_id =
@@ -249,8 +249,7 @@ impl Provider for Xarios {
             Some(trigger) => format!("{cdr_id}:{trigger}"),
             None => cdr_id,
         };
-        event.seal(&provider_id);
-        Ok(event)
+        Ok(event.seal(&provider_id))
     }
 }
 

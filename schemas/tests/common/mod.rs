@@ -1,7 +1,9 @@
 //! Every fixture under `tests/fixtures/`, with how it is delivered and what
 //! it must produce. Shared by the integration tests.
 
-use callstream_schemas::{providers, Context, Event, NormalizeError, ProviderId, RawRequest};
+use callstream_schemas::{
+    providers, Context, Event, NormalizeError, ProviderId, RawRequest, Sealed,
+};
 use chrono::{TimeZone, Utc};
 use Expect::{Normalized, Refused};
 use ProviderId::{Onoff, Telecmi, Xarios};
@@ -116,7 +118,7 @@ pub fn ctx() -> Context<'static> {
 }
 
 /// Normalizes `payload` as if it were delivered the way `case` says.
-pub fn normalize_as(case: &Case, payload: &[u8]) -> Result<Event, NormalizeError> {
+pub fn normalize_as(case: &Case, payload: &[u8]) -> Result<Sealed, NormalizeError> {
     let provider = providers::all()
         .into_iter()
         .find(|p| p.id() == case.provider)
@@ -134,6 +136,27 @@ pub fn normalize_as(case: &Case, payload: &[u8]) -> Result<Event, NormalizeError
         body,
     };
     provider.normalize(&req, &ctx())
+}
+
+/// The record a sealed event is published as: the event's fields, and its
+/// fingerprint the one `compute_fingerprint` gives (the JSON and the
+/// fingerprint come from one pass; this holds them to the separate ones).
+pub fn sealed_json_is_the_event(event: &Sealed) -> Result<serde_json::Value, String> {
+    // Canonical JSON's definition, compared as bytes (parsing the record
+    // back would round some floats differently).
+    let fields = serde_json::to_value(&**event)
+        .map_err(|e| e.to_string())?
+        .to_string();
+    if event.json() != fields.as_bytes() {
+        return Err(format!(
+            "record {} differs from the fields {fields}",
+            String::from_utf8_lossy(event.json())
+        ));
+    }
+    if event.fingerprint != event.compute_fingerprint() {
+        return Err(format!("fingerprint {} is stale", event.fingerprint));
+    }
+    serde_json::from_slice(event.json()).map_err(|e| format!("record is not JSON: {e}"))
 }
 
 /// The fingerprint as the first release computed it: through a
