@@ -5,10 +5,11 @@
 //! were half the cost of normalizing an event (BENCHMARKS.md).
 //!
 //! Each object's fields are written in the order they come, then the
-//! object's bytes are reordered by key in place: one copy per object, no
-//! allocation per field.
+//! object's bytes are reordered by key through a reused buffer: two copies
+//! per object, no allocation per field or (once warm) per object.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt::Display;
 use std::ops::Range;
 
@@ -117,7 +118,7 @@ impl<'a> Canonical<'a> {
             skip: self.skip,
             hashing: self.hashing,
             start,
-            fields: Vec::new(),
+            fields: SPARE_FIELDS.with_borrow_mut(Vec::pop).unwrap_or_default(),
             pending_key: None,
             closes_variant: false,
         }
@@ -351,6 +352,22 @@ forward!(
     SerializeTupleVariant::serialize_field
 );
 
+type Fields = Vec<(Cow<'static, str>, Range<usize>)>;
+
+thread_local! {
+    /// Buffers reused from one object to the next (an event has a dozen):
+    /// field lists for the objects open at once, and the bytes of the one
+    /// being reordered.
+    static SPARE_FIELDS: RefCell<Vec<Fields>> = const { RefCell::new(Vec::new()) };
+    static REORDERED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare buffers beyond these are freed rather than kept per thread (a
+/// large `custom` document must not pin its size in every worker).
+const KEEP_BYTES: usize = 64 * 1024;
+const KEEP_FIELD_LISTS: usize = 16;
+const KEEP_FIELDS: usize = 256;
+
 /// An object being written: each value goes to `out` as it comes, its key
 /// and byte range noted; `end` rewrites the region sorted by key.
 pub struct Object<'a> {
@@ -358,7 +375,7 @@ pub struct Object<'a> {
     skip: &'static [&'static str],
     hashing: Option<&'a mut Hashing>,
     start: usize,
-    fields: Vec<(Cow<'static, str>, Range<usize>)>,
+    fields: Fields,
     /// A map key waiting for its value.
     pending_key: Option<String>,
     /// Inside `{"variant":{...}}`: close the wrapper too.
@@ -381,42 +398,50 @@ impl Object<'_> {
     }
 
     fn close(mut self) -> Result<(), Error> {
-        let values = self.out.split_off(self.start);
         // Stable: of equal keys the last one written wins, as in a map insert.
         self.fields.sort_by(|a, b| a.0.cmp(&b.0));
         let mut hashing = self.hashing.take();
-        self.out.push(b'{');
-        if let Some(h) = hashing.as_deref_mut() {
-            h.hasher.update(b"{");
-        }
-        let mut first = true;
-        let mut first_hashed = true;
-        for (i, (key, range)) in self.fields.iter().enumerate() {
-            if self.fields.get(i + 1).is_some_and(|next| next.0 == *key) {
-                continue;
-            }
-            if !std::mem::take(&mut first) {
-                self.out.push(b',');
-            }
-            let field_start = self.out.len();
-            serde_json::to_writer(&mut *self.out, key.as_ref())?;
-            self.out.push(b':');
-            let value_start = self.out.len();
-            let range = range.start - self.start..range.end - self.start;
-            self.out.extend_from_slice(&values[range]);
+        REORDERED.with_borrow_mut(|buf| -> Result<(), Error> {
+            buf.clear();
+            buf.push(b'{');
             if let Some(h) = hashing.as_deref_mut() {
-                if key == h.locate {
-                    h.located = Some(value_start..self.out.len());
+                h.hasher.update(b"{");
+            }
+            let values = &self.out[self.start..];
+            let mut first = true;
+            let mut first_hashed = true;
+            for (i, (key, range)) in self.fields.iter().enumerate() {
+                if self.fields.get(i + 1).is_some_and(|next| next.0 == *key) {
+                    continue;
                 }
-                if !h.unhashed.contains(&key.as_ref()) {
-                    if !std::mem::take(&mut first_hashed) {
-                        h.hasher.update(b",");
+                if !std::mem::take(&mut first) {
+                    buf.push(b',');
+                }
+                let field_start = buf.len();
+                serde_json::to_writer(&mut *buf, key.as_ref())?;
+                buf.push(b':');
+                let value_start = buf.len();
+                buf.extend_from_slice(&values[range.start - self.start..range.end - self.start]);
+                if let Some(h) = hashing.as_deref_mut() {
+                    if key == h.locate {
+                        h.located = Some(self.start + value_start..self.start + buf.len());
                     }
-                    h.hasher.update(&self.out[field_start..]);
+                    if !h.unhashed.contains(&key.as_ref()) {
+                        if !std::mem::take(&mut first_hashed) {
+                            h.hasher.update(b",");
+                        }
+                        h.hasher.update(&buf[field_start..]);
+                    }
                 }
             }
-        }
-        self.out.push(b'}');
+            buf.push(b'}');
+            self.out.truncate(self.start);
+            self.out.extend_from_slice(buf);
+            if buf.capacity() > KEEP_BYTES {
+                *buf = Vec::new();
+            }
+            Ok(())
+        })?;
         if let Some(h) = hashing {
             h.hasher.update(b"}");
             h.done = true;
@@ -424,6 +449,13 @@ impl Object<'_> {
         if self.closes_variant {
             self.out.push(b'}');
         }
+        let mut fields = std::mem::take(&mut self.fields);
+        fields.clear();
+        SPARE_FIELDS.with_borrow_mut(|spare| {
+            if spare.len() < KEEP_FIELD_LISTS && fields.capacity() <= KEEP_FIELDS {
+                spare.push(fields);
+            }
+        });
         Ok(())
     }
 }
