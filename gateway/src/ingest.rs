@@ -182,7 +182,8 @@ impl Ingest {
                 let raw_record = OutRecord {
                     topic: Topic::Raw,
                     key: event.identity.clone(),
-                    payload: body.to_vec(),
+                    // The read buffer itself: not copied.
+                    payload: Vec::from(body),
                     headers: raw_headers,
                 };
                 (Outcome::Published, [raw_record, event_record(event)])
