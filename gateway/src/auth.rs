@@ -95,9 +95,6 @@ fn is_token_pair(pair: &str) -> bool {
 /// The query string without any `token` parameter, other parameters kept
 /// byte-for-byte. This is what is stored and handed to providers.
 pub fn redact_query(query: &str) -> String {
-    if query.is_empty() {
-        return String::new();
-    }
     query
         .split('&')
         .filter(|pair| !pair.is_empty() && !is_token_pair(pair))
