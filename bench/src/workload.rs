@@ -22,7 +22,7 @@ const ONOFF_AUTH: &str = "x-api-key bench-key-0001";
 /// Share of deliveries that repeat an earlier one, in percent.
 pub const RESEND_PERCENT: u64 = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     OnoffCdr,
     OnoffVoicemail,
@@ -126,6 +126,11 @@ fn iso(seconds: u64) -> String {
 }
 
 /// Delivery `i` of run `run` (a short tag that keeps ids unique across runs).
+/// The kind of request `i` (a resend has its original's).
+pub fn kind_of_request(i: u64) -> Kind {
+    kind_of(mix(original_of(i)) >> 16)
+}
+
 pub fn request(run: &str, i: u64) -> Request {
     let j = original_of(i);
     let h = mix(j);
@@ -133,7 +138,7 @@ pub fn request(run: &str, i: u64) -> Request {
     let agent = NAMES[(h % NAMES.len() as u64) as usize];
     let start = j * 7 % 86_400;
     let duration = h % 1_800;
-    match kind_of(h >> 16) {
+    match kind_of_request(i) {
         kind @ (Kind::OnoffCdr | Kind::OnoffVoicemail | Kind::OnoffRecording) => {
             let (event, status, extra) = match kind {
                 Kind::OnoffVoicemail => (
@@ -301,7 +306,7 @@ mod tests {
                 assert_eq!(r.target, request("t", j).target);
             } else {
                 *kinds
-                    .entry(format!("{:?}", kind_of(mix(i) >> 16)))
+                    .entry(format!("{:?}", kind_of_request(i)))
                     .or_default() += 1;
             }
         }
