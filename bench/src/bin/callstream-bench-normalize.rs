@@ -36,6 +36,9 @@ struct Args {
     /// Passes over them; each pass times normalization and the baseline, interleaved.
     #[arg(long, default_value_t = 10)]
     passes: usize,
+    /// Only the deliveries of this kind (`OnoffCdr`, `TelecmiEvent`, ...), for profiling one.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// One workload delivery, as the gateway hands it to its provider.
@@ -117,7 +120,13 @@ struct Tally {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let providers = providers::all();
-    let all = deliveries(args.deliveries, &providers)?;
+    let mut all = deliveries(args.deliveries, &providers)?;
+    if let Some(only) = &args.only {
+        all.retain(|d| format!("{:?}", d.kind) == *only);
+        if all.is_empty() {
+            bail!("no deliveries of kind {only:?}");
+        }
+    }
     let mut kinds: Vec<workload::Kind> = all.iter().map(|d| d.kind).collect();
     kinds.sort();
     kinds.dedup();
@@ -165,7 +174,7 @@ fn main() -> anyhow::Result<()> {
         mix.baseline += tally.baseline;
         println!(
             "| {kind:?} | {:.0} % | {:.0} | {:.0} | {:.2} |",
-            100.0 * tally.deliveries as f64 / (args.passes as u64 * args.deliveries) as f64,
+            100.0 * tally.deliveries as f64 / (args.passes * all.len()) as f64,
             ns(tally.normalize, tally.deliveries),
             ns(tally.baseline, tally.deliveries),
             ns(tally.normalize, tally.deliveries) / ns(tally.baseline, tally.deliveries),
