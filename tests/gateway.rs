@@ -95,6 +95,7 @@ async fn onoff_cdr_is_published_raw_and_normalized() {
     assert_eq!(r.header("cs_request_id"), Some(request_id.as_str()));
     assert_eq!(r.header("cs_h_user_agent"), Some("onoff-webhooks/1.0"));
     assert!(r.header("cs_received_at").unwrap().ends_with('Z'));
+    assert_eq!(r.header("cs_source_tenant"), Some("default"));
 
     let events = gw.read(Topic::Events, 1);
     assert_eq!(events.len(), 1);

@@ -497,6 +497,57 @@ async fn a_dry_run_publishes_nothing_and_reports_each_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sources_configured_tenant_travels_with_the_raw_record() {
+    let gw = spawn_gateway(|f| f.merge(("sources.onoff.tenant", "acme"))).await;
+    let bootstrap = gw.broker.bootstrap_servers();
+    let request_id = post(&gw, "/v1/onoff/cdr", ONOFF_CDR).await;
+    let raw = gw.read_all(Topic::Raw);
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0].header("cs_source_tenant"), Some("acme"));
+    assert_eq!(raw[0].key_str(), "onoff:acme:call:cdr-1001");
+
+    // No --tenant: the recorded tenant rebuilds the very same event.
+    let (report, outcomes) = replay(&bootstrap, &options(Source::Raw, Some(EPOCH), None, true))
+        .await
+        .expect("dry run runs");
+    assert_eq!(
+        (report.read, report.unchanged, report.reidentified),
+        (1, 1, 0),
+        "{outcomes:#?}"
+    );
+
+    // --tenant still wins: a deliberate re-tenanting moves the identity.
+    let mut other = options(Source::Raw, Some(EPOCH), None, true);
+    other.tenants.insert("onoff".into(), "globex".into());
+    let (report, outcomes) = replay(&bootstrap, &other).await.expect("dry run runs");
+    assert_eq!(report.reidentified, 1, "{outcomes:#?}");
+    assert!(outcomes[0]
+        .to_string()
+        .contains("(was onoff:acme:call:cdr-1001"));
+
+    // A record from before the header: --tenant, else `default`.
+    let old = onoff_delivery(
+        &format!("{request_id}-old"),
+        &cdr("cdr-2002"),
+        "2024-05-20T14:40:00.000000Z",
+    );
+    produce(&bootstrap, Topic::Raw.default_name(), &[old]).await;
+    let (_, outcomes) = replay(&bootstrap, &options(Source::Raw, Some(EPOCH), None, true))
+        .await
+        .expect("dry run runs");
+    let old_line = outcomes
+        .iter()
+        .map(ToString::to_string)
+        .find(|line| line.contains("cdr-2002"))
+        .expect("the old record is reported");
+    assert!(
+        old_line.contains("onoff:default:call:cdr-2002"),
+        "{old_line}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_twice_adds_nothing_after_dedup() {
     let gw = spawn_gateway(|f| f).await;
     let bootstrap = gw.broker.bootstrap_servers();

@@ -24,8 +24,9 @@
 //!   order in the content): every replay is new content, an update each time;
 //! * a different `received_at` or request id than the original's (they come
 //!   from the record's headers; a rewritten record breaks it), or another
-//!   tenant for a source than the gateway had: Onoff payloads carry none and
-//!   raw records do not record the configured one, so it is `--tenant`'s job
+//!   tenant for a source than the gateway had: Onoff payloads carry none, so
+//!   the gateway records its configured one (`cs_source_tenant`); records
+//!   written before that header need `--tenant` when it was not `default`
 //!   (a wrong one shows up as `reidentified` in the report);
 //! * a range that holds an older delivery of an identity but not its later
 //!   updates: if the fix changes it, the older content becomes the newest
@@ -110,8 +111,9 @@ pub struct ReplayOptions {
     pub to: Option<Bound>,
     /// Judge everything, publish nothing.
     pub dry_run: bool,
-    /// Tenant per provider name where it differs from the gateway's default
-    /// (`sources.<provider>.tenant`): raw records do not carry it.
+    /// Tenant per provider name, over the one each record carries
+    /// (`cs_source_tenant`, the gateway's `sources.<provider>.tenant`);
+    /// records without it take this, else `default`.
     pub tenants: BTreeMap<String, String>,
 }
 

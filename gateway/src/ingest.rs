@@ -165,6 +165,7 @@ impl Ingest {
                 h::H_RECEIVED_AT,
                 received_at.to_rfc3339_opts(SecondsFormat::Micros, true),
             ),
+            header(h::H_SOURCE_TENANT, source.tenant.as_str()),
         ];
         if let Some(ct) = content_type {
             raw_headers.push(header(h::H_CONTENT_TYPE, ct));

@@ -16,6 +16,9 @@ pub const H_PATH: &str = "cs_path";
 pub const H_QUERY: &str = "cs_query";
 pub const H_CONTENT_TYPE: &str = "cs_content_type";
 pub const H_RECEIVED_AT: &str = "cs_received_at";
+/// The tenant configured for the source (`sources.<provider>.tenant`): the
+/// event's tenant when the payload names none. Replay reads it back.
+pub const H_SOURCE_TENANT: &str = "cs_source_tenant";
 /// DLQ only: machine-readable reason ([`crate::NormalizeError::code`]).
 pub const H_DLQ_REASON: &str = "cs_dlq_reason";
 /// DLQ only: human-readable reason.
@@ -47,6 +50,11 @@ pub struct RawMeta {
     pub cs_content_type: Option<String>,
     /// RFC 3339, UTC.
     pub cs_received_at: DateTime<Utc>,
+    /// The tenant configured for the source (`sources.<provider>.tenant`),
+    /// which the event takes when the payload names none. Absent on records
+    /// written before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cs_source_tenant: Option<String>,
     /// DLQ only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cs_dlq_reason: Option<String>,

@@ -215,6 +215,7 @@ fn promised_headers_are_the_ones_the_code_writes() {
         raw::H_QUERY,
         raw::H_CONTENT_TYPE,
         raw::H_RECEIVED_AT,
+        raw::H_SOURCE_TENANT,
     ] {
         assert!(names.contains(name), "raw headers lack {name}");
     }

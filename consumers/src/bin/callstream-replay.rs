@@ -59,8 +59,10 @@ struct Common {
     /// Read and judge everything, publish nothing.
     #[arg(long)]
     dry_run: bool,
-    /// The gateway's `sources.<provider>.tenant` where it is not `default`
-    /// (raw records do not carry it); repeat per provider.
+    /// The tenant for a provider's deliveries whose payload names none,
+    /// over the one the gateway recorded (`cs_source_tenant`); needed only
+    /// for records written before that header, when the gateway's
+    /// `sources.<provider>.tenant` was not `default`. Repeat per provider.
     #[arg(long = "tenant", value_name = "PROVIDER=TENANT")]
     tenants: Vec<TenantOverride>,
 }

@@ -5,10 +5,11 @@
 //! query and content type come from the `cs_*` headers
 //! (`callstream_schemas::raw`). The context gets the original
 //! `cs_received_at` and `cs_request_id`, so an unchanged normalizer derives
-//! the identity and fingerprint it derived then. The one thing a raw record
-//! does not carry is the tenant configured for its source
-//! (`sources.<provider>.tenant` in the gateway); it is given here, per
-//! provider, and defaults to the gateway's default.
+//! the identity and fingerprint it derived then, and the tenant configured
+//! for the source then (`cs_source_tenant`), the event's tenant when the
+//! payload names none. `--tenant` overrides it per provider; records
+//! written before the header existed take `--tenant`, else the gateway's
+//! default.
 
 use std::collections::BTreeMap;
 
@@ -47,39 +48,32 @@ impl Failure {
 
 pub(crate) struct Renormalizer {
     providers: Vec<Box<dyn Provider>>,
-    /// Tenant per provider name.
-    tenants: BTreeMap<String, String>,
+    /// `--tenant`: the tenant per provider name, over the record's own.
+    overrides: BTreeMap<String, String>,
     /// Name of the raw topic, for the events' `raw` pointer (for DLQ
     /// records too: their raw record is there, under the same request id).
     raw_topic: String,
 }
 
 impl Renormalizer {
-    /// `tenants` overrides the default tenant per provider name.
+    /// `overrides` replaces the source's tenant per provider name.
     pub fn new(
-        tenants: &BTreeMap<String, String>,
+        overrides: &BTreeMap<String, String>,
         raw_topic: &str,
     ) -> Result<Renormalizer, ReplayError> {
         let providers = providers::all();
-        let mut all: BTreeMap<String, String> = providers
-            .iter()
-            .map(|p| (p.id().as_str().to_string(), DEFAULT_TENANT.to_string()))
-            .collect();
-        for (provider, tenant) in tenants {
-            match all.get_mut(provider) {
-                Some(t) => t.clone_from(tenant),
-                None => {
-                    let known: Vec<&str> = all.keys().map(String::as_str).collect();
-                    return Err(ReplayError::InvalidOption(format!(
-                        "--tenant {provider}={tenant}: no provider `{provider}` (known: {})",
-                        known.join(", ")
-                    )));
-                }
+        for (provider, tenant) in overrides {
+            if !providers.iter().any(|p| p.id().as_str() == provider) {
+                let known: Vec<&str> = providers.iter().map(|p| p.id().as_str()).collect();
+                return Err(ReplayError::InvalidOption(format!(
+                    "--tenant {provider}={tenant}: no provider `{provider}` (known: {})",
+                    known.join(", ")
+                )));
             }
         }
         Ok(Renormalizer {
             providers,
-            tenants: all,
+            overrides: overrides.clone(),
             raw_topic: raw_topic.to_string(),
         })
     }
@@ -122,9 +116,11 @@ impl Renormalizer {
         };
         let ctx = Context {
             default_tenant: self
-                .tenants
+                .overrides
                 .get(source)
-                .map_or(DEFAULT_TENANT, String::as_str),
+                .map(String::as_str)
+                .or_else(|| header(msg, h::H_SOURCE_TENANT))
+                .unwrap_or(DEFAULT_TENANT),
             received_at,
             request_id,
             raw_topic: &self.raw_topic,
