@@ -676,6 +676,54 @@ async fn a_dead_target_does_not_delay_a_healthy_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_targets_lag_shows_what_it_has_left() {
+    let kafka = Kafka::start();
+    let healthy = FakeCrm::start().await;
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let settings = settings(
+        &kafka.bootstrap(),
+        json!({
+            "healthy": {"kind": "webhook", "url": healthy.url("/")},
+            // Stuck on its first event for minutes.
+            "stuck": {
+                "kind": "webhook",
+                "url": format!("http://127.0.0.1:{closed_port}/"),
+                "max_attempts": 100,
+                "initial_backoff_ms": 1000,
+                "max_backoff_ms": 1000,
+            },
+        }),
+    );
+    // One key, so one partition: the stuck target's position there is
+    // right after its first event, and the other four are its lag.
+    for _ in 0..5 {
+        let event = event("sms", "inbound", "completed");
+        kafka
+            .send("one-partition", &serde_json::to_vec(&event).unwrap(), 1)
+            .await;
+    }
+    let crm = start(&settings);
+    let lag = |target: &str| {
+        crm.metric(
+            "callstream_crm_lag_records",
+            &format!(r#"target="{target}""#),
+        )
+    };
+    wait("the healthy target has every event", || {
+        healthy.delivered().len() == 5
+    })
+    .await;
+    wait("lag: 0 for the healthy target, 4 for the stuck one", || {
+        lag("healthy") == 0.0 && lag("stuck") == 4.0
+    })
+    .await;
+    crm.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_is_committed_only_once_delivered() {
     let kafka = Kafka::start();
     let crm_server = FakeCrm::start().await;

@@ -531,6 +531,33 @@ async fn links_not_ready_are_polled_then_archived_or_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_shows_what_waits_behind_a_link_not_ready() {
+    let (kafka, media, dir) = setup().await;
+    media.script("/later.mp3", [Reply::Status(404)]);
+    let waiting = onoff("later-1", Some(&media.url("/later.mp3")), None, "");
+    let behind: Vec<Event> = (0..3)
+        .map(|i| onoff(&format!("behind-{i}"), None, None, ""))
+        .collect();
+    let mut events = vec![(waiting, 1)];
+    events.extend(behind.into_iter().map(|e| (e, 1)));
+    // One partition: the three behind the waiting link are its lag.
+    produce_events(&kafka.bootstrap(), &events, Some(0)).await;
+
+    let archiver = start(&settings(&kafka, dir.path(), |f| {
+        f.merge(("recordings.not_ready_retry_secs", 600))
+    }));
+    wait("the link is being polled", || {
+        media.requests("/later.mp3").len() >= 2
+    })
+    .await;
+    wait("lag 3", || {
+        archiver.metric("callstream_recordings_lag_records", "") == 3.0
+    })
+    .await;
+    archiver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_dead_lettered_and_timeouts_retried() {
     let (kafka, media, dir) = setup().await;
     media.script(

@@ -36,6 +36,8 @@ pub mod settings;
 mod target;
 pub mod webhook;
 
+use std::sync::Arc;
+
 use prometheus::Registry;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
@@ -122,7 +124,7 @@ impl CrmConsumer {
             targets.push(TargetLoop {
                 name: name.clone(),
                 group,
-                consumer,
+                consumer: Arc::new(consumer),
                 topic: settings.topics.name(Topic::EventsUnique).to_string(),
                 dlq_topic: settings.topics.name(Topic::CrmDlq).to_string(),
                 producer: producer.clone(),

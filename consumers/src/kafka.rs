@@ -160,8 +160,10 @@ impl ConsumerContext for TrackingContext {
 /// partitions, from the high watermarks librdkafka caches from its fetch
 /// responses: no request to the broker (one request per partition took
 /// seconds with hundreds of partitions). A partition not fetched yet counts
-/// as 0. `None` if the consumer has no positions.
-pub fn consumer_lag<C: Consumer<TrackingContext>>(consumer: &C) -> Option<i64> {
+/// as 0. `None` if the consumer has no positions. While librdkafka's
+/// prefetch queue is full (`queued.max.messages.kbytes`) it does not fetch,
+/// so the figure then stops rising even if the topic grows.
+pub fn consumer_lag<X: ConsumerContext, C: Consumer<X>>(consumer: &C) -> Option<i64> {
     let positions = consumer.position().ok()?;
     let client = consumer.client();
     let mut lag = 0;
@@ -201,10 +203,11 @@ pub const LAG_EVERY: Duration = Duration::from_secs(2);
 pub struct LagReporter(tokio::task::JoinHandle<()>);
 
 impl LagReporter {
-    pub fn spawn<C: Consumer<TrackingContext> + Send + Sync + 'static>(
-        consumer: Arc<C>,
-        gauge: prometheus::IntGauge,
-    ) -> LagReporter {
+    pub fn spawn<X, C>(consumer: Arc<C>, gauge: prometheus::IntGauge) -> LagReporter
+    where
+        X: ConsumerContext,
+        C: Consumer<X> + Send + Sync + 'static,
+    {
         LagReporter(tokio::spawn(async move {
             loop {
                 if let Some(lag) = consumer_lag(consumer.as_ref()) {
@@ -213,6 +216,13 @@ impl LagReporter {
                 tokio::time::sleep(LAG_EVERY).await;
             }
         }))
+    }
+
+    /// Stops it and waits until its task, and so its reference to the
+    /// consumer, is gone.
+    pub async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
     }
 }
 
@@ -286,9 +296,10 @@ pub fn commit_after<C: ConsumerContext + 'static>(
 }
 
 /// Commits the stored offsets synchronously, then closes the consumer,
-/// which leaves the group at once.
+/// which leaves the group at once (if this was its last reference: stop
+/// its [`LagReporter`] first).
 pub async fn commit_and_close<C: ConsumerContext + 'static>(
-    consumer: rdkafka::consumer::StreamConsumer<C>,
+    consumer: Arc<rdkafka::consumer::StreamConsumer<C>>,
 ) {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     let _ = tokio::task::spawn_blocking(move || {

@@ -59,6 +59,8 @@ pub mod settings;
 pub mod source;
 pub mod template;
 
+use std::sync::Arc;
+
 use prometheus::Registry;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
@@ -121,7 +123,7 @@ impl RecordingsConsumer {
         Ok(RecordingsConsumer {
             archive_loop: ArchiveLoop {
                 group: recordings.group_id.clone(),
-                consumer,
+                consumer: Arc::new(consumer),
                 topic: settings.topics.name(Topic::EventsUnique).to_string(),
                 recordings_topic: settings.topics.name(Topic::Recordings).to_string(),
                 dlq_topic: settings.topics.name(Topic::RecordingsDlq).to_string(),

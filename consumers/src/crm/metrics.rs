@@ -3,7 +3,8 @@
 //! or an error message.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// What happened to an event, for `callstream_crm_events_total`.
@@ -50,6 +51,7 @@ pub struct CrmMetrics {
     rate_limit_waits: IntCounterVec,
     dlq_produce_errors: IntCounterVec,
     request_duration: HistogramVec,
+    lag: IntGaugeVec,
 }
 
 /// The metrics of one target, its label already applied.
@@ -62,6 +64,7 @@ pub struct TargetMetrics {
     pub rate_limit_waits: IntCounter,
     pub dlq_produce_errors: IntCounter,
     pub request_duration: Histogram,
+    pub lag: IntGauge,
 }
 
 impl CrmMetrics {
@@ -82,6 +85,15 @@ impl CrmMetrics {
             &["target"],
         )?;
         registry.register(Box::new(request_duration.clone()))?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "callstream_crm_lag_records",
+                "Records between the target's position and the end of its partitions \
+                 (refreshed every 2 s, from librdkafka's cached watermarks).",
+            ),
+            &["target"],
+        )?;
+        registry.register(Box::new(lag.clone()))?;
         Ok(CrmMetrics {
             events: counter(
                 "events_total",
@@ -109,6 +121,7 @@ impl CrmMetrics {
                 &["target"],
             )?,
             request_duration,
+            lag,
         })
     }
 
@@ -128,6 +141,7 @@ impl CrmMetrics {
             rate_limit_waits: self.rate_limit_waits.with_label_values(&[target]),
             dlq_produce_errors: self.dlq_produce_errors.with_label_values(&[target]),
             request_duration: self.request_duration.with_label_values(&[target]),
+            lag: self.lag.with_label_values(&[target]),
         }
     }
 }

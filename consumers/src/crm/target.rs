@@ -1,6 +1,7 @@
 //! The loop of one target: its own consumer group, records in order, each
 //! committed only once it was delivered, dead-lettered, or skipped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -13,7 +14,7 @@ use callstream_schemas::Kind;
 
 use super::deliver::{Deliverer, Delivery};
 use super::metrics::{EventOutcome, TargetMetrics};
-use crate::kafka::decode_unique;
+use crate::kafka::{decode_unique, LagReporter};
 use crate::runtime::{pause, wait_for};
 
 /// Headers added to a dead letter, besides the original ones.
@@ -27,7 +28,7 @@ const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
 pub struct TargetLoop {
     pub name: String,
     pub group: String,
-    pub consumer: StreamConsumer,
+    pub consumer: Arc<StreamConsumer>,
     pub topic: String,
     pub dlq_topic: String,
     pub producer: FutureProducer,
@@ -41,6 +42,7 @@ impl TargetLoop {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.topic])?;
         tracing::info!(crm_target = %self.name, group = %self.group, "CRM target consuming");
+        let lag = LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
         loop {
             let msg = tokio::select! {
                 biased;
@@ -69,6 +71,7 @@ impl TargetLoop {
             self.metrics.event(outcome);
             self.store(&msg);
         }
+        lag.stop().await;
         self.close().await;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The archiver's loop: unique records in order, each committed only after
 //! every recordings event for it, or its dead letter, was acknowledged.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -16,7 +17,7 @@ use super::metrics::{MediaOutcome, Metrics};
 use super::settings::MAX_MEDIA_PER_EVENT;
 use super::source;
 use super::template::{Redactor, Resolver};
-use crate::kafka::decode_unique;
+use crate::kafka::{decode_unique, LagReporter};
 use crate::runtime::{pause, wait_for};
 
 /// Headers added to a dead letter, besides the original ones.
@@ -28,7 +29,7 @@ const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 pub struct ArchiveLoop {
     pub group: String,
-    pub consumer: StreamConsumer,
+    pub consumer: Arc<StreamConsumer>,
     pub topic: String,
     pub recordings_topic: String,
     pub dlq_topic: String,
@@ -50,6 +51,7 @@ impl ArchiveLoop {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.topic])?;
         tracing::info!(group = %self.group, topic = %self.topic, "recordings archiver consuming");
+        let lag = LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
         loop {
             let msg = tokio::select! {
                 biased;
@@ -76,6 +78,7 @@ impl ArchiveLoop {
             }
             self.store(&msg);
         }
+        lag.stop().await;
         self.close().await;
         Ok(())
     }

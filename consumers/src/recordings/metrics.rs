@@ -2,7 +2,7 @@
 //! (media, outcome, reason, topic); never an event id, a URL or an error
 //! message.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use callstream_schemas::recording::Media;
 
@@ -72,6 +72,7 @@ pub struct Metrics {
     pub downloaded_bytes: IntCounter,
     pub dead_letters: IntCounter,
     pub download_duration: Histogram,
+    pub lag: IntGauge,
 }
 
 impl Metrics {
@@ -99,6 +100,12 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(download_duration.clone()))?;
+        let lag = IntGauge::new(
+            "callstream_recordings_lag_records",
+            "Records between the archiver's position and the end of its partitions \
+             (refreshed every 2 s, from librdkafka's cached watermarks).",
+        )?;
+        registry.register(Box::new(lag.clone()))?;
         let metrics = Metrics {
             media: vec(
                 "media_total",
@@ -133,6 +140,7 @@ impl Metrics {
                 "Unique records copied to the recordings dead-letter topic.",
             )?,
             download_duration,
+            lag,
         };
         for media in Media::ALL {
             for outcome in MediaOutcome::ALL {
