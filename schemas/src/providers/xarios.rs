@@ -83,13 +83,20 @@ fn unwrap_embedded_document(top: &mut Map<String, Value>) {
 /// `dur=10` next to `cdr[id]=..`: flat CDR fields belong under `cdr`; a
 /// value given both ways keeps the one spelled under `cdr`.
 fn hoist_flat_cdr_fields(top: &mut Map<String, Value>) {
-    let flat: Vec<(String, Value)> = CDR_FIELDS
-        .iter()
-        .filter_map(|name| top.remove_entry(*name))
+    // The document's few keys looked up among the CDR names, rather than
+    // every CDR name looked up in the document (70 map searches each time).
+    let names: Vec<String> = top
+        .keys()
+        .filter(|key| CDR_FIELDS.contains(&key.as_str()))
+        .cloned()
         .collect();
-    if flat.is_empty() {
+    if names.is_empty() {
         return;
     }
+    let flat: Vec<(String, Value)> = names
+        .iter()
+        .filter_map(|name| top.remove_entry(name))
+        .collect();
     let cdr = top
         .entry("cdr")
         .or_insert_with(|| Value::Object(Map::new()));
