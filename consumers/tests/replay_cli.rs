@@ -37,6 +37,33 @@ async fn replay(gw: &TestGateway, args: &[&str]) -> Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_logged_on_stderr_and_stdout_stays_the_report() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cmd = std::process::Command::new(REPLAY);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KAFKA_BOOTSTRAP_SERVERS", closed.to_string())
+        .args(["raw", "--from", "1970-01-01T00:00:00Z"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("binary runs"))
+        .await
+        .expect("joined");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success());
+    assert_eq!(stdout, "", "no report, and no log line, on stdout");
+    // librdkafka's own account of each failed connection, while it retries.
+    assert!(
+        stderr.contains(&closed.to_string()) && stderr.contains("refused"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_prints_what_it_would_do_and_publishes_nothing() {
     let gw = spawn_gateway(|f| f).await;
     post(&gw, "/v1/onoff/sms", ONOFF_SMS).await;

@@ -14,15 +14,32 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default `info`.
+/// Installs the global subscriber, writing to stdout. `RUST_LOG` overrides
+/// the default `info`.
 pub fn init(format: LogFormat) {
+    init_with(format, std::io::stdout, std::io::stdout().is_terminal());
+}
+
+/// As [`init`], writing to stderr: for tools whose stdout is their output
+/// (`callstream-replay`'s report).
+pub fn init_stderr(format: LogFormat) {
+    init_with(format, std::io::stderr, std::io::stderr().is_terminal());
+}
+
+fn init_with<W>(format: LogFormat, writer: W, terminal: bool)
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stdout().is_terminal(),
+        LogFormat::Auto => !terminal,
     };
-    let builder = fmt().with_env_filter(filter).with_target(false);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(writer);
     // try_init: tests may install a subscriber more than once per process.
     let _ = if json {
         builder

@@ -71,11 +71,9 @@ struct Common {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
-    // Stdout is the report. The shared logger writes to stdout as well, so
-    // it is only installed on request.
-    if std::env::var_os("RUST_LOG").is_some() {
-        callstream_gateway::telemetry::init(settings.log_format);
-    }
+    // Stdout is the report; logs (Kafka's complaints, say, while a broker
+    // cannot be reached) go to stderr.
+    callstream_gateway::telemetry::init_stderr(settings.log_format);
     let (source, from, common) = match cli.command {
         Command::Raw { from, common } => (Source::Raw, Some(from), common),
         Command::Dlq { from, common } => (Source::Dlq, from, common),
