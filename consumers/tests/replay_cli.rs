@@ -37,7 +37,7 @@ async fn replay(gw: &TestGateway, args: &[&str]) -> Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_broker_is_logged_on_stderr_and_stdout_stays_the_report() {
+async fn logs_go_to_stderr_and_stdout_stays_the_report() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -56,11 +56,17 @@ async fn an_unreachable_broker_is_logged_on_stderr_and_stdout_stays_the_report()
     );
     assert!(!out.status.success());
     assert_eq!(stdout, "", "no report, and no log line, on stdout");
-    // librdkafka's own account of each failed connection, while it retries.
-    assert!(
-        stderr.contains(&closed.to_string()) && stderr.contains("refused"),
-        "{stderr}"
-    );
+    // Its own log line (JSON: stderr is not a terminal here), then the error.
+    // (librdkafka's connection failures reach the log too, but only when
+    // some client polls its queue in time, so they are not asserted.)
+    let started = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "replay starting")
+        .unwrap_or_else(|| panic!("no start line in\n{stderr}"));
+    assert_eq!(started["topic"], "callstream.raw.v1");
+    assert_eq!(started["from"], "1970-01-01T00:00:00Z");
+    assert!(stderr.contains("Kafka failed"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

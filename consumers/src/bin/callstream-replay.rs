@@ -89,6 +89,14 @@ async fn main() -> anyhow::Result<()> {
             .map(|t| (t.provider, t.tenant))
             .collect(),
     };
+    let show = |b: &Option<Bound>| b.as_ref().map_or_else(|| "-".to_string(), Bound::to_string);
+    tracing::info!(
+        topic = settings.topics.name(options.source.topic()),
+        from = %show(&options.from),
+        to = %show(&options.to),
+        dry_run = options.dry_run,
+        "replay starting"
+    );
     // A closed stdout (`| head`) must not stop a replay half-published.
     let report = replay::run(&settings, &options, |outcome| {
         if outcome.is_change() {
