@@ -42,6 +42,8 @@ pub struct KafkaSettings {
     /// Comma-separated brokers (`KAFKA_BOOTSTRAP_SERVERS`). Required.
     pub bootstrap_servers: String,
     /// Extra librdkafka properties for every client (security, SASL, ...).
+    /// Nested levels join with dots, as in the gateway.
+    #[serde(deserialize_with = "callstream_gateway::config::dotted_properties")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -254,6 +256,19 @@ mod tests {
                 ))
                 .merge(Serialized::default(key, value)),
         )
+    }
+
+    #[test]
+    fn nested_kafka_properties_join_with_dots() {
+        // What `CALLSTREAM_KAFKA__PROPERTIES__SESSION__TIMEOUT__MS=6000` gives.
+        let s = with("kafka.properties.session.timeout.ms", 6000).unwrap();
+        assert_eq!(
+            s.kafka
+                .properties
+                .get("session.timeout.ms")
+                .map(String::as_str),
+            Some("6000")
+        );
     }
 
     #[test]

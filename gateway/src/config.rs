@@ -73,7 +73,58 @@ pub struct KafkaSettings {
     pub embedded_partitions: i32,
     /// Extra librdkafka properties (security.protocol, sasl.*, ...). They
     /// cannot weaken durability: `acks` and `enable.idempotence` are fixed.
+    /// Nested levels join with dots (see [`dotted_properties`]).
+    #[serde(deserialize_with = "dotted_properties")]
     pub properties: BTreeMap<String, String>,
+}
+
+/// librdkafka properties, their names joined with dots wherever the
+/// configuration nested them: `CALLSTREAM_KAFKA__PROPERTIES__SASL__USERNAME`
+/// (the environment cannot spell a dot) and a TOML `[kafka.properties.sasl]`
+/// table both give `sasl.username`, as the quoted TOML key
+/// `"sasl.username"` does. Values may be strings, numbers or booleans
+/// (the environment reads `6000` as a number). Given both ways, the nested
+/// spelling wins: it is the one the environment, the top layer, writes.
+pub fn dotted_properties<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Node {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Flag(bool),
+        Table(BTreeMap<String, Node>),
+    }
+    fn flatten(prefix: &str, table: BTreeMap<String, Node>, out: &mut BTreeMap<String, String>) {
+        // Leaves first, so a nested value overwrites a quoted dotted key.
+        let (leaves, tables): (Vec<_>, Vec<_>) = table
+            .into_iter()
+            .partition(|(_, node)| !matches!(node, Node::Table(_)));
+        for (key, node) in leaves.into_iter().chain(tables) {
+            let name = if prefix.is_empty() {
+                key
+            } else {
+                format!("{prefix}.{key}")
+            };
+            let value = match node {
+                Node::Text(s) => s,
+                Node::Integer(n) => n.to_string(),
+                Node::Float(x) => x.to_string(),
+                Node::Flag(b) => b.to_string(),
+                Node::Table(inner) => {
+                    flatten(&name, inner, out);
+                    continue;
+                }
+            };
+            out.insert(name, value);
+        }
+    }
+    let mut out = BTreeMap::new();
+    flatten("", BTreeMap::deserialize(deserializer)?, &mut out);
+    Ok(out)
 }
 
 /// The local write-ahead spool that takes deliveries while Kafka cannot.
@@ -398,6 +449,53 @@ mod tests {
 
     fn error_of(f: impl FnOnce(Figment) -> Figment) -> String {
         load(f).expect_err("config must be refused").to_string()
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type.
+    fn librdkafka_properties_can_be_spelled_in_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gw.toml",
+                r#"
+                [kafka.properties]
+                "security.protocol" = "SASL_SSL"
+                "sasl.username" = "from-file"
+                [kafka.properties.ssl]
+                "ca.location" = "/etc/ssl/ca.pem"
+                "#,
+            )?;
+            jail.set_env("CALLSTREAM_KAFKA__PROPERTIES__SASL__USERNAME", "from-env");
+            jail.set_env("CALLSTREAM_KAFKA__PROPERTIES__SASL__MECHANISM", "PLAIN");
+            jail.set_env("CALLSTREAM_KAFKA__PROPERTIES__SOCKET__TIMEOUT__MS", "6000");
+            jail.set_env(
+                "CALLSTREAM_KAFKA__PROPERTIES__SOCKET__KEEPALIVE__ENABLE",
+                "true",
+            );
+            let s = Settings::load(Some(Path::new("gw.toml"))).expect("valid");
+            let expected: BTreeMap<String, String> = [
+                ("sasl.mechanism", "PLAIN"),
+                ("sasl.username", "from-env"),
+                ("security.protocol", "SASL_SSL"),
+                ("socket.keepalive.enable", "true"),
+                ("socket.timeout.ms", "6000"),
+                ("ssl.ca.location", "/etc/ssl/ca.pem"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            assert_eq!(s.kafka.properties, expected);
+
+            // Spelled this way, the fixed ones are still refused.
+            jail.set_env("CALLSTREAM_KAFKA__PROPERTIES__ENABLE__IDEMPOTENCE", "false");
+            let err = Settings::load(Some(Path::new("gw.toml"))).expect_err("refused");
+            assert!(
+                err.to_string()
+                    .contains("kafka.properties.enable.idempotence"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]
