@@ -348,6 +348,12 @@ impl Running {
     }
 }
 
+/// A loopback port nothing listens on (it was bound, then released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 async fn wait(what: &str, check: impl FnMut() -> bool) {
     assert!(
         eventually(DEADLINE, check).await,
@@ -609,10 +615,7 @@ async fn a_dead_target_does_not_delay_a_healthy_one() {
     let kafka = Kafka::start();
     let (healthy, failing) = (FakeCrm::start().await, FakeCrm::start().await);
     failing.answer_everything(Reply::Status(500));
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed_port = closed_port();
     // Ten attempts with back-off from 200 ms: several seconds per event.
     let retrying = json!({
         "max_attempts": 10,
@@ -679,10 +682,7 @@ async fn a_dead_target_does_not_delay_a_healthy_one() {
 async fn each_targets_lag_shows_what_it_has_left() {
     let kafka = Kafka::start();
     let healthy = FakeCrm::start().await;
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed_port = closed_port();
     let settings = settings(
         &kafka.bootstrap(),
         json!({
