@@ -11,7 +11,9 @@ use callstream_consumers::analytics::AnalyticsWriter;
 use callstream_testkit::count_records;
 use callstream_testkit::expected::{actual, assert_kpis, expected, Kpi};
 use callstream_testkit::sinks::{produce, setup, start_sink, wait_caught_up};
-use callstream_testkit::unique::{at, finals, scenario, unique_topic, Outcome, Revision, Spec};
+use callstream_testkit::unique::{
+    at, finals, scenario, spec, unique_topic, Outcome, Revision, Spec,
+};
 
 const GROUP: &str = "callstream-analytics";
 const CATCH_UP: Duration = Duration::from_secs(60);
@@ -251,4 +253,49 @@ async fn restarts_and_a_full_replay_never_count_twice() {
     wait_caught_up(&client, "replay", end, CATCH_UP).await;
     replay.stop().await;
     assert_kpis(&actual(&client).await, &want);
+}
+
+/// A record PostgreSQL refuses (here an agent id holding a NUL character,
+/// which no `text` key may hold) is set aside in `rejected_events` and
+/// counts nowhere; every other event of its batch is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_postgresql_refuses_is_set_aside_and_the_rest_counted() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let base = at("2024-06-03T10:00:00Z");
+    let mut records: Vec<Revision> = (0..40)
+        .map(|i| Revision {
+            spec: spec("n", i, base),
+            revision: 1,
+            received_at: at("2024-06-03T12:30:00Z"),
+        })
+        .collect();
+    let Spec::Call(poisoned) = &mut records[1].spec else {
+        panic!("the scenario's second event is a call");
+    };
+    poisoned.agent = "21\u{0}0".into();
+    produce(&bootstrap, &records, Some(0)).await;
+    let registry = Registry::new();
+    let writer = AnalyticsWriter::new(&registry).expect("metrics register");
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer).await;
+    wait_caught_up(&client, GROUP, records.len() as i64, CATCH_UP).await;
+
+    let counted: Vec<Revision> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, r)| r.clone())
+        .collect();
+    assert_kpis(&actual(&client).await, &expected(&counted));
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM rejected_events
+             WHERE consumer_group = 'callstream-analytics' AND record_offset = 1"
+        )
+        .await,
+        1
+    );
+    assert_eq!(sink.metrics.rejected.get(), 1);
+    sink.stop().await;
 }

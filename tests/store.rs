@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus::Registry;
+use uuid::Uuid;
 
 use callstream_consumers::pg;
 use callstream_consumers::store::StoreWriter;
+use callstream_schemas::Event;
 use callstream_testkit::count_records;
 use callstream_testkit::expected::{assert_newest_revisions, store_rows};
 use callstream_testkit::postgres::TestDatabase;
-use callstream_testkit::sinks::{produce, setup, start_sink, wait_caught_up};
+use callstream_testkit::sinks::{
+    produce, produce_events, setup, start_sink, stored_position, wait_caught_up,
+};
 use callstream_testkit::unique::{at, scenario, set_notes, spec, unique_topic, Revision};
 
 const GROUP: &str = "callstream-store";
@@ -256,4 +260,188 @@ async fn migrations_upgrade_a_filled_table_in_place() {
         count("SELECT count(*) FROM events WHERE call_id = 'onoff:Acme:call:2'").await,
         1
     );
+}
+
+/// Records PostgreSQL cannot take (a NUL character, which no `text` or
+/// `jsonb` value may hold; a call id too long for a B-tree index entry) are
+/// set aside in `rejected_events` with the reason and the record as
+/// received, and the rest of their batch lands: before, one such record
+/// stopped the consumer, and every restart stopped at it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_postgresql_refuses_is_set_aside_and_the_rest_lands() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let base = at("2024-06-03T10:00:00Z");
+    let received = at("2024-06-03T12:00:00Z");
+    let mut events: Vec<(Event, i32)> = (0..12)
+        .map(|i| (spec("r", i, base).event(received), 1))
+        .collect();
+    events[4].0.internal.name = Some("Bob\u{0} Smith".into());
+    // Random hex does not compress below the index entry's 2,704 bytes.
+    events[7].0.correlation.call_id = Some(
+        (0..300)
+            .map(|_| Uuid::new_v4().simple().to_string())
+            .collect(),
+    );
+    produce_events(&bootstrap, &events, Some(0)).await;
+
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer()).await;
+    wait_caught_up(&client, GROUP, events.len() as i64, CATCH_UP).await;
+
+    let stored: BTreeSet<String> = store_rows(&client).await.into_keys().collect();
+    let expected: BTreeSet<String> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![4, 7].contains(i))
+        .map(|(_, (e, _))| e.identity.clone())
+        .collect();
+    assert_eq!(stored, expected);
+    let rejected = client
+        .query(
+            "SELECT consumer_group, topic, partition, record_offset, event_id, revision,
+                    sqlstate, error, record
+             FROM rejected_events ORDER BY record_offset",
+            &[],
+        )
+        .await
+        .expect("rejected_events is readable");
+    assert_eq!(rejected.len(), 2);
+    for (row, (index, sqlstate)) in rejected.iter().zip([(4, "22"), (7, "54")]) {
+        let (event, revision) = &events[index];
+        assert_eq!(row.get::<_, String>("consumer_group"), GROUP);
+        assert_eq!(row.get::<_, String>("topic"), unique_topic());
+        assert_eq!(row.get::<_, i32>("partition"), 0);
+        assert_eq!(row.get::<_, i64>("record_offset"), index as i64);
+        assert_eq!(row.get::<_, Uuid>("event_id"), event.event_id);
+        assert_eq!(row.get::<_, i32>("revision"), *revision);
+        let state: String = row.get("sqlstate");
+        assert!(state.starts_with(sqlstate), "{index}: SQLSTATE {state}");
+        assert!(!row.get::<_, String>("error").is_empty());
+        assert_eq!(
+            row.get::<_, Vec<u8>>("record"),
+            serde_json::to_vec(event).unwrap(),
+            "the record as received"
+        );
+    }
+    assert_eq!(sink.metrics.rejected.get(), 2);
+    assert_eq!(sink.metrics.consumed.get(), 10);
+    sink.stop().await;
+
+    // Set aside for good: a restart resumes after them.
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-2", writer()).await;
+    produce_events(
+        &bootstrap,
+        &[(spec("r", 12, base).event(received), 1)],
+        Some(0),
+    )
+    .await;
+    wait_caught_up(&client, GROUP, 13, CATCH_UP).await;
+    assert_eq!(sink.metrics.consumed.get(), 1);
+    assert_eq!(sink.metrics.rejected.get(), 0);
+    sink.stop().await;
+}
+
+/// PostgreSQL going away (connections cut, then refused for a while) holds
+/// the consumer back without stopping it: the batch rolls back, is retried
+/// with backoff on a new connection, and lands once the database is back.
+/// A stop during the outage returns at once, and nothing is lost or applied
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_retried_and_loses_nothing() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let base = at("2024-06-03T10:00:00Z");
+    let received = at("2024-06-03T12:00:00Z");
+    let wave = |from: usize| -> Vec<Revision> {
+        (from..from + 40)
+            .map(|i| Revision {
+                spec: spec("o", i, base),
+                revision: 1,
+                received_at: received,
+            })
+            .collect()
+    };
+    // From the cluster's `postgres` database, which stays open: the test's
+    // own connection to the test database is cut too, and comes back.
+    let (admin, connection) = tokio_postgres::connect(
+        &db.url.replace(&format!("/{}", db.name), "/postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connects to the cluster");
+    tokio::spawn(connection);
+    let mut client = client;
+    let cut = |allow: bool| {
+        let admin = &admin;
+        let name = db.name.clone();
+        async move {
+            admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allow};
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+                ))
+                .await
+                .expect("the cluster takes the change");
+        }
+    };
+    let (w1, w2, w3) = (wave(0), wave(100), wave(200));
+    produce(&bootstrap, &w1, None).await;
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-1", writer()).await;
+    wait_caught_up(&client, GROUP, 40, CATCH_UP).await;
+
+    // Connections cut: the next batch finds its connection closed and
+    // reconnects.
+    cut(true).await;
+    client = db.connect().await;
+    produce(&bootstrap, &w2, None).await;
+    wait_caught_up(&client, GROUP, 80, CATCH_UP).await;
+    assert!(
+        sink.metrics.db_errors.get() >= 1,
+        "the lost connection was seen"
+    );
+
+    // Connections cut and refused: the batch waits and is retried.
+    cut(false).await;
+    produce(&bootstrap, &w3, None).await;
+    let deadline = std::time::Instant::now() + CATCH_UP;
+    while sink.metrics.db_errors.get() < 4 {
+        assert!(std::time::Instant::now() < deadline, "no retries seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored: i64 = admin
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+                db.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored, 0,
+        "no connection to the database while it refuses them"
+    );
+    tokio::time::timeout(Duration::from_secs(10), sink.stop())
+        .await
+        .expect("a stop during the outage returns");
+
+    cut(true).await;
+    client = db.connect().await;
+    assert_eq!(
+        stored_position(&client, GROUP).await,
+        80,
+        "the third wave waited"
+    );
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-2", writer()).await;
+    wait_caught_up(&client, GROUP, 120, CATCH_UP).await;
+    assert_eq!(
+        sink.metrics.consumed.get(),
+        40,
+        "only the third wave was left"
+    );
+    let all: Vec<Revision> = w1.iter().chain(&w2).chain(&w3).cloned().collect();
+    assert_newest_revisions(&client, &all).await;
+    sink.stop().await;
 }

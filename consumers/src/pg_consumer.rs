@@ -75,6 +75,7 @@ pub async fn run<W: PgWriter>(
         batch_max: batch.batch_max,
         linger: Duration::from_millis(batch.batch_linger_ms),
         metrics: SinkMetrics::new(&registry, name),
+        database_url: database_url.clone(),
     }
     .run(shutdown)
     .await;

@@ -18,6 +18,18 @@
 //! connection. One PostgreSQL backend per connection then shares the work
 //! (one backend was the store's bottleneck, see BENCHMARKS.md).
 //!
+//! PostgreSQL going away does not stop the consumer: a failed transaction
+//! rolls back and is retried, with backoff (0.1 s doubling to 30 s), on a
+//! new connection when the old one closed, until it commits or the process
+//! is told to stop (then the batch is simply read again at the next start).
+//! A commit whose answer was lost is safe to retry: the retry finds the
+//! positions already moved and is fenced. A record PostgreSQL refuses for its
+//! content (SQLSTATE classes 22, 23, 54: a NUL character, an identifier too
+//! long for an index entry) would fail every retry; when a batch fails that
+//! way it is written again one record at a time, each in a savepoint, and
+//! the records refused are set aside in `rejected_events` (migration V6) in
+//! the same transaction that moves the positions past them.
+//!
 //! What breaks it: a writer whose effect depends on anything but the batch
 //! and the database (a clock, an outside service), or rows written outside
 //! the transaction it is given.
@@ -27,11 +39,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::TryFutureExt;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::FutureExt;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use secrecy::SecretString;
 use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 
 use crate::kafka::{decode_unique, TrackingContext, UniqueEvent};
@@ -71,6 +86,8 @@ pub struct SinkMetrics {
     pub undecodable: IntCounter,
     pub batches: IntCounter,
     pub fenced: IntCounter,
+    pub rejected: IntCounter,
+    pub db_errors: IntCounter,
     pub batch_duration: Histogram,
     pub lag: IntGauge,
 }
@@ -117,6 +134,14 @@ impl SinkMetrics {
                 "fenced_batches_total",
                 "Batches rolled back because another instance had advanced the partition.",
             ),
+            rejected: counter(
+                "rejected_records_total",
+                "Records PostgreSQL refused for their content, set aside in rejected_events.",
+            ),
+            db_errors: counter(
+                "db_errors_total",
+                "PostgreSQL errors that rolled a batch back to be retried (lost connections, a database refusing connections).",
+            ),
             batch_duration,
             lag,
         }
@@ -135,6 +160,8 @@ pub struct PgSink<W> {
     pub batch_max: usize,
     pub linger: Duration,
     pub metrics: SinkMetrics,
+    /// Where a connection that closed is opened again.
+    pub database_url: SecretString,
 }
 
 /// A record read from Kafka, decoded or not.
@@ -166,8 +193,9 @@ impl<W: PgWriter> PgSink<W> {
             for p in changes.assigned.iter().chain(&changes.revoked) {
                 positions.remove(p);
             }
-            if !batch.is_empty() {
-                self.apply(batch, &mut positions).await?;
+            if !batch.is_empty() && !self.apply(batch, &mut positions, &shutdown).await? {
+                tracing::info!(group = %self.group, "stopped while PostgreSQL was failing; the uncommitted batch is read again at the next start");
+                return Ok(());
             }
         }
         tracing::info!(group = %self.group, "stopped after the last committed batch");
@@ -188,11 +216,15 @@ impl<W: PgWriter> PgSink<W> {
         Ok(batch)
     }
 
+    /// Applies a batch. False when it gave up on (part of) it because
+    /// shutdown began while PostgreSQL was failing: the sink must stop
+    /// then, and the part not committed is read again at the next start.
     async fn apply(
         &mut self,
         batch: Vec<Received>,
         positions: &mut HashMap<i32, Option<i64>>,
-    ) -> anyhow::Result<()> {
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
         let started = Instant::now();
         let mut lanes: Vec<Lane> = (0..self.clients.len()).map(|_| Lane::default()).collect();
         let mut reseeked = Vec::new();
@@ -203,13 +235,9 @@ impl<W: PgWriter> PgSink<W> {
             let stored = match positions.get(&r.partition) {
                 Some(stored) => *stored,
                 None => {
-                    let stored = pg::load_offset(
-                        self.client_of(r.partition),
-                        &self.group,
-                        &self.topic,
-                        r.partition,
-                    )
-                    .await?;
+                    let Some(stored) = self.load_offset(r.partition, shutdown).await else {
+                        return Ok(false);
+                    };
                     positions.insert(r.partition, stored);
                     // The database decides: with no stored position the
                     // partition is read from its beginning, whatever offset
@@ -241,41 +269,54 @@ impl<W: PgWriter> PgSink<W> {
         // Each lane with records is one transaction on its own connection,
         // all at once: a lane's rows and its partitions' positions commit
         // together, so lanes need not commit together.
+        let retry = Retry {
+            url: &self.database_url,
+            errors: &self.metrics.db_errors,
+            shutdown,
+        };
         let (writer, group, topic) = (&self.writer, &self.group, &self.topic);
-        let outcomes = futures_util::future::try_join_all(
+        let outcomes = futures_util::future::join_all(
             self.clients
                 .iter_mut()
                 .zip(&lanes)
                 .filter(|(_, lane)| !lane.ranges.is_empty())
                 .map(|(client, lane)| {
-                    commit_lane(client, writer, group, topic, lane).map_ok(move |o| (lane, o))
+                    commit_lane_retrying(&retry, client, writer, group, topic, lane)
+                        .map(move |outcome| (lane, outcome))
                 }),
         )
-        .await?;
+        .await;
         let mut tpl = TopicPartitionList::new();
+        let mut complete = true;
         for (lane, outcome) in outcomes {
             match outcome {
-                LaneOutcome::Committed(applied) => {
-                    self.writer.committed(applied);
+                // Stopping: this lane rolled back and is read again later.
+                None => complete = false,
+                Some(LaneOutcome::Committed { applied, rejected }) => {
+                    for applied in applied {
+                        self.writer.committed(applied);
+                    }
+                    for (event, error) in &rejected {
+                        tracing::error!(group = %self.group, partition = event.partition, offset = event.offset, event_id = %event.event.event_id, revision = event.revision, sqlstate = error.code, error = %error.message, "record refused by PostgreSQL, set aside in rejected_events");
+                    }
+                    self.metrics.rejected.inc_by(rejected.len() as u64);
                     for (partition, (_, _, to)) in &lane.ranges {
                         positions.insert(*partition, Some(*to));
                         tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*to))?;
                     }
-                    self.metrics.consumed.inc_by(lane.events.len() as u64);
+                    self.metrics
+                        .consumed
+                        .inc_by((lane.events.len() - rejected.len()) as u64);
                 }
-                LaneOutcome::Fenced => {
+                Some(LaneOutcome::Fenced) => {
                     self.metrics.fenced.inc();
                     tracing::warn!(group = %self.group, partitions = ?lane.ranges.keys().collect::<Vec<_>>(), "batch fenced: another instance advanced a partition; re-reading positions");
                     for (partition, (_, first, _)) in &lane.ranges {
                         // Resume where the other instance left the partition
                         // now, not at this partition's next record: none may come.
-                        let stored = pg::load_offset(
-                            self.client_of(*partition),
-                            &self.group,
-                            &self.topic,
-                            *partition,
-                        )
-                        .await?;
+                        let Some(stored) = self.load_offset(*partition, shutdown).await else {
+                            return Ok(false);
+                        };
                         positions.insert(*partition, stored);
                         self.seek(*partition, stored.unwrap_or(*first));
                     }
@@ -290,15 +331,38 @@ impl<W: PgWriter> PgSink<W> {
                 .batch_duration
                 .observe(started.elapsed().as_secs_f64());
         }
-        Ok(())
+        Ok(complete)
+    }
+
+    /// A partition's stored position, retried like a batch; `None` when
+    /// stopping.
+    async fn load_offset(
+        &mut self,
+        partition: i32,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Option<Option<i64>> {
+        let lane = self.lane_of(partition);
+        let retry = Retry {
+            url: &self.database_url,
+            errors: &self.metrics.db_errors,
+            shutdown,
+        };
+        let mut backoff = retry.backoff();
+        let client = &mut self.clients[lane];
+        loop {
+            match pg::load_offset(client, &self.group, &self.topic, partition).await {
+                Ok(stored) => return Some(stored),
+                Err(e) => {
+                    if !retry.recover(client, &e, &mut backoff).await {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
     fn lane_of(&self, partition: i32) -> usize {
         partition.unsigned_abs() as usize % self.clients.len()
-    }
-
-    fn client_of(&self, partition: i32) -> &Client {
-        &self.clients[self.lane_of(partition)]
     }
 
     fn seek(&self, partition: i32, offset: i64) {
@@ -324,21 +388,128 @@ struct Lane {
 }
 
 enum LaneOutcome<A> {
-    Committed(A),
+    Committed {
+        /// What each `write` returned: one for the lane, or one per record
+        /// written one at a time.
+        applied: Vec<A>,
+        /// Records PostgreSQL refused, set aside in `rejected_events`.
+        rejected: Vec<(UniqueEvent, Refusal)>,
+    },
     /// Another instance moved one of the lane's positions first: rolled back.
     Fenced,
 }
 
-/// Writes a lane and moves its partitions' positions in one transaction.
+/// Why PostgreSQL refused a record.
+#[derive(Debug, Clone)]
+struct Refusal {
+    code: String,
+    message: String,
+}
+
+/// Whether an error is PostgreSQL refusing what a record holds (it would
+/// fail every retry), rather than the database or the connection failing.
+fn refused_content(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|code| {
+        let class = &code.code()[..2];
+        matches!(class, "22" | "23" | "54")
+    })
+}
+
+/// How a failed PostgreSQL operation is retried: counted, logged, after a
+/// growing pause, on a new connection when the old one closed, until it
+/// succeeds or shutdown begins.
+struct Retry<'a> {
+    url: &'a SecretString,
+    errors: &'a IntCounter,
+    shutdown: &'a watch::Receiver<bool>,
+}
+
+impl Retry<'_> {
+    fn backoff(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// After `error`: waits its turn and reconnects if the connection
+    /// closed. False when shutdown began meanwhile: the caller gives up
+    /// (the batch rolled back and is read again at the next start).
+    async fn recover(
+        &self,
+        client: &mut Client,
+        error: &tokio_postgres::Error,
+        backoff: &mut impl Iterator<Item = Duration>,
+    ) -> bool {
+        self.errors.inc();
+        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        tracing::warn!(error = %error, sqlstate = error.code().map(SqlState::code), retry_in = ?delay, "PostgreSQL failed; rolled back, will retry");
+        let mut shutdown = self.shutdown.clone();
+        let wait = async {
+            tokio::time::sleep(delay).await;
+            if client.is_closed() {
+                match pg::connect(self.url).await {
+                    Ok(new) => *client = new,
+                    // The next attempt fails on the closed connection and
+                    // comes back here with a longer pause.
+                    Err(e) => tracing::warn!(error = %e, "cannot reconnect to PostgreSQL"),
+                }
+            }
+        };
+        tokio::select! {
+            _ = wait => !*self.shutdown.borrow(),
+            _ = crate::runtime::wait_for(&mut shutdown) => false,
+        }
+    }
+}
+
+/// A lane committed with retries (see [`Retry`]); `None` when stopping.
+async fn commit_lane_retrying<W: PgWriter>(
+    retry: &Retry<'_>,
+    client: &mut Client,
+    writer: &W,
+    group: &str,
+    topic: &str,
+    lane: &Lane,
+) -> Option<LaneOutcome<W::Applied>> {
+    let mut backoff = retry.backoff();
+    let mut one_by_one = false;
+    loop {
+        match commit_lane(client, writer, group, topic, lane, one_by_one).await {
+            Ok(outcome) => return Some(outcome),
+            Err(e) if !one_by_one && refused_content(&e) => {
+                tracing::warn!(group, error = %e, "PostgreSQL refused a record of the batch; writing it one record at a time");
+                one_by_one = true;
+            }
+            Err(e) => {
+                if !retry.recover(client, &e, &mut backoff).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Writes a lane and moves its partitions' positions in one transaction:
+/// the whole lane in one `write`, or (`one_by_one`, for a lane PostgreSQL
+/// refused) each record in a savepoint of its own, the records refused for
+/// their content set aside in `rejected_events`.
 async fn commit_lane<W: PgWriter>(
     client: &mut Client,
     writer: &W,
     group: &str,
     topic: &str,
     lane: &Lane,
-) -> anyhow::Result<LaneOutcome<W::Applied>> {
-    let tx = client.transaction().await?;
-    let applied = writer.write(&tx, &lane.events).await?;
+    one_by_one: bool,
+) -> Result<LaneOutcome<W::Applied>, tokio_postgres::Error> {
+    let mut tx = client.transaction().await?;
+    let (applied, rejected) = if one_by_one {
+        write_one_by_one(&mut tx, writer, group, topic, lane).await?
+    } else {
+        (vec![writer.write(&tx, &lane.events).await?], Vec::new())
+    };
     let moves: Vec<pg::OffsetMove> = lane
         .ranges
         .iter()
@@ -353,7 +524,66 @@ async fn commit_lane<W: PgWriter>(
         return Ok(LaneOutcome::Fenced);
     }
     tx.commit().await?;
-    Ok(LaneOutcome::Committed(applied))
+    Ok(LaneOutcome::Committed { applied, rejected })
+}
+
+type Written<A> = (Vec<A>, Vec<(UniqueEvent, Refusal)>);
+
+async fn write_one_by_one<W: PgWriter>(
+    tx: &mut Transaction<'_>,
+    writer: &W,
+    group: &str,
+    topic: &str,
+    lane: &Lane,
+) -> Result<Written<W::Applied>, tokio_postgres::Error> {
+    let mut applied = Vec::with_capacity(lane.events.len());
+    let mut rejected = Vec::new();
+    for event in &lane.events {
+        let savepoint = tx.savepoint("one_record").await?;
+        match writer.write(&savepoint, std::slice::from_ref(event)).await {
+            Ok(a) => {
+                savepoint.commit().await?;
+                applied.push(a);
+            }
+            Err(e) if refused_content(&e) => {
+                savepoint.rollback().await?;
+                let refusal = match e.as_db_error() {
+                    Some(db) => Refusal {
+                        code: db.code().code().to_string(),
+                        message: match db.detail() {
+                            Some(detail) => format!("{}: {detail}", db.message()),
+                            None => db.message().to_string(),
+                        },
+                    },
+                    None => Refusal {
+                        code: String::new(),
+                        message: e.to_string(),
+                    },
+                };
+                tx.execute(
+                    "INSERT INTO rejected_events (consumer_group, topic, partition,
+                         record_offset, event_id, revision, sqlstate, error, record)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT DO NOTHING",
+                    &[
+                        &group,
+                        &topic,
+                        &event.partition,
+                        &event.offset,
+                        &event.event.event_id,
+                        &event.revision,
+                        &refusal.code,
+                        &refusal.message,
+                        &event.json,
+                    ],
+                )
+                .await?;
+                rejected.push((event.clone(), refusal));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((applied, rejected))
 }
 
 fn received(msg: &rdkafka::message::BorrowedMessage<'_>) -> Received {

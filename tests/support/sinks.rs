@@ -169,6 +169,7 @@ pub async fn start_sink<W: PgWriter + 'static>(
         batch_max: 100,
         linger: Duration::from_millis(20),
         metrics: metrics.clone(),
+        database_url: db_url.to_string().into(),
     };
     let (shutdown, rx) = watch::channel(false);
     let task = tokio::spawn(sink.run(rx));
