@@ -697,6 +697,11 @@ async fn each_targets_lag_shows_what_it_has_left() {
             },
         }),
     );
+    let mut settings = settings;
+    settings
+        .kafka
+        .properties
+        .insert("queued.max.messages.kbytes".into(), "1".into());
     // One key, so one partition: the stuck target's position there is
     // right after its first event, and the other four are its lag.
     for _ in 0..5 {
@@ -719,6 +724,26 @@ async fn each_targets_lag_shows_what_it_has_left() {
     wait("lag: 0 for the healthy target, 4 for the stuck one", || {
         lag("healthy") == 0.0 && lag("stuck") == 4.0
     })
+    .await;
+
+    // More events while it is stuck, on every partition: on partitions it
+    // has not consumed from since it started, and behind a prefetch queue
+    // that is full (1 KB here), so librdkafka fetches nothing more. Its lag
+    // still counts every one of them.
+    for i in 0..6 {
+        let event = event("sms", "inbound", "completed");
+        kafka
+            .send(&format!("key-{i}"), &serde_json::to_vec(&event).unwrap(), 1)
+            .await;
+    }
+    wait("the healthy target has every event", || {
+        healthy.delivered().len() == 11
+    })
+    .await;
+    wait(
+        "lag: 0 for the healthy target, 10 for the stuck one",
+        || lag("healthy") == 0.0 && lag("stuck") == 10.0,
+    )
     .await;
     crm.stop().await;
 }

@@ -376,8 +376,7 @@ impl Dedup {
     /// Runs until `shutdown`; the batch in hand is committed first.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         self.consumer.subscribe(&[&self.input])?;
-        let _lag =
-            crate::kafka::LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
+        let lag = crate::kafka::LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
         while !*shutdown.borrow() {
             let batch = tokio::select! {
                 batch = next_batch(&self.consumer, self.batch_max, self.linger) => batch?,
@@ -388,6 +387,7 @@ impl Dedup {
                 self.recover(err).await?;
             }
         }
+        lag.stop().await;
         tracing::info!("dedup stopped after its last committed transaction");
         Ok(())
     }

@@ -157,50 +157,77 @@ impl ConsumerContext for TrackingContext {
 }
 
 /// Records between `consumer`'s positions and the ends of its assigned
-/// partitions, from the high watermarks librdkafka caches from its fetch
-/// responses: no request to the broker (one request per partition took
-/// seconds with hundreds of partitions). A partition not fetched yet counts
-/// as 0. `None` if the consumer has no positions. While librdkafka's
-/// prefetch queue is full (`queued.max.messages.kbytes`) it does not fetch,
-/// so the figure then stops rising even if the topic grows.
-pub fn consumer_lag<X: ConsumerContext, C: Consumer<X>>(consumer: &C) -> Option<i64> {
+/// partitions, asked of the brokers (one `ListOffsets` request per leader
+/// for all partitions; with `read_committed`, the last stable offsets).
+/// Blocking: call off the async workers. A partition the consumer has not
+/// consumed from since it started counts from its committed offset (from
+/// its first offset if none). `None` if the brokers did not answer within
+/// `timeout`.
+///
+/// (It used the high watermarks librdkafka caches from its fetch responses
+/// before: no request, but stale while librdkafka's prefetch queue is full
+/// and it does not fetch, which is exactly when a stuck consumer's lag
+/// should rise; and a partition not consumed from counted as 0.)
+pub fn consumer_lag<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    timeout: Duration,
+) -> Option<i64> {
     let positions = consumer.position().ok()?;
-    let client = consumer.client();
+    if positions.count() == 0 {
+        return Some(0);
+    }
+    // `offsets_for_times` with the "timestamp" -1 (`Offset::End`) asks
+    // for each partition's end.
+    let mut ends = positions.clone();
+    ends.set_all_offsets(Offset::End).ok()?;
+    let ends = consumer.offsets_for_times(ends, timeout).ok()?;
+    let unread = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
+        !matches!(e.offset(), Offset::Offset(_))
+    };
+    let committed = if positions.elements().iter().any(unread) {
+        Some(consumer.committed(timeout).ok()?)
+    } else {
+        None
+    };
     let mut lag = 0;
     for e in positions.elements() {
-        let Ok(topic) = std::ffi::CString::new(e.topic()) else {
+        let (topic, partition) = (e.topic(), e.partition());
+        let Some(Offset::Offset(end)) = ends.find_partition(topic, partition).map(|e| e.offset())
+        else {
             continue;
         };
-        let (mut low, mut high) = (-1i64, -1i64);
-        // SAFETY: the client pointer is valid while `consumer` is borrowed;
-        // `topic` is a NUL-terminated string that outlives the call, and
-        // librdkafka only writes the two i64 out-parameters.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                client.native_ptr(),
-                topic.as_ptr(),
-                e.partition(),
-                &mut low,
-                &mut high,
-            )
+        let from = match e.offset() {
+            Offset::Offset(at) => at,
+            _ => match committed
+                .as_ref()
+                .and_then(|c| c.find_partition(topic, partition))
+                .map(|c| c.offset())
+            {
+                Some(Offset::Offset(at)) => at,
+                _ => match consumer.fetch_watermarks(topic, partition, timeout) {
+                    Ok((low, _)) => low,
+                    Err(_) => continue,
+                },
+            },
         };
-        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
-            continue;
-        }
-        if let Offset::Offset(pos) = e.offset() {
-            lag += (high - pos).max(0);
-        }
+        lag += (end - from).max(0);
     }
     Some(lag)
 }
 
 /// How often [`LagReporter`] measures.
 pub const LAG_EVERY: Duration = Duration::from_secs(2);
+/// How long [`LagReporter`] waits for the brokers' answers.
+const LAG_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Measures a consumer's lag into `gauge` every [`LAG_EVERY`], on a task of
 /// its own, so the gauge also moves while the consumer is idle or stuck (it
-/// used to be measured only after a batch). Stops when dropped.
-pub struct LagReporter(tokio::task::JoinHandle<()>);
+/// used to be measured only after a batch). Stops when dropped. When the
+/// brokers do not answer, the gauge keeps its last value.
+pub struct LagReporter {
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
 
 impl LagReporter {
     pub fn spawn<X, C>(consumer: Arc<C>, gauge: prometheus::IntGauge) -> LagReporter
@@ -208,27 +235,41 @@ impl LagReporter {
         X: ConsumerContext,
         C: Consumer<X> + Send + Sync + 'static,
     {
-        LagReporter(tokio::spawn(async move {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
             loop {
-                if let Some(lag) = consumer_lag(consumer.as_ref()) {
+                let measured = consumer.clone();
+                let lag = tokio::task::spawn_blocking(move || {
+                    consumer_lag(measured.as_ref(), LAG_TIMEOUT)
+                })
+                .await;
+                if let Ok(Some(lag)) = lag {
                     gauge.set(lag);
                 }
-                tokio::time::sleep(LAG_EVERY).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(LAG_EVERY) => {}
+                    _ = stopped.notified() => return,
+                }
             }
-        }))
+        });
+        LagReporter { stop, task }
     }
 
-    /// Stops it and waits until its task, and so its reference to the
-    /// consumer, is gone.
+    /// Stops it after the measurement in flight (a request to the brokers,
+    /// at most [`LAG_TIMEOUT`]) and waits until its task, and so its
+    /// references to the consumer, are gone.
     pub async fn stop(mut self) {
-        self.0.abort();
-        let _ = (&mut self.0).await;
+        self.stop.notify_one();
+        let _ = (&mut self.task).await;
     }
 }
 
 impl Drop for LagReporter {
+    /// Without [`LagReporter::stop`] (an error path): a measurement in
+    /// flight keeps its reference to the consumer until it ends.
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 

@@ -182,8 +182,7 @@ impl<W: PgWriter> PgSink<W> {
         self.consumer.subscribe(&[&self.topic])?;
         // Partition → stored next offset; absent = not read from the database yet.
         let mut positions: HashMap<i32, Option<i64>> = HashMap::new();
-        let _lag =
-            crate::kafka::LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
+        let lag = crate::kafka::LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
         while !*shutdown.borrow() {
             let batch = tokio::select! {
                 batch = self.next_batch() => batch?,
@@ -195,9 +194,11 @@ impl<W: PgWriter> PgSink<W> {
             }
             if !batch.is_empty() && !self.apply(batch, &mut positions, &shutdown).await? {
                 tracing::info!(group = %self.group, "stopped while PostgreSQL was failing; the uncommitted batch is read again at the next start");
+                lag.stop().await;
                 return Ok(());
             }
         }
+        lag.stop().await;
         tracing::info!(group = %self.group, "stopped after the last committed batch");
         Ok(())
     }
