@@ -229,6 +229,16 @@ impl Settings {
         if self.dedup.window_secs == 0 {
             return Err(invalid("dedup.window_secs", "must be greater than 0"));
         }
+        let topics: Vec<(&str, &str)> = Topic::ALL
+            .iter()
+            .map(|t| (t.label(), self.topics.name(*t)))
+            .collect();
+        if let Some((first, second)) = callstream_gateway::config::shared_topic(&topics) {
+            return Err(invalid(
+                format!("topics.{second}"),
+                format!("must differ from `topics.{first}`: each topic carries one kind of record"),
+            ));
+        }
         self.recordings.validate()?;
         self.crm.validate()
     }
@@ -268,6 +278,26 @@ mod tests {
                 .get("session.timeout.ms")
                 .map(String::as_str),
             Some("6000")
+        );
+    }
+
+    #[test]
+    fn two_topics_of_one_name_are_refused() {
+        let s = Settings::from_figment(
+            Settings::defaults()
+                .merge(Serialized::default(
+                    "kafka.bootstrap_servers",
+                    "127.0.0.1:9092",
+                ))
+                .merge(Serialized::default(
+                    "topics.events_unique",
+                    Topic::Events.default_name(),
+                )),
+        );
+        let err = s.unwrap_err().to_string();
+        assert!(
+            err.contains("`topics.events_unique` must differ from `topics.events`"),
+            "{err}"
         );
     }
 

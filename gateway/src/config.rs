@@ -160,6 +160,19 @@ impl Default for TopicNames {
     }
 }
 
+/// The first two settings of `topics` (setting, name) that name the same
+/// topic. Records of two kinds in one topic break its schema for every
+/// subscriber (and a consumer reading its own output loops), so the
+/// gateway and the consumers refuse that at start-up.
+pub fn shared_topic<'a>(topics: &[(&'a str, &str)]) -> Option<(&'a str, &'a str)> {
+    topics.iter().enumerate().find_map(|(i, (first, name))| {
+        topics[i + 1..]
+            .iter()
+            .find(|(_, other)| other.trim() == name.trim())
+            .map(|(second, _)| (*first, *second))
+    })
+}
+
 impl TopicNames {
     pub fn name(&self, topic: Topic) -> &str {
         match topic {
@@ -373,6 +386,16 @@ impl Settings {
             if topic.trim().is_empty() {
                 return Err(invalid(format!("topics.{name}"), "must not be empty"));
             }
+        }
+        if let Some((first, second)) = shared_topic(&[
+            ("raw", &self.topics.raw),
+            ("events", &self.topics.events),
+            ("dlq", &self.topics.dlq),
+        ]) {
+            return Err(invalid(
+                format!("topics.{second}"),
+                format!("must differ from `topics.{first}`: each topic carries one kind of record"),
+            ));
         }
         let known = providers::all();
         let mut seen_paths = BTreeMap::new();
@@ -608,6 +631,10 @@ mod tests {
             (
                 Box::new(|f: Figment| f.merge(("topics.raw", " "))),
                 "`topics.raw`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("topics.dlq", "callstream.raw.v1"))),
+                "`topics.dlq` must differ from `topics.raw`",
             ),
         ] {
             let message = error_of(f);
