@@ -661,3 +661,55 @@ async fn slow_clients_are_cut_off() {
     }
     gw.stop().await;
 }
+
+/// With `admin_listen`, `/metrics`, `/healthz` and `/readyz` leave the
+/// webhook port (which providers, and so the internet, reach) for a
+/// listener of their own; webhooks are not served there. `/readyz` reuses
+/// its Kafka answer for a second, so probes cannot turn into a metadata
+/// request each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_move_to_their_own_listener() {
+    let gw = spawn_gateway(|f| f.merge(("admin_listen", "127.0.0.1:0"))).await;
+    assert_ne!(gw.admin_address, gw.address);
+    assert_eq!(
+        post_json(&gw, "/v1/onoff/sms", ONOFF_SMS).await.status(),
+        StatusCode::OK
+    );
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let on_webhooks = gw.client.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(on_webhooks.status(), StatusCode::NOT_FOUND, "{path}");
+        let on_admin = gw.client.get(gw.admin_url(path)).send().await.unwrap();
+        assert_eq!(on_admin.status(), StatusCode::OK, "{path}");
+    }
+    assert!(gw
+        .metrics()
+        .await
+        .contains(r#"callstream_gateway_requests_total{outcome="published",source="onoff"} 1"#));
+    let webhook_on_admin = gw
+        .client
+        .post(gw.admin_url("/v1/onoff/sms"))
+        .header("content-type", "application/json")
+        .body(ONOFF_SMS)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webhook_on_admin.status(), StatusCode::NOT_FOUND);
+
+    // Kafka goes away: the answer of a moment ago still stands, then the
+    // next check finds it down.
+    // (With the spool on, an unreachable Kafka reads "degraded".)
+    let ready = |gw: &TestGateway| {
+        let request = gw.client.get(gw.admin_url("/readyz")).send();
+        async move {
+            let answer: serde_json::Value = request.await.unwrap().json().await.unwrap();
+            answer["status"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(ready(&gw).await, "ready");
+    gw.broker.cluster().broker_down(-1).unwrap();
+    assert_eq!(ready(&gw).await, "ready");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ready(&gw).await, "degraded");
+    gw.broker.cluster().broker_up(-1).unwrap();
+    gw.stop().await;
+}

@@ -1,7 +1,7 @@
 //! Typed, layered configuration: defaults, then an optional TOML file, then
 //! `CALLSTREAM_*` environment variables (`__` separates levels, e.g.
 //! `CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS=2000`), then the plain variables
-//! `KAFKA_BOOTSTRAP_SERVERS` and `GATEWAY_LISTEN`. Invalid settings stop
+//! `KAFKA_BOOTSTRAP_SERVERS`, `GATEWAY_LISTEN` and `GATEWAY_ADMIN_LISTEN`. Invalid settings stop
 //! start-up with a message naming the setting.
 
 use std::collections::BTreeMap;
@@ -27,6 +27,10 @@ const MAX_LINGER_MS: f64 = 1_000.0;
 pub struct Settings {
     /// Address the HTTP server binds (`GATEWAY_LISTEN`).
     pub listen: String,
+    /// Address for `/metrics`, `/healthz` and `/readyz` on a listener of
+    /// their own (`GATEWAY_ADMIN_LISTEN`), off the webhook port that
+    /// providers reach. Empty: served on `listen` with the webhooks.
+    pub admin_listen: String,
     /// Largest accepted request body; bigger bodies get 413.
     pub max_body_bytes: usize,
     /// How long a graceful shutdown waits for in-flight requests.
@@ -216,6 +220,7 @@ impl Default for SourceSettings {
 #[derive(Serialize)]
 struct Defaults {
     listen: &'static str,
+    admin_listen: &'static str,
     max_body_bytes: usize,
     shutdown_timeout_secs: u64,
     log_format: LogFormat,
@@ -232,6 +237,7 @@ struct Defaults {
 fn defaults() -> Defaults {
     Defaults {
         listen: "0.0.0.0:8080",
+        admin_listen: "",
         max_body_bytes: 1024 * 1024,
         shutdown_timeout_secs: 30,
         log_format: LogFormat::Auto,
@@ -305,7 +311,14 @@ impl Settings {
 
     /// The layered sources, exposed so tests can add their own layer on top.
     pub fn figment(file: Option<&Path>) -> Figment {
-        layered(Self::defaults(), file, &[("GATEWAY_LISTEN", "listen")])
+        layered(
+            Self::defaults(),
+            file,
+            &[
+                ("GATEWAY_LISTEN", "listen"),
+                ("GATEWAY_ADMIN_LISTEN", "admin_listen"),
+            ],
+        )
     }
 
     /// Only the built-in defaults, no file and no environment (for tests).
@@ -323,6 +336,14 @@ impl Settings {
         self.listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("listen", format!("is not a socket address ({e})")))?;
+        if !self.admin_listen.is_empty() {
+            self.admin_listen.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "admin_listen",
+                    format!("is not a socket address ({e}); leave it empty to serve on `listen`"),
+                )
+            })?;
+        }
         if self.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
         }
@@ -556,9 +577,11 @@ mod tests {
             jail.set_env("CALLSTREAM_CONFIG", "gw.toml");
             jail.set_env("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092");
             jail.set_env("GATEWAY_LISTEN", "127.0.0.1:9100");
+            jail.set_env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:9190");
             jail.set_env("CALLSTREAM_SOURCES__XARIOS__API_KEYS", "[old, new]");
             let s = Settings::load(Some(Path::new("gw.toml"))).expect("valid");
             assert_eq!(s.listen, "127.0.0.1:9100");
+            assert_eq!(s.admin_listen, "127.0.0.1:9190");
             assert_eq!(s.kafka.publish_timeout_ms, 2500);
             assert_eq!(s.kafka.linger_ms, 0.5);
             assert_eq!(s.kafka.bootstrap_servers, "kafka-1:9092,kafka-2:9092");
@@ -631,6 +654,10 @@ mod tests {
             (
                 Box::new(|f: Figment| f.merge(("topics.raw", " "))),
                 "`topics.raw`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("admin_listen", "9090"))),
+                "`admin_listen`",
             ),
             (
                 Box::new(|f: Figment| f.merge(("topics.dlq", "callstream.raw.v1"))),

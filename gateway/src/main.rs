@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let app = Application::build(&settings)?;
-    tracing::info!(listen = %settings.listen, port = app.port(), "gateway listening");
+    tracing::info!(listen = %settings.listen, port = app.port(), admin_port = app.admin_port(), "gateway listening");
     app.run_until_stopped().await?;
     drop(embedded);
     Ok(())

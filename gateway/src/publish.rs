@@ -175,12 +175,19 @@ impl Publisher {
         }
     }
 
-    /// Whether a broker answers a metadata request within `timeout`.
+    /// Whether a broker answers a metadata request for the raw topic within
+    /// `timeout` (one topic: a whole cluster's metadata can be large).
     pub async fn kafka_reachable(&self, timeout: Duration) -> bool {
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).is_ok())
-            .await
-            .unwrap_or(false)
+        let raw = self.topics.raw.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&raw), timeout)
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Waits up to `timeout` for queued records to be acknowledged.

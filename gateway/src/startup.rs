@@ -1,5 +1,6 @@
 //! Builds the HTTP application: one resource per enabled provider route, all
-//! served by [`crate::ingest::handle`], plus `/metrics`, `/healthz`, `/readyz`.
+//! served by [`crate::ingest::handle`], plus `/metrics`, `/healthz`, `/readyz`
+//! (on the same listener, or on `admin_listen`'s own).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -26,10 +27,16 @@ use crate::telemetry::RedactingRootSpan;
 
 /// How long `/readyz` waits for a Kafka metadata answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a `/readyz` answer about Kafka is reused: probes from several
+/// load balancers (or anyone, on the webhook port) cost at most one
+/// metadata request per second.
+const READY_CACHE: Duration = Duration::from_secs(1);
 
 pub struct Application {
     port: u16,
     server: Server,
+    /// `/metrics`, `/healthz` and `/readyz` when `admin_listen` is set.
+    admin: Option<(u16, Server)>,
     deliverer: Arc<Deliverer>,
 }
 
@@ -83,22 +90,41 @@ impl Application {
         });
         let routes = Arc::new(source_routes(settings, &metrics));
         metrics.prepare(routes.iter().map(|(_, r)| r.provider.id().as_str()));
+        let kafka_check = web::Data::new(KafkaCheck::default());
+        let admin = if settings.admin_listen.is_empty() {
+            None
+        } else {
+            let listener = TcpListener::bind(&settings.admin_listen).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on `{}` (admin_listen): {e}",
+                    settings.admin_listen
+                )
+            })?;
+            let port = listener.local_addr()?.port();
+            let (ingest, kafka_check) = (ingest.clone(), kafka_check.clone());
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(ingest.clone())
+                    .app_data(kafka_check.clone())
+                    .configure(admin_routes)
+                    .default_service(web::to(not_found))
+            })
+            .workers(1)
+            // Stopped after the webhook server, so scrapes see the drain.
+            .disable_signals()
+            .listen(listener)?
+            .run();
+            Some((port, server))
+        };
+        let admin_here = admin.is_none();
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .wrap(TracingLogger::<RedactingRootSpan>::new())
                 .app_data(ingest.clone())
-                .service(refuse_other_methods(
-                    web::resource("/healthz").get(healthz),
-                    "GET",
-                ))
-                .service(refuse_other_methods(
-                    web::resource("/readyz").get(readyz),
-                    "GET",
-                ))
-                .service(refuse_other_methods(
-                    web::resource("/metrics").get(metrics_text),
-                    "GET",
-                ));
+                .app_data(kafka_check.clone());
+            if admin_here {
+                app = app.configure(admin_routes);
+            }
             for (path, route) in routes.iter() {
                 app = app.service(route_resource(path, route.clone()));
             }
@@ -115,12 +141,19 @@ impl Application {
         Ok(Application {
             port,
             server,
+            admin,
             deliverer,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `/metrics`, `/healthz` and `/readyz`: `admin_listen`'s,
+    /// or the webhook port when that is empty.
+    pub fn admin_port(&self) -> u16 {
+        self.admin.as_ref().map_or(self.port, |(port, _)| *port)
     }
 
     /// Stops the server gracefully when called (tests; signals do it in production).
@@ -136,7 +169,16 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (stop_drain, drain_stopped) = tokio::sync::watch::channel(false);
         let drainer = tokio::spawn(self.deliverer.clone().drain(drain_stopped));
-        self.server.await?;
+        let admin = self.admin.map(|(_, server)| {
+            let handle = server.handle();
+            tokio::spawn(server);
+            handle
+        });
+        let served = self.server.await;
+        if let Some(admin) = admin {
+            admin.stop(true).await;
+        }
+        served?;
         let _ = stop_drain.send(true);
         let _ = drainer.await;
         tracing::info!("HTTP server stopped; flushing Kafka producer");
@@ -224,6 +266,41 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(req.path().to_string()))
 }
 
+fn admin_routes(config: &mut web::ServiceConfig) {
+    config
+        .service(refuse_other_methods(
+            web::resource("/healthz").get(healthz),
+            "GET",
+        ))
+        .service(refuse_other_methods(
+            web::resource("/readyz").get(readyz),
+            "GET",
+        ))
+        .service(refuse_other_methods(
+            web::resource("/metrics").get(metrics_text),
+            "GET",
+        ));
+}
+
+/// The last Kafka reachability answer and when it was asked; one check at a
+/// time, the others wait for its answer.
+#[derive(Default)]
+struct KafkaCheck(tokio::sync::Mutex<Option<(std::time::Instant, bool)>>);
+
+impl KafkaCheck {
+    async fn reachable(&self, deliverer: &Deliverer) -> bool {
+        let mut last = self.0.lock().await;
+        match *last {
+            Some((asked, reachable)) if asked.elapsed() < READY_CACHE => reachable,
+            _ => {
+                let reachable = deliverer.publisher().kafka_reachable(READY_TIMEOUT).await;
+                *last = Some((std::time::Instant::now(), reachable));
+                reachable
+            }
+        }
+    }
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
 }
@@ -231,9 +308,9 @@ async fn healthz() -> HttpResponse {
 /// 200 `ready` when Kafka answers and nothing is spooled; 200 `degraded`
 /// while deliveries are being spooled (still accepting, durably); 503 when
 /// Kafka is unreachable and there is no spool to fall back on.
-async fn readyz(ingest: web::Data<Ingest>) -> HttpResponse {
+async fn readyz(ingest: web::Data<Ingest>, kafka: web::Data<KafkaCheck>) -> HttpResponse {
     let deliverer = &ingest.deliverer;
-    let reachable = deliverer.publisher().kafka_reachable(READY_TIMEOUT).await;
+    let reachable = kafka.reachable(deliverer).await;
     match deliverer.spool() {
         Some(spool) if !reachable || deliverer.degraded() || !spool.is_empty() => HttpResponse::Ok().json(serde_json::json!({
             "status": "degraded",

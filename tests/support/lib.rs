@@ -26,6 +26,9 @@ pub const PARTITIONS: i32 = 3;
 /// A running gateway and the broker it publishes to.
 pub struct TestGateway {
     pub address: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are: `address` unless
+    /// `admin_listen` is set.
+    pub admin_address: String,
     pub client: reqwest::Client,
     pub settings: Settings,
     pub broker: EmbeddedBroker,
@@ -48,10 +51,12 @@ pub async fn spawn_gateway(configure: impl FnOnce(Figment) -> Figment) -> TestGa
     settings.kafka.bootstrap_servers = broker.bootstrap_servers();
     let app = Application::build(&settings).expect("gateway builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
     TestGateway {
         address,
+        admin_address,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()
@@ -95,6 +100,11 @@ impl TestGateway {
         format!("{}{}", self.address, path)
     }
 
+    /// `path` on the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{}", self.admin_address, path)
+    }
+
     pub fn topic(&self, topic: Topic) -> String {
         self.settings.topics.name(topic).to_string()
     }
@@ -130,7 +140,7 @@ impl TestGateway {
 
     pub async fn metrics(&self) -> String {
         self.client
-            .get(self.url("/metrics"))
+            .get(self.admin_url("/metrics"))
             .send()
             .await
             .expect("metrics answer")
