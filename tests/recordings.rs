@@ -530,31 +530,125 @@ async fn links_not_ready_are_polled_then_archived_or_dead_lettered() {
     assert_eq!(failed, 1.0);
 }
 
+/// A link that is not ready holds only its own record: the records behind
+/// it on its partition are archived meanwhile, but stay uncommitted (the
+/// lag counts the waiting record and everything after it); a restart
+/// archives the waiting one and finds the others already archived.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lag_shows_what_waits_behind_a_link_not_ready() {
+async fn a_link_not_ready_holds_only_its_own_record() {
     let (kafka, media, dir) = setup().await;
+    let late = audio(21, 800);
     media.script("/later.mp3", [Reply::Status(404)]);
     let waiting = onoff("later-1", Some(&media.url("/later.mp3")), None, "");
-    let behind: Vec<Event> = (0..3)
-        .map(|i| onoff(&format!("behind-{i}"), None, None, ""))
-        .collect();
     let mut events = vec![(waiting, 1)];
-    events.extend(behind.into_iter().map(|e| (e, 1)));
-    // One partition: the three behind the waiting link are its lag.
+    for i in 0..3 {
+        let path = format!("/ready-{i}.mp3");
+        media.script(&path, [Reply::Audio(audio(30 + i, 500), "audio/mpeg")]);
+        let url = media.url(&path);
+        events.push((onoff(&format!("ready-{i}"), Some(&url), None, ""), 1));
+    }
+    // One partition, the waiting link first.
+    produce_events(&kafka.bootstrap(), &events, Some(0)).await;
+    let settings = settings(&kafka, dir.path(), |f| {
+        f.merge(("recordings.not_ready_retry_secs", 600))
+    });
+
+    let archiver = start(&settings);
+    kafka
+        .wait_for(
+            Topic::Recordings,
+            3,
+            "the three ready links, behind the waiting one",
+        )
+        .await;
+    assert!(media.requests("/later.mp3").len() >= 2, "still polled");
+    wait("lag 4: the waiting record and the three after it", || {
+        archiver.metric("callstream_recordings_lag_records", "") == 4.0
+    })
+    .await;
+    assert_eq!(
+        archiver.metric("callstream_recordings_in_progress_records", ""),
+        1.0
+    );
+    archiver.stop().await;
+
+    media.script("/later.mp3", [Reply::Audio(late.clone(), "audio/mpeg")]);
+    let archiver = start(&settings);
+    kafka
+        .wait_for(Topic::Recordings, 7, "the late link, and the others again")
+        .await;
+    wait("lag 0", || {
+        archiver.metric("callstream_recordings_lag_records", "") == 0.0
+    })
+    .await;
+    assert_eq!(archiver.recordings("already_archived"), 3.0);
+    archiver.stop().await;
+    for i in 0..3 {
+        let path = format!("/ready-{i}.mp3");
+        assert_eq!(media.requests(&path).len(), 1, "{path} downloaded once");
+    }
+    let archived: Vec<Value> = kafka
+        .read(Topic::Recordings)
+        .iter()
+        .map(Record::json)
+        .collect();
+    let late_one = archived
+        .iter()
+        .find(|v| v["identity"] == events[0].0.identity)
+        .expect("the late link archived");
+    assert_eq!(std::fs::read(file_of(late_one)).unwrap(), late);
+}
+
+/// At most `concurrency` downloads at once; an event's revisions one after
+/// the other, never at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_run_side_by_side_up_to_the_limit_and_in_order_per_event() {
+    let (kafka, media, dir) = setup().await;
+    let slow = Duration::from_millis(1500);
+    let mut events = Vec::new();
+    for i in 0..3 {
+        let path = format!("/slow-{i}.mp3");
+        media.script(&path, [Reply::Hang(slow, audio(40 + i, 300))]);
+        events.push((
+            onoff(&format!("slow-{i}"), Some(&media.url(&path)), None, ""),
+            1,
+        ));
+    }
+    // Two revisions of one event, each with a link of its own.
+    media.script("/first.mp3", [Reply::Hang(slow, audio(50, 300))]);
+    media.script("/second.mp3", [Reply::Audio(audio(51, 300), "audio/mpeg")]);
+    let first = onoff("twice", Some(&media.url("/first.mp3")), None, "");
+    let second = onoff("twice", Some(&media.url("/second.mp3")), None, "v2");
+    assert_eq!(first.identity, second.identity);
+    events.push((first, 1));
+    events.push((second, 2));
     produce_events(&kafka.bootstrap(), &events, Some(0)).await;
 
     let archiver = start(&settings(&kafka, dir.path(), |f| {
-        f.merge(("recordings.not_ready_retry_secs", 600))
+        f.merge(("recordings.concurrency", 2))
+            .merge(("recordings.timeout_ms", 10_000))
     }));
-    wait("the link is being polled", || {
-        media.requests("/later.mp3").len() >= 2
-    })
-    .await;
-    wait("lag 3", || {
-        archiver.metric("callstream_recordings_lag_records", "") == 3.0
-    })
-    .await;
+    kafka.wait_for(Topic::Recordings, 5, "every link").await;
     archiver.stop().await;
+
+    let mut starts: Vec<Instant> = (0..3)
+        .map(|i| media.request_times(&format!("/slow-{i}.mp3"))[0].1)
+        .chain([media.request_times("/first.mp3")[0].1])
+        .collect();
+    starts.sort();
+    // Two at once; each of the other two only once one of them ended.
+    assert!(starts[1] - starts[0] < slow / 2, "two side by side");
+    assert!(starts[2] - starts[0] >= slow.mul_f64(0.9), "a third waited");
+    assert!(
+        starts[3] - starts[0] >= slow.mul_f64(0.9),
+        "a fourth waited"
+    );
+    let first_at = media.request_times("/first.mp3")[0].1;
+    let second_at = media.request_times("/second.mp3")[0].1;
+    assert!(
+        second_at - first_at >= slow.mul_f64(0.9),
+        "revision 2 started only after revision 1 finished"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,14 +77,14 @@ pub enum DecodeError {
 }
 
 /// Reads a header's value as UTF-8.
-pub fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
+pub fn header<'a, M: Message>(msg: &'a M, name: &str) -> Option<&'a str> {
     msg.headers()?
         .iter()
         .find(|h| h.key == name)
         .and_then(|h| std::str::from_utf8(h.value?).ok())
 }
 
-pub fn decode_unique(msg: &BorrowedMessage<'_>) -> Result<UniqueEvent, DecodeError> {
+pub fn decode_unique<M: Message>(msg: &M) -> Result<UniqueEvent, DecodeError> {
     let json = msg.payload().ok_or(DecodeError::Empty)?;
     let event: Event = serde_json::from_slice(json)?;
     let revision = header(msg, REVISION_HEADER)
@@ -156,13 +156,24 @@ impl ConsumerContext for TrackingContext {
     }
 }
 
-/// Records between `consumer`'s positions and the ends of its assigned
-/// partitions, asked of the brokers (one `ListOffsets` request per leader
-/// for all partitions; with `read_committed`, the last stable offsets).
-/// Blocking: call off the async workers. A partition the consumer has not
-/// consumed from since it started counts from its committed offset (from
-/// its first offset if none). `None` if the brokers did not answer within
-/// `timeout`.
+/// Where a consumer's lag counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagFrom {
+    /// The next record the loop will receive: for loops that finish one
+    /// record before taking the next.
+    Position,
+    /// The committed offsets: for loops that work on several records at
+    /// once, where the position runs ahead of what is finished.
+    Committed,
+}
+
+/// Records between `consumer`'s positions (or committed offsets, see
+/// [`LagFrom`]) and the ends of its assigned partitions, asked of the
+/// brokers (one `ListOffsets` request per leader for all partitions; with
+/// `read_committed`, the last stable offsets). Blocking: call off the async
+/// workers. A partition without a position counts from its committed
+/// offset, and without that from its first offset. `None` if the brokers
+/// did not answer within `timeout`.
 ///
 /// (It used the high watermarks librdkafka caches from its fetch responses
 /// before: no request, but stale while librdkafka's prefetch queue is full
@@ -170,9 +181,13 @@ impl ConsumerContext for TrackingContext {
 /// should rise; and a partition not consumed from counted as 0.)
 pub fn consumer_lag<X: ConsumerContext, C: Consumer<X>>(
     consumer: &C,
+    from: LagFrom,
     timeout: Duration,
 ) -> Option<i64> {
-    let positions = consumer.position().ok()?;
+    let positions = match from {
+        LagFrom::Position => consumer.position().ok()?,
+        LagFrom::Committed => consumer.committed(timeout).ok()?,
+    };
     if positions.count() == 0 {
         return Some(0);
     }
@@ -184,7 +199,7 @@ pub fn consumer_lag<X: ConsumerContext, C: Consumer<X>>(
     let unread = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
         !matches!(e.offset(), Offset::Offset(_))
     };
-    let committed = if positions.elements().iter().any(unread) {
+    let committed = if from == LagFrom::Position && positions.elements().iter().any(unread) {
         Some(consumer.committed(timeout).ok()?)
     } else {
         None
@@ -235,13 +250,25 @@ impl LagReporter {
         X: ConsumerContext,
         C: Consumer<X> + Send + Sync + 'static,
     {
+        Self::spawn_from(consumer, gauge, LagFrom::Position)
+    }
+
+    pub fn spawn_from<X, C>(
+        consumer: Arc<C>,
+        gauge: prometheus::IntGauge,
+        from: LagFrom,
+    ) -> LagReporter
+    where
+        X: ConsumerContext,
+        C: Consumer<X> + Send + Sync + 'static,
+    {
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             loop {
                 let measured = consumer.clone();
                 let lag = tokio::task::spawn_blocking(move || {
-                    consumer_lag(measured.as_ref(), LAG_TIMEOUT)
+                    consumer_lag(measured.as_ref(), from, LAG_TIMEOUT)
                 })
                 .await;
                 if let Ok(Some(lag)) = lag {
@@ -278,10 +305,10 @@ impl Drop for LagReporter {
 /// comes. Returns false if shutdown began first: the record then stays
 /// uncommitted and is handled again after the restart. `on_error` sees each
 /// failed attempt (for metrics).
-pub async fn dead_letter(
+pub async fn dead_letter<M: Message>(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
-    msg: &BorrowedMessage<'_>,
+    msg: &M,
     extra: &[(&str, &str)],
     retry_every: Duration,
     shutdown: &tokio::sync::watch::Receiver<bool>,

@@ -8,7 +8,7 @@
 //!
 //! **Guarantee: every media handle of every unique record is archived and
 //! announced, or its record is dead-lettered; at least once, in order per
-//! partition.** A record's offset is stored and committed only after each
+//! key.** A record's offset is stored and committed only after each
 //! of its recordings events, or its dead letter
 //! (`callstream.recordings.dlq.v1`: the unique record plus
 //! `cs_recordings_error` and `cs_recordings_attempts`), was acknowledged by
@@ -32,9 +32,17 @@
 //! `404` means "not ready yet" (Onoff sends recordings minutes after the
 //! call): polled for `not_ready_retry_secs`. Other answers, refused targets,
 //! bodies over `max_bytes` and text/JSON pages served as audio are
-//! dead-lettered at once. A record waits for its media, so a slow link
-//! holds back its partition for up to the worst case (`max.poll.interval.ms`
-//! is raised to cover it).
+//! dead-lettered at once.
+//!
+//! **Concurrency.** Up to `concurrency` records are archived at once, one
+//! at a time per key (an event's revisions stay in order), so a link that
+//! is not ready, or slow, holds only its own record while the others are
+//! archived before their links expire. A partition's offset is committed
+//! only below its oldest record in progress: after a crash, that record
+//! and the finished ones after it are processed again (and found already
+//! archived). When every slot holds a waiting record, nothing more is read
+//! until one finishes (`max.poll.interval.ms` is raised to cover the worst
+//! case).
 //!
 //! **Never fetched** ([`guard`]): other schemes than http(s), and
 //! loopback, private, link-local and other non-public addresses, unless
@@ -132,6 +140,7 @@ impl RecordingsConsumer {
                 downloader,
                 redactor,
                 metrics,
+                concurrency: recordings.concurrency,
             },
             location,
         })

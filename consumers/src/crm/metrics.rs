@@ -89,7 +89,7 @@ impl CrmMetrics {
             Opts::new(
                 "callstream_crm_lag_records",
                 "Records between the target's position and the end of its partitions \
-                 (refreshed every 2 s, from librdkafka's cached watermarks).",
+                 (asked of the brokers every 2 s).",
             ),
             &["target"],
         )?;

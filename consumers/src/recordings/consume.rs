@@ -1,12 +1,18 @@
-//! The archiver's loop: unique records in order, each committed only after
-//! every recordings event for it, or its dead letter, was acknowledged.
+//! The archiver's loop: up to `recordings.concurrency` unique records at
+//! once (one at a time per key, so an event's revisions stay in order),
+//! each partition committed only below its oldest record in progress, and
+//! a record finished only once every recordings event for it, or its dead
+//! letter, was acknowledged. A link that is not ready holds its own record,
+//! not the archiver.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::watch;
 
@@ -17,7 +23,7 @@ use super::metrics::{MediaOutcome, Metrics};
 use super::settings::MAX_MEDIA_PER_EVENT;
 use super::source;
 use super::template::{Redactor, Resolver};
-use crate::kafka::{decode_unique, LagReporter};
+use crate::kafka::{decode_unique, LagFrom, LagReporter};
 use crate::runtime::{pause, wait_for};
 
 /// Headers added to a dead letter, besides the original ones.
@@ -38,6 +44,8 @@ pub struct ArchiveLoop {
     pub downloader: Downloader,
     pub redactor: Redactor,
     pub metrics: Metrics,
+    /// Records archived at once (`recordings.concurrency`).
+    pub concurrency: usize,
 }
 
 /// A handle that could not be archived.
@@ -46,49 +54,159 @@ struct Failure {
     attempts: u32,
 }
 
+/// Per partition, the records started and not finished, so that only the
+/// offsets below the oldest of them are committed.
+#[derive(Default)]
+struct Progress {
+    partitions: HashMap<i32, PartitionProgress>,
+}
+
+#[derive(Default)]
+struct PartitionProgress {
+    /// Offset → records in progress at it (two after a rebalance handed a
+    /// partition back while its old record was still running).
+    running: BTreeMap<i64, usize>,
+    /// The offset after the highest record started.
+    next: i64,
+    /// The offset last stored for commit.
+    stored: i64,
+}
+
+impl Progress {
+    fn start(&mut self, partition: i32, offset: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        *p.running.entry(offset).or_default() += 1;
+        p.next = p.next.max(offset + 1);
+    }
+
+    /// Marks a record finished; returns the partition's new commit point
+    /// (the offset to resume from) when it moved. Every offset below the
+    /// oldest record still running was started by this loop and finished
+    /// (a record is never dropped unfinished while the loop goes on).
+    fn finish(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        let p = self.partitions.get_mut(&partition)?;
+        if let Some(n) = p.running.get_mut(&offset) {
+            *n -= 1;
+            if *n == 0 {
+                p.running.remove(&offset);
+            }
+        }
+        let point = p.running.keys().next().copied().unwrap_or(p.next);
+        (point > p.stored).then(|| {
+            p.stored = point;
+            point
+        })
+    }
+
+    fn running(&self) -> usize {
+        self.partitions
+            .values()
+            .flat_map(|p| p.running.values())
+            .sum()
+    }
+}
+
 impl ArchiveLoop {
-    /// Runs until `shutdown`; then commits what is finished and leaves the group.
+    /// Runs until `shutdown`; then lets the records in progress stop (a
+    /// download is cancelled, its record stays uncommitted), commits what is
+    /// finished and leaves the group.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.topic])?;
-        tracing::info!(group = %self.group, topic = %self.topic, "recordings archiver consuming");
-        let lag = LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
+        tracing::info!(group = %self.group, topic = %self.topic, concurrency = self.concurrency, "recordings archiver consuming");
+        // From the committed offsets: the position runs ahead of the
+        // records still in progress.
+        let lag = LagReporter::spawn_from(
+            self.consumer.clone(),
+            self.metrics.lag.clone(),
+            LagFrom::Committed,
+        );
+        let stopping = shutdown.clone();
+        let mut running = FuturesUnordered::new();
+        let mut progress = Progress::default();
+        // Keys with a record in progress, and the record that waits for its
+        // key (nothing more is taken meanwhile, so records stay in order).
+        let mut keys: HashSet<Option<Vec<u8>>> = HashSet::new();
+        let mut waiting: Option<OwnedMessage> = None;
+        let mut stop = false;
         loop {
-            let msg = tokio::select! {
-                biased;
-                _ = wait_for(&mut shutdown) => break,
-                msg = self.consumer.recv() => msg,
-            };
-            let msg = match msg {
-                Ok(msg) => msg,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kafka consume error");
-                    if pause(KAFKA_ERROR_PAUSE, &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            if self.process(&msg, &shutdown).await.is_none() {
-                tracing::info!(
-                    partition = msg.partition(),
-                    offset = msg.offset(),
-                    "shutdown with a record unfinished: not committed, it is processed again after the restart"
-                );
+            if let Some(msg) = waiting.take_if(|m| !keys.contains(&key_of(m))) {
+                keys.insert(key_of(&msg));
+                progress.start(msg.partition(), msg.offset());
+                running.push(self.finish_one(msg, &stopping));
+            }
+            self.metrics.in_progress.set(progress.running() as i64);
+            if stop && running.is_empty() {
                 break;
             }
-            self.store(&msg);
+            let take = !stop && waiting.is_none() && running.len() < self.concurrency;
+            tokio::select! {
+                biased;
+                _ = wait_for(&mut shutdown), if !stop => stop = true,
+                Some((msg, done)) = running.next() => {
+                    keys.remove(&key_of(&msg));
+                    match done {
+                        Some(()) => {
+                            if let Some(point) = progress.finish(msg.partition(), msg.offset()) {
+                                self.commit(msg.partition(), point);
+                            }
+                        }
+                        None => tracing::info!(
+                            partition = msg.partition(),
+                            offset = msg.offset(),
+                            "shutdown with a record unfinished: not committed, it is processed again after the restart"
+                        ),
+                    }
+                }
+                msg = self.consumer.recv(), if take => match msg {
+                    Ok(msg) => {
+                        let msg = msg.detach();
+                        if keys.contains(&key_of(&msg)) {
+                            waiting = Some(msg);
+                        } else {
+                            keys.insert(key_of(&msg));
+                            progress.start(msg.partition(), msg.offset());
+                            running.push(self.finish_one(msg, &stopping));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kafka consume error");
+                        stop |= pause(KAFKA_ERROR_PAUSE, &shutdown).await;
+                    }
+                },
+            }
         }
+        drop(running);
+        self.metrics.in_progress.set(0);
         lag.stop().await;
         self.close().await;
         Ok(())
     }
 
-    /// Archives the record's media; `None` if shutdown interrupted it.
-    async fn process(
+    /// [`ArchiveLoop::process`] for a record the loop owns.
+    async fn finish_one(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: OwnedMessage,
         shutdown: &watch::Receiver<bool>,
-    ) -> Option<()> {
+    ) -> (OwnedMessage, Option<()>) {
+        let done = self.process(&msg, shutdown).await;
+        (msg, done)
+    }
+
+    /// Stores `point` (the offset to resume from) for commit and commits in
+    /// the background. A lost commit only means records are handled again
+    /// (a rebalance that took the partition away: its new owner does).
+    fn commit(&self, partition: i32, point: i64) {
+        let stored = self
+            .consumer
+            .store_offset(&self.topic, partition, point - 1)
+            .and_then(|()| self.consumer.commit_consumer_state(CommitMode::Async));
+        if let Err(e) = stored {
+            tracing::warn!(partition, offset = point, error = %e, "offset not committed");
+        }
+    }
+
+    /// Archives the record's media; `None` if shutdown interrupted it.
+    async fn process(&self, msg: &OwnedMessage, shutdown: &watch::Receiver<bool>) -> Option<()> {
         let unique = match decode_unique(msg) {
             Ok(unique) => unique,
             Err(e) => {
@@ -199,7 +317,7 @@ impl ArchiveLoop {
     /// [`crate::kafka::dead_letter`]. `None` if shutdown came first.
     async fn dead_letter(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &OwnedMessage,
         error: &str,
         attempts: u32,
         shutdown: &watch::Receiver<bool>,
@@ -219,12 +337,15 @@ impl ArchiveLoop {
         acked.then(|| self.metrics.dead_letters.inc())
     }
 
-    fn store(&self, msg: &BorrowedMessage<'_>) {
-        crate::kafka::commit_after(&self.consumer, msg);
-    }
-
     async fn close(self) {
         crate::kafka::commit_and_close(self.consumer).await;
         tracing::info!("recordings archiver stopped");
     }
+}
+
+/// The key that orders a record against others: records of one key are
+/// archived one at a time (keyless records count as one key; the unique
+/// topic always has keys).
+fn key_of(msg: &OwnedMessage) -> Option<Vec<u8>> {
+    msg.key().map(<[u8]>::to_vec)
 }

@@ -73,6 +73,7 @@ pub struct Metrics {
     pub dead_letters: IntCounter,
     pub download_duration: Histogram,
     pub lag: IntGauge,
+    pub in_progress: IntGauge,
 }
 
 impl Metrics {
@@ -102,10 +103,15 @@ impl Metrics {
         registry.register(Box::new(download_duration.clone()))?;
         let lag = IntGauge::new(
             "callstream_recordings_lag_records",
-            "Records between the archiver's position and the end of its partitions \
-             (refreshed every 2 s, from librdkafka's cached watermarks).",
+            "Records between the archiver's committed offsets and the end of its partitions: \
+             the records in progress and everything after them (asked of the brokers every 2 s).",
         )?;
         registry.register(Box::new(lag.clone()))?;
+        let in_progress = IntGauge::new(
+            "callstream_recordings_in_progress_records",
+            "Records being archived at once (at most recordings.concurrency).",
+        )?;
+        registry.register(Box::new(in_progress.clone()))?;
         let metrics = Metrics {
             media: vec(
                 "media_total",
@@ -141,6 +147,7 @@ impl Metrics {
             )?,
             download_duration,
             lag,
+            in_progress,
         };
         for media in Media::ALL {
             for outcome in MediaOutcome::ALL {

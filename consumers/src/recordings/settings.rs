@@ -51,6 +51,11 @@ pub struct RecordingsSettings {
     /// Upper bound of one back-off, and the polling interval of a link that
     /// is not ready yet.
     pub max_backoff_ms: u64,
+    /// Records archived at once. A link that is not ready yet (or slow)
+    /// holds only its own record (and later ones of the same event); the
+    /// rest go on. Offsets are committed only below the oldest record in
+    /// progress of each partition.
+    pub concurrency: usize,
     /// How long a `404` keeps being retried, from the first attempt. Onoff
     /// publishes recordings 5–8 minutes after the call, and a link sent
     /// early answers `404` until then. `0`: a `404` is final at once.
@@ -80,6 +85,7 @@ impl Default for RecordingsSettings {
             initial_backoff_ms: 1_000,
             max_backoff_ms: 60_000,
             not_ready_retry_secs: 900,
+            concurrency: 8,
             allow_private_targets: false,
             templates: HashMap::new(),
         }
@@ -182,6 +188,9 @@ impl RecordingsSettings {
                     "must be greater than 0",
                 ));
             }
+        }
+        if self.concurrency == 0 {
+            return Err(invalid("recordings.concurrency", "must be at least 1"));
         }
         if self.max_backoff_ms < self.initial_backoff_ms {
             return Err(invalid(
@@ -341,6 +350,7 @@ mod tests {
         );
         assert!(!s.recordings.allow_private_targets);
         assert!(s.recordings.templates.is_empty());
+        assert_eq!(s.recordings.concurrency, 8);
     }
 
     #[test]
@@ -379,10 +389,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_setting() {
-        let cases: [(&str, Figment); 5] = [
+        let cases: [(&str, Figment); 6] = [
             (
                 "recordings.max_bytes",
                 Figment::new().merge(("recordings.max_bytes", 0)),
+            ),
+            (
+                "recordings.concurrency",
+                Figment::new().merge(("recordings.concurrency", 0)),
             ),
             (
                 "recordings.max_backoff_ms",
