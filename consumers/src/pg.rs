@@ -11,13 +11,43 @@ mod embedded {
 
 /// Connects and drives the connection on a background task.
 pub async fn connect(url: &SecretString) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url.expose_secret(), NoTls).await?;
+    let (client, connection) = config(url.expose_secret())?.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::error!(error = %e, "PostgreSQL connection ended");
         }
     });
     Ok(client)
+}
+
+/// The connection settings of `url`, with defaults that notice a database
+/// that went away without closing the connection (a host or network gone):
+/// tokio-postgres would otherwise wait on it for hours (TCP keepalive after
+/// 2 h idle, no connect timeout), and a consumer waiting on a dead
+/// connection neither retries nor reports an error. Settings the URL names
+/// (`connect_timeout`, `keepalives_idle`, `keepalives_interval`,
+/// `keepalives_retries`, `tcp_user_timeout`) are kept.
+pub fn config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    use std::time::Duration;
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    // tokio-postgres's default, which cannot be told from one set in the URL.
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(30));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    // Data sent and not acknowledged for this long: the connection is dead.
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(60));
+    }
+    Ok(config)
 }
 
 /// Applies every migration not yet applied.
@@ -108,4 +138,29 @@ pub async fn advance_offsets(
         .await?;
     let moved: i64 = row.get(0);
     Ok(moved == moves.len() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_dead_connection_is_noticed_in_about_a_minute_unless_the_url_says_otherwise() {
+        let c = super::config("postgres://u@db/callstream").unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(10)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(10)));
+        assert_eq!(c.get_keepalives_retries(), Some(3));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
+
+        let c = super::config(
+            "postgres://u@db/callstream?connect_timeout=3&keepalives_idle=5&keepalives_interval=2&keepalives_retries=9&tcp_user_timeout=7",
+        )
+        .unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(2)));
+        assert_eq!(c.get_keepalives_retries(), Some(9));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+    }
 }
