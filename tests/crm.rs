@@ -678,6 +678,61 @@ async fn a_dead_target_does_not_delay_a_healthy_one() {
     assert_eq!(kafka.dead_letter_count(), 0);
 }
 
+/// `idempotency_key = "revision"`: one key per request content, for CRMs
+/// that refuse a known key with a new body; by default every revision of
+/// an event shares the event's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotency_key_names_the_event_or_each_revision() {
+    let kafka = Kafka::start();
+    let (shared, per_revision) = (FakeCrm::start().await, FakeCrm::start().await);
+    let settings = settings(
+        &kafka.bootstrap(),
+        json!({
+            "shared": {"kind": "webhook", "url": shared.url("/")},
+            "per_revision": {
+                "kind": "webhook",
+                "url": per_revision.url("/"),
+                "idempotency_key": "revision",
+            },
+        }),
+    );
+    let call = event("call", "inbound", "answered");
+    let mut update = call.clone();
+    update["notes"] = json!("Called back");
+    kafka.publish(&[(&call, 1), (&update, 2)]).await;
+    let crm = start(&settings);
+    wait("both revisions at both targets", || {
+        shared.delivered().len() == 2 && per_revision.delivered().len() == 2
+    })
+    .await;
+    crm.stop().await;
+
+    let keys = |crm: &FakeCrm| -> Vec<(String, String)> {
+        let mut keys: Vec<_> = crm
+            .received()
+            .iter()
+            .map(|r| {
+                (
+                    r.header("idempotency-key").to_string(),
+                    r.header("x-callstream-revision").to_string(),
+                )
+            })
+            .collect();
+        keys.sort();
+        keys
+    };
+    let id = key_of(&call);
+    let pair = |key: String, revision: &str| (key, revision.to_string());
+    assert_eq!(
+        keys(&shared),
+        [pair(id.clone(), "1"), pair(id.clone(), "2")]
+    );
+    assert_eq!(
+        keys(&per_revision),
+        [pair(format!("{id}:1"), "1"), pair(format!("{id}:2"), "2")]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_targets_lag_shows_what_it_has_left() {
     let kafka = Kafka::start();

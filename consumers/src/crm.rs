@@ -21,7 +21,10 @@
 //! carries `Idempotency-Key: <event_id>` for the CRM to drop repeats, and
 //! `X-Callstream-Revision: <n>`: an update (same identity, new content,
 //! revision ≥ 2) keeps the *same* key, since it is the same call, so a CRM
-//! that deduplicates must key on (key, revision) or upsert by key.
+//! that deduplicates must key on (key, revision) or upsert by key. A target
+//! with `idempotency_key = "revision"` gets `<event_id>:<revision>` instead,
+//! for CRMs that follow the IETF Idempotency-Key draft (a known key with a
+//! new body is refused there, which would dead-letter every update).
 //!
 //! What breaks it: committing before the outcome is known (enabling
 //! `enable.auto.commit` or `enable.auto.offset.store` in

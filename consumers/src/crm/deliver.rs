@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use callstream_schemas::Event;
 
 use super::metrics::TargetMetrics;
-use super::settings::TargetSettings;
+use super::settings::{IdempotencyKey, TargetSettings};
 use super::{Mapping, Outgoing};
 use crate::runtime::wait_for;
 
@@ -177,6 +177,7 @@ pub struct Deliverer {
     backoff: ExponentialBuilder,
     max_backoff: Duration,
     timeout_ms: u64,
+    idempotency_key: IdempotencyKey,
     metrics: TargetMetrics,
 }
 
@@ -225,6 +226,7 @@ impl Deliverer {
             backoff,
             max_backoff: settings.max_backoff(),
             timeout_ms: settings.timeout_ms,
+            idempotency_key: settings.idempotency_key,
             metrics,
         })
     }
@@ -249,7 +251,10 @@ impl Deliverer {
         };
         let attempts = AtomicU32::new(0);
         let (this, outgoing, attempts_ref) = (self, &outgoing, &attempts);
-        let key = event.event_id.to_string();
+        let key = match self.idempotency_key {
+            IdempotencyKey::Event => event.event_id.to_string(),
+            IdempotencyKey::Revision => format!("{}:{revision}", event.event_id),
+        };
         let key = key.as_str();
         let sleep_shutdown = shutdown.clone();
         let result = (move || async move {

@@ -47,6 +47,20 @@ impl Default for CrmSettings {
     }
 }
 
+/// What a target's `Idempotency-Key` names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdempotencyKey {
+    /// The event (`<event_id>`): every revision of an event shares the key,
+    /// for CRMs that upsert by key and order by `X-Callstream-Revision`.
+    #[default]
+    Event,
+    /// The request (`<event_id>:<revision>`): for CRMs that follow the IETF
+    /// Idempotency-Key draft and refuse (`422`) a known key with a new body,
+    /// which an update of the event would otherwise be.
+    Revision,
+}
+
 /// Which request a target gets for an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,6 +106,10 @@ pub struct TargetSettings {
     /// fractions allowed (`0.5` = one every two seconds). Per process.
     #[serde(default = "default_rate_per_second")]
     pub rate_per_second: f64,
+    /// `event` (default: `<event_id>`, shared by the event's revisions) or
+    /// `revision` (`<event_id>:<revision>`, one per request content).
+    #[serde(default)]
+    pub idempotency_key: IdempotencyKey,
     /// Event kinds delivered; others are committed without a request.
     /// `call_progress` (live steps of a call) is never delivered.
     #[serde(default = "default_kinds")]
