@@ -36,7 +36,7 @@ pub struct Settings {
     pub recordings: crate::recordings::RecordingsSettings,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
     /// Comma-separated brokers (`KAFKA_BOOTSTRAP_SERVERS`). Required.
@@ -45,6 +45,34 @@ pub struct KafkaSettings {
     /// Nested levels join with dots, as in the gateway.
     #[serde(deserialize_with = "callstream_gateway::config::dotted_properties")]
     pub properties: BTreeMap<String, String>,
+    /// Over `properties`, for the process's consumers only (group, fetch and
+    /// session settings), so its producers do not warn about them.
+    #[serde(
+        default,
+        deserialize_with = "callstream_gateway::config::dotted_properties"
+    )]
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Over `properties`, for the process's producers only (dedup's output,
+    /// dead letters, recordings events, replay).
+    #[serde(
+        default,
+        deserialize_with = "callstream_gateway::config::dotted_properties"
+    )]
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+impl KafkaSettings {
+    /// `properties`, then the role's own (which win).
+    pub fn properties_for(
+        &self,
+        role: crate::kafka::Role,
+    ) -> impl Iterator<Item = (&String, &String)> {
+        let own = match role {
+            crate::kafka::Role::Consumer => &self.consumer_properties,
+            crate::kafka::Role::Producer => &self.producer_properties,
+        };
+        self.properties.iter().chain(own)
+    }
 }
 
 /// Topic names; see `callstream_schemas::Topic` for what each carries.
@@ -126,10 +154,7 @@ fn defaults() -> Defaults {
     Defaults {
         log_format: LogFormat::Auto,
         metrics_listen: "0.0.0.0:9090",
-        kafka: KafkaSettings {
-            bootstrap_servers: String::new(),
-            properties: BTreeMap::new(),
-        },
+        kafka: KafkaSettings::default(),
         topics: TopicNames {
             raw: Topic::Raw.default_name().into(),
             events: Topic::Events.default_name().into(),
@@ -279,6 +304,15 @@ mod tests {
                 .map(String::as_str),
             Some("6000")
         );
+        let s = with("kafka.consumer_properties.session.timeout.ms", 7000).unwrap();
+        assert_eq!(
+            s.kafka
+                .consumer_properties
+                .get("session.timeout.ms")
+                .map(String::as_str),
+            Some("7000")
+        );
+        assert!(s.kafka.properties.is_empty());
     }
 
     #[test]

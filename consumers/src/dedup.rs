@@ -46,7 +46,7 @@ use callstream_schemas::event::REVISION_HEADER;
 use callstream_schemas::Topic;
 
 use crate::config::{KafkaSettings, Settings};
-use crate::kafka::{client_config, client_config_with, consumer_config, TrackingContext};
+use crate::kafka::{client_config, client_config_with, consumer_config, Role, TrackingContext};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Changelog key of a partition's position record; no identity starts with NUL.
@@ -324,14 +324,17 @@ impl Dedup {
                 .create_with_context(TrackingContext::default())?;
         // lz4 as the gateway's: events are JSON, several times smaller
         // compressed, on the broker's disks and to every subscriber.
-        let producer: ThreadedProducer<Acks> =
-            client_config_with(&settings.kafka, &[("compression.type", "lz4")])
-                .set("transactional.id", &d.transactional_id)
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set("partitioner", "murmur2_random")
-                .set("linger.ms", "5")
-                .create_with_context(Acks::default())?;
+        let producer: ThreadedProducer<Acks> = client_config_with(
+            &settings.kafka,
+            Role::Producer,
+            &[("compression.type", "lz4")],
+        )
+        .set("transactional.id", &d.transactional_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create_with_context(Acks::default())?;
         producer.init_transactions(TXN_TIMEOUT)?;
         let dedup = Dedup {
             consumer: Arc::new(consumer),
@@ -751,7 +754,7 @@ pub async fn restore(
     let changelog = changelog.to_string();
     let partitions = partitions.to_vec();
     tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<i32, Restored>> {
-        let consumer: BaseConsumer<RestoreContext> = client_config(&kafka)
+        let consumer: BaseConsumer<RestoreContext> = client_config(&kafka, Role::Consumer)
             .set("group.id", "callstream-dedup-restore")
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")

@@ -14,18 +14,33 @@ use callstream_schemas::Event;
 
 use crate::config::KafkaSettings;
 
-/// Base configuration of every client: brokers plus configured extras.
-pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
-    client_config_with(kafka, &[])
+/// Which of a process's clients a configuration is for: each gets
+/// `kafka.properties` and then its own `kafka.consumer_properties` or
+/// `kafka.producer_properties` (so a consumer-only property does not make
+/// librdkafka warn on the producers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Consumer,
+    Producer,
 }
 
-/// [`client_config`] over `defaults`, which `kafka.properties` may override.
-pub fn client_config_with(kafka: &KafkaSettings, defaults: &[(&str, &str)]) -> ClientConfig {
+/// Base configuration of a client: brokers plus configured extras.
+pub fn client_config(kafka: &KafkaSettings, role: Role) -> ClientConfig {
+    client_config_with(kafka, role, &[])
+}
+
+/// [`client_config`] over `defaults`, which the configured properties may
+/// override.
+pub fn client_config_with(
+    kafka: &KafkaSettings,
+    role: Role,
+    defaults: &[(&str, &str)],
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (k, v) in defaults {
         config.set(*k, *v);
     }
-    for (k, v) in &kafka.properties {
+    for (k, v) in kafka.properties_for(role) {
         config.set(k, v);
     }
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
@@ -43,8 +58,11 @@ pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// A consumer in `group` that never commits on its own and reads only
 /// committed transactional data (the dedup output is transactional).
 pub fn consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig {
-    let mut config =
-        client_config_with(kafka, &[("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)]);
+    let mut config = client_config_with(
+        kafka,
+        Role::Consumer,
+        &[("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)],
+    );
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -390,7 +408,10 @@ pub fn slow_record_consumer_config(
 ) -> ClientConfig {
     const INTERVAL: &str = "max.poll.interval.ms";
     let mut config = consumer_config(kafka, group);
-    if !kafka.properties.contains_key(INTERVAL) {
+    if !kafka
+        .properties_for(Role::Consumer)
+        .any(|(k, _)| k == INTERVAL)
+    {
         let worst_ms = worst_case.as_millis() as u64;
         config.set(INTERVAL, (worst_ms + 60_000).max(300_000).to_string());
     }
@@ -400,7 +421,7 @@ pub fn slow_record_consumer_config(
 /// A producer for records that must be durable before the record they came
 /// from is committed (dead letters, derived events).
 pub fn durable_producer_config(kafka: &KafkaSettings) -> ClientConfig {
-    let mut config = client_config(kafka);
+    let mut config = client_config(kafka, Role::Producer);
     config
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -416,7 +437,7 @@ mod tests {
     fn consumers_back_off_briefly_unless_configured() {
         let mut kafka = KafkaSettings {
             bootstrap_servers: "127.0.0.1:9".into(),
-            properties: Default::default(),
+            ..Default::default()
         };
         let config = consumer_config(&kafka, "g");
         assert_eq!(
@@ -428,5 +449,31 @@ mod tests {
             .insert("fetch.queue.backoff.ms".into(), "500".into());
         let config = consumer_config(&kafka, "g");
         assert_eq!(config.get("fetch.queue.backoff.ms"), Some("500"));
+    }
+
+    #[test]
+    fn role_properties_reach_only_their_role() {
+        let kafka = KafkaSettings {
+            bootstrap_servers: "127.0.0.1:9".into(),
+            properties: [("client.id".into(), "all".into())].into(),
+            consumer_properties: [("session.timeout.ms".into(), "6000".into())].into(),
+            producer_properties: [
+                ("linger.ms".into(), "20".into()),
+                ("client.id".into(), "producer".into()),
+            ]
+            .into(),
+        };
+        let consumer = consumer_config(&kafka, "g");
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(consumer.get("client.id"), Some("all"));
+        let producer = durable_producer_config(&kafka);
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(
+            producer.get("client.id"),
+            Some("producer"),
+            "the role's own wins"
+        );
     }
 }

@@ -63,7 +63,7 @@ use callstream_gateway::publish::{OutRecord, PublishError, Publisher};
 use callstream_schemas::raw::H_REQUEST_ID;
 use callstream_schemas::Topic;
 
-use crate::config::{KafkaSettings, Settings};
+use crate::config::Settings;
 use crate::kafka::header;
 use range::{Bound, Lookup};
 use reader::RangeReader;
@@ -340,17 +340,18 @@ impl Originals {
 
 /// The gateway's publisher, configured for a replay.
 fn publisher(settings: &Settings) -> Result<Publisher, ReplayError> {
-    let KafkaSettings {
-        bootstrap_servers,
-        properties,
-    } = &settings.kafka;
+    let kafka = &settings.kafka;
+    let properties = kafka
+        .properties_for(crate::kafka::Role::Producer)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let kafka = callstream_gateway::config::KafkaSettings {
-        bootstrap_servers: bootstrap_servers.clone(),
+        bootstrap_servers: kafka.bootstrap_servers.clone(),
         publish_timeout_ms: PUBLISH_TIMEOUT_MS,
         linger_ms: 5.0,
         // Only the embedded broker reads it; a replay never starts one.
         embedded_partitions: 1,
-        properties: properties.clone(),
+        properties,
     };
     let topics = callstream_gateway::config::TopicNames {
         raw: settings.topics.name(Topic::Raw).to_string(),
@@ -359,7 +360,7 @@ fn publisher(settings: &Settings) -> Result<Publisher, ReplayError> {
     };
     Publisher::new(
         &kafka,
-        bootstrap_servers,
+        &kafka.bootstrap_servers,
         topics,
         MAX_RECORD_BYTES,
         // The gateway's metrics, never exported: the report is the output.

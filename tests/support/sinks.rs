@@ -146,7 +146,7 @@ pub async fn start_sink<W: PgWriter + 'static>(
     };
     let kafka = KafkaSettings {
         bootstrap_servers: bootstrap.to_string(),
-        properties: Default::default(),
+        ..Default::default()
     };
     let consumer = consumer_config(&kafka, kafka_group)
         .create_with_context(TrackingContext::default())

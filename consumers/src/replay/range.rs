@@ -108,7 +108,7 @@ pub(crate) struct Lookup {
 
 impl Lookup {
     pub fn new(kafka: &KafkaSettings, topic: &str) -> Result<Lookup, ReplayError> {
-        let consumer = client_config(kafka)
+        let consumer = client_config(kafka, crate::kafka::Role::Consumer)
             // librdkafka needs a group id to assign partitions; an assigned
             // consumer never joins the group, and nothing is committed.
             .set("group.id", super::CONSUMER_GROUP)

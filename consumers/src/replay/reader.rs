@@ -41,7 +41,7 @@ impl RangeReader {
         topic: &str,
         ranges: &[PartitionRange],
     ) -> Result<RangeReader, ReplayError> {
-        let consumer: StreamConsumer = client_config(kafka)
+        let consumer: StreamConsumer = client_config(kafka, crate::kafka::Role::Consumer)
             // librdkafka needs a group id to assign partitions; an assigned
             // consumer never joins the group, and nothing is committed.
             .set("group.id", super::CONSUMER_GROUP)
