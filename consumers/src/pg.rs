@@ -50,6 +50,21 @@ pub fn config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error
     Ok(config)
 }
 
+/// Whether a failed connection attempt may succeed if tried again: the
+/// server unreachable, starting up, shutting down, out of connection slots,
+/// or not taking connections to this database for now. A refused login
+/// (SQLSTATE class 28) or a database that does not exist (3D000) is a
+/// configuration error that waiting does not fix.
+pub fn connect_error_is_transient(error: &tokio_postgres::Error) -> bool {
+    match error.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            !(code.starts_with("28") || code == "3D000")
+        }
+    }
+}
+
 /// Applies every migration not yet applied.
 pub async fn migrate(client: &mut Client) -> Result<(), refinery::Error> {
     migrate_up_to(client, None).await

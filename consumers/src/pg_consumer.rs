@@ -12,8 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use prometheus::Registry;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use prometheus::{IntCounter, Registry};
 use rdkafka::consumer::StreamConsumer;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::watch;
+use tokio_postgres::Client;
 
 use callstream_schemas::Topic;
 
@@ -21,7 +25,7 @@ use crate::config::{BatchSettings, Settings};
 use crate::kafka::{consumer_config, TrackingContext};
 use crate::pg;
 use crate::pg_sink::{PgSink, PgWriter, SinkMetrics};
-use crate::runtime::{shutdown_on_signal, MetricsServer};
+use crate::runtime::{error_chain, pause, shutdown_on_signal, MetricsServer};
 
 /// Runs `writer` over `callstream.events.unique.v1` until SIGTERM/SIGINT.
 /// `name` prefixes the metrics (`callstream_<name>_...`); `batch` is the
@@ -39,14 +43,20 @@ pub async fn run<W: PgWriter>(
     let metrics_port = metrics_server.port;
     let metrics_handle = metrics_server.spawn();
 
-    let mut clients = Vec::with_capacity(batch.connections);
-    for _ in 0..batch.connections {
-        clients.push(
-            pg::connect(database_url)
-                .await
-                .context("cannot connect to PostgreSQL (database_url)")?,
-        );
-    }
+    let shutdown = shutdown_on_signal()?;
+    let metrics = SinkMetrics::new(&registry, name);
+    let Some(mut clients) = connect_all(
+        database_url,
+        batch.connections,
+        &metrics.db_errors,
+        &shutdown,
+    )
+    .await?
+    else {
+        metrics_handle.stop(true).await;
+        tracing::info!("stopped before PostgreSQL could be reached");
+        return Ok(());
+    };
     pg::migrate(&mut clients[0])
         .await
         .context("cannot apply the database migrations")?;
@@ -57,7 +67,6 @@ pub async fn run<W: PgWriter>(
             .context("cannot create the Kafka consumer (kafka.*)")?;
     let consumer = Arc::new(consumer);
     let topic = settings.topics.name(Topic::EventsUnique).to_string();
-    let shutdown = shutdown_on_signal()?;
     tracing::info!(
         port = metrics_port,
         group = %batch.group_id,
@@ -74,7 +83,7 @@ pub async fn run<W: PgWriter>(
         topic,
         batch_max: batch.batch_max,
         linger: Duration::from_millis(batch.batch_linger_ms),
-        metrics: SinkMetrics::new(&registry, name),
+        metrics,
         database_url: database_url.clone(),
     }
     .run(shutdown)
@@ -86,4 +95,44 @@ pub async fn run<W: PgWriter>(
     metrics_handle.stop(true).await;
     tracing::info!(group = %batch.group_id, "consumer stopped");
     result
+}
+
+/// `connections` connections to `url`. A database that cannot be reached
+/// yet (down, starting, refusing connections for now) is waited for, with
+/// backoff, each failed attempt counted in `errors`: started alongside its
+/// database, or during an outage, the consumer begins once it is back
+/// instead of exiting into a supervisor's restart loop. A login refused or
+/// a database that does not exist ends it with that error at once. `None`
+/// when shutdown began while waiting.
+async fn connect_all(
+    url: &SecretString,
+    connections: usize,
+    errors: &IntCounter,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Vec<Client>>> {
+    pg::config(url.expose_secret()).context("database_url is not a valid PostgreSQL URL")?;
+    let mut backoff = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut clients = Vec::with_capacity(connections);
+    while clients.len() < connections {
+        match pg::connect(url).await {
+            Ok(client) => clients.push(client),
+            Err(e) if pg::connect_error_is_transient(&e) => {
+                errors.inc();
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "cannot reach PostgreSQL yet; waiting for it");
+                if pause(delay, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => {
+                return Err(e).context("PostgreSQL refused the connection (database_url)");
+            }
+        }
+    }
+    Ok(Some(clients))
 }

@@ -1,0 +1,195 @@
+//! A PostgreSQL consumer started before its database can be reached waits
+//! for it instead of exiting; one pointed at a database that does not exist
+//! exits at once with that error. Real binaries, a real PostgreSQL, a real
+//! Kafka-protocol broker.
+
+use std::time::{Duration, Instant};
+
+use callstream_testkit::expected::assert_newest_revisions;
+use callstream_testkit::postgres::TestDatabase;
+use callstream_testkit::sinks::{broker, produce, wait_caught_up};
+use callstream_testkit::unique::{at, scenario};
+use callstream_testkit::ServiceProcess;
+
+const STORE: &str = env!("CARGO_BIN_EXE_callstream-store");
+
+/// A connection to the cluster's `postgres` database, beside `db`.
+async fn admin(db: &TestDatabase) -> tokio_postgres::Client {
+    let url = db.url.replace(&format!("/{}", db.name), "/postgres");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the postgres database");
+    tokio::spawn(conn);
+    client
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+async fn db_errors(metrics_url: &str) -> Option<f64> {
+    let text = reqwest::get(metrics_url).await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("callstream_store_db_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_started_before_its_database_accepts_connections_waits_for_it() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap_servers();
+    let records = scenario(
+        "startup",
+        300,
+        at("2024-06-03T10:00:00Z"),
+        at("2024-06-03T12:00:00Z"),
+    );
+    produce(&bootstrap, &records, None).await;
+    let database = TestDatabase::create().await;
+    let admin = admin(&database).await;
+    let allow = |allow: bool| {
+        let sql = format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}",
+            database.name
+        );
+        let admin = &admin;
+        async move { admin.batch_execute(&sql).await.expect("ALTER DATABASE") }
+    };
+    allow(false).await;
+
+    let port = free_port();
+    let env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("DATABASE_URL", database.url.clone()),
+        ("METRICS_LISTEN", format!("127.0.0.1:{port}")),
+    ];
+    let starting = tokio::task::spawn_blocking(move || ServiceProcess::consumer(STORE, &env));
+
+    // The process is up and retrying: its failed attempts are counted where
+    // ops see them, and it has not exited.
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if db_errors(&metrics_url).await.is_some_and(|n| n >= 3.0) {
+            break;
+        }
+        assert!(
+            !starting.is_finished(),
+            "the store exited or started without its database"
+        );
+        assert!(Instant::now() < deadline, "no retries counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !starting.is_finished(),
+        "running before the database took connections"
+    );
+
+    allow(true).await;
+    let process = starting.await.expect("start task");
+    let db = database.connect().await;
+    wait_caught_up(
+        &db,
+        "callstream-store",
+        records.len() as i64,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_newest_revisions(&db, &records).await;
+    let waited = process
+        .logs()
+        .lock()
+        .expect("log lock")
+        .iter()
+        .filter(|l| l.contains("cannot reach PostgreSQL yet"))
+        .count();
+    assert!(waited >= 3, "each wait is logged: {waited}");
+    let status = tokio::task::spawn_blocking(move || process.terminate())
+        .await
+        .expect("terminate task");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+/// SIGTERM while it waits for the database: a clean, prompt exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_waiting_for_its_database_stops_on_sigterm() {
+    let broker = broker();
+    let database = TestDatabase::create().await;
+    let admin = admin(&database).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+            database.name
+        ))
+        .await
+        .expect("ALTER DATABASE");
+    let port = free_port();
+    let mut child = std::process::Command::new(STORE)
+        .env_clear()
+        .env("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers())
+        .env("DATABASE_URL", &database.url)
+        .env("METRICS_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("store starts");
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !db_errors(&metrics_url).await.is_some_and(|n| n >= 1.0) {
+        assert!(Instant::now() < deadline, "no retries counted");
+        assert!(child.try_wait().expect("status").is_none(), "exited early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = wait_with_deadline(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_pointed_at_a_missing_database_exits_with_the_error() {
+    let broker = broker();
+    let database = TestDatabase::create().await;
+    let missing = database.url.replace(&database.name, "no_such_database");
+    let mut child = std::process::Command::new(STORE)
+        .env_clear()
+        .env("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers())
+        .env("DATABASE_URL", &missing)
+        .env("METRICS_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("store starts");
+    let status = wait_with_deadline(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr read");
+    assert!(!status.success(), "a missing database is an error");
+    assert!(
+        stderr.contains("no_such_database") && stderr.contains("database_url"),
+        "the error names the cause and the setting: {stderr}"
+    );
+}
+
+/// The child's exit status, or a failure (after killing it) if it is still
+/// running after `limit`.
+fn wait_with_deadline(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("status") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
