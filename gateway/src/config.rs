@@ -46,6 +46,9 @@ pub struct Settings {
     pub body_read_timeout_ms: u64,
     /// Idle keep-alive connections are closed after this many seconds.
     pub keep_alive_secs: u64,
+    /// HTTP worker threads; 0: one per CPU the process may use (its cgroup
+    /// quota or affinity included).
+    pub workers: usize,
     pub kafka: KafkaSettings,
     pub spool: SpoolSettings,
     pub topics: TopicNames,
@@ -228,6 +231,7 @@ struct Defaults {
     header_read_timeout_ms: u64,
     body_read_timeout_ms: u64,
     keep_alive_secs: u64,
+    workers: usize,
     kafka: KafkaSettings,
     spool: SpoolSettings,
     topics: TopicNames,
@@ -245,6 +249,7 @@ fn defaults() -> Defaults {
         header_read_timeout_ms: 5_000,
         body_read_timeout_ms: 5_000,
         keep_alive_secs: 30,
+        workers: 0,
         spool: SpoolSettings {
             enabled: true,
             dir: "spool".into(),

@@ -129,15 +129,21 @@ impl Application {
                 app = app.service(route_resource(path, route.clone()));
             }
             app.default_service(web::to(not_found))
-        })
-        .listen(listener)?
-        .shutdown_timeout(settings.shutdown_timeout_secs)
-        // Slow clients may not hold a connection: headers must arrive in
-        // time, idle keep-alive connections are closed.
-        .client_request_timeout(Duration::from_millis(settings.header_read_timeout_ms))
-        .client_disconnect_timeout(Duration::from_secs(1))
-        .keep_alive(Duration::from_secs(settings.keep_alive_secs))
-        .run();
+        });
+        let server = if settings.workers > 0 {
+            server.workers(settings.workers)
+        } else {
+            server
+        };
+        let server = server
+            .listen(listener)?
+            .shutdown_timeout(settings.shutdown_timeout_secs)
+            // Slow clients may not hold a connection: headers must arrive in
+            // time, idle keep-alive connections are closed.
+            .client_request_timeout(Duration::from_millis(settings.header_read_timeout_ms))
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .keep_alive(Duration::from_secs(settings.keep_alive_secs))
+            .run();
         Ok(Application {
             port,
             server,

@@ -456,3 +456,47 @@ async fn api_keys_never_reach_the_logs_even_at_debug_level() {
         assert!(!line.contains(KEY), "key leaked: {line}");
     }
 }
+
+/// Threads of process `pid` whose name starts with `prefix` (Linux keeps 15
+/// bytes of a thread's name; actix-web's HTTP workers are
+/// `actix-rt|system:0|arbiter:N`).
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task list")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_sets_the_http_worker_threads_and_defaults_to_one_per_cpu() {
+    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = |workers: Option<usize>| {
+        let mut env = vec![
+            ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+            ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
+        ];
+        if let Some(n) = workers {
+            env.push(("CALLSTREAM_WORKERS", n.to_string()));
+        }
+        env
+    };
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for (workers, expected) in [(Some(cpus + 1), cpus + 1), (Some(0), cpus), (None, cpus)] {
+        let gw = ServiceProcess::gateway(BINARY, &env(workers));
+        let answer = reqwest::Client::new()
+            .post(gw.url("/v1/onoff/sms"))
+            .body(sms(&format!("workers-{workers:?}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "workers = {workers:?}");
+        assert_eq!(
+            threads_named(gw.pid(), "actix-rt|system"),
+            expected,
+            "workers = {workers:?}"
+        );
+        assert!(gw.terminate().success());
+    }
+}
