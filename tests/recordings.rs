@@ -651,6 +651,100 @@ async fn downloads_run_side_by_side_up_to_the_limit_and_in_order_per_event() {
     );
 }
 
+/// Revisions of an event queue behind its first, whose link is not ready;
+/// the events after them are archived meanwhile, and the revisions follow
+/// in order once the first is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_queued_behind_a_waiting_one_hold_back_no_other_event() {
+    let (kafka, media, dir) = setup().await;
+    media.script("/held-1.mp3", [Reply::Status(404)]);
+    let mut events = Vec::new();
+    for revision in 1..=3 {
+        let path = format!("/held-{revision}.mp3");
+        if revision > 1 {
+            media.script(
+                &path,
+                [Reply::Audio(audio(60 + revision as u8, 400), "audio/mpeg")],
+            );
+        }
+        let notes = format!("v{revision}");
+        events.push((
+            onoff("held", Some(&media.url(&path)), None, &notes),
+            revision,
+        ));
+    }
+    for i in 0..3 {
+        let path = format!("/other-{i}.mp3");
+        media.script(&path, [Reply::Audio(audio(70 + i, 400), "audio/mpeg")]);
+        events.push((
+            onoff(&format!("other-{i}"), Some(&media.url(&path)), None, ""),
+            1,
+        ));
+    }
+    // One partition: the held event's three revisions, then three others.
+    produce_events(&kafka.bootstrap(), &events, Some(0)).await;
+    let settings = settings(&kafka, dir.path(), |f| {
+        f.merge(("recordings.not_ready_retry_secs", 600))
+            .merge(("recordings.concurrency", 2))
+    });
+
+    let archiver = start(&settings);
+    kafka
+        .wait_for(Topic::Recordings, 3, "the three other events")
+        .await;
+    for revision in 2..=3 {
+        let path = format!("/held-{revision}.mp3");
+        assert!(
+            media.requests(&path).is_empty(),
+            "{path} waits for revision 1"
+        );
+    }
+    wait("lag 6: nothing committed past the held revision", || {
+        archiver.metric("callstream_recordings_lag_records", "") == 6.0
+    })
+    .await;
+    assert_eq!(
+        archiver.metric("callstream_recordings_in_progress_records", ""),
+        1.0
+    );
+    archiver.stop().await;
+
+    media.script("/held-1.mp3", [Reply::Audio(audio(61, 400), "audio/mpeg")]);
+    let archiver = start(&settings);
+    kafka
+        .wait_for(
+            Topic::Recordings,
+            9,
+            "the three revisions, and the others again",
+        )
+        .await;
+    wait("lag 0", || {
+        archiver.metric("callstream_recordings_lag_records", "") == 0.0
+    })
+    .await;
+    archiver.stop().await;
+    let times: Vec<Instant> = (1..=3)
+        .map(|r| {
+            let requests = media.request_times(&format!("/held-{r}.mp3"));
+            requests.last().expect("downloaded").1
+        })
+        .collect();
+    assert!(
+        times[0] < times[1] && times[1] < times[2],
+        "revisions downloaded in order"
+    );
+    let archived: Vec<Value> = kafka
+        .read(Topic::Recordings)
+        .iter()
+        .map(Record::json)
+        .collect();
+    let held: Vec<&Value> = archived
+        .iter()
+        .filter(|v| v["identity"] == events[0].0.identity)
+        .collect();
+    assert_eq!(held.len(), 3, "each revision's link archived: {held:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_dead_lettered_and_timeouts_retried() {
     let (kafka, media, dir) = setup().await;

@@ -1,11 +1,13 @@
 //! The archiver's loop: up to `recordings.concurrency` unique records at
-//! once (one at a time per key, so an event's revisions stay in order),
+//! once (one at a time per key, so an event's revisions stay in order; the
+//! later ones wait in a queue of their key while the loop reads on),
 //! each partition committed only below its oldest record in progress, and
 //! a record finished only once every recordings event for it, or its dead
 //! letter, was acknowledged. A link that is not ready holds its own record,
 //! not the archiver.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +35,12 @@ pub const ATTEMPTS_HEADER: &str = "cs_recordings_attempts";
 /// Pause after a Kafka error before trying again.
 const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// Records held back behind an earlier record of their key, at most: past
+/// it, nothing more is read until one of them starts. A few MB of unique
+/// events; enough that a burst of revisions of one event, whose first
+/// waits on a link that is not ready, does not hold the other events back.
+const MAX_QUEUED: usize = 1024;
+
 pub struct ArchiveLoop {
     pub group: String,
     pub consumer: Arc<StreamConsumer>,
@@ -54,8 +62,9 @@ struct Failure {
     attempts: u32,
 }
 
-/// Per partition, the records started and not finished, so that only the
-/// offsets below the oldest of them are committed.
+/// Per partition, the records read and not finished (running, or queued
+/// behind their key), so that only the offsets below the oldest of them
+/// are committed.
 #[derive(Default)]
 struct Progress {
     partitions: HashMap<i32, PartitionProgress>,
@@ -97,13 +106,6 @@ impl Progress {
             point
         })
     }
-
-    fn running(&self) -> usize {
-        self.partitions
-            .values()
-            .flat_map(|p| p.running.values())
-            .sum()
-    }
 }
 
 impl ArchiveLoop {
@@ -123,27 +125,34 @@ impl ArchiveLoop {
         let stopping = shutdown.clone();
         let mut running = FuturesUnordered::new();
         let mut progress = Progress::default();
-        // Keys with a record in progress, and the record that waits for its
-        // key (nothing more is taken meanwhile, so records stay in order).
-        let mut keys: HashSet<Option<Vec<u8>>> = HashSet::new();
-        let mut waiting: Option<OwnedMessage> = None;
+        // Per key with a record running, the records of that key read since,
+        // in order: each starts when the one before it finished.
+        let mut keys: HashMap<Option<Vec<u8>>, VecDeque<OwnedMessage>> = HashMap::new();
+        let mut queued = 0;
         let mut stop = false;
         loop {
-            if let Some(msg) = waiting.take_if(|m| !keys.contains(&key_of(m))) {
-                keys.insert(key_of(&msg));
-                progress.start(msg.partition(), msg.offset());
-                running.push(self.finish_one(msg, &stopping));
-            }
-            self.metrics.in_progress.set(progress.running() as i64);
+            self.metrics.in_progress.set(running.len() as i64);
             if stop && running.is_empty() {
                 break;
             }
-            let take = !stop && waiting.is_none() && running.len() < self.concurrency;
+            let take = !stop && running.len() < self.concurrency && queued < MAX_QUEUED;
             tokio::select! {
                 biased;
                 _ = wait_for(&mut shutdown), if !stop => stop = true,
                 Some((msg, done)) = running.next() => {
-                    keys.remove(&key_of(&msg));
+                    let key = key_of(&msg);
+                    // The next record of the key, unless stopping: then it
+                    // stays uncommitted and is read again after the restart.
+                    let next = keys.get_mut(&key).and_then(|q| if stop { None } else { q.pop_front() });
+                    match next {
+                        Some(next) => {
+                            queued -= 1;
+                            running.push(self.finish_one(next, &stopping));
+                        }
+                        None => {
+                            keys.remove(&key);
+                        }
+                    }
                     match done {
                         Some(()) => {
                             if let Some(point) = progress.finish(msg.partition(), msg.offset()) {
@@ -160,12 +169,18 @@ impl ArchiveLoop {
                 msg = self.consumer.recv(), if take => match msg {
                     Ok(msg) => {
                         let msg = msg.detach();
-                        if keys.contains(&key_of(&msg)) {
-                            waiting = Some(msg);
-                        } else {
-                            keys.insert(key_of(&msg));
-                            progress.start(msg.partition(), msg.offset());
-                            running.push(self.finish_one(msg, &stopping));
+                        // Counted from now: the partition is not committed
+                        // past a record waiting for its key either.
+                        progress.start(msg.partition(), msg.offset());
+                        match keys.entry(key_of(&msg)) {
+                            Entry::Occupied(mut waiting) => {
+                                waiting.get_mut().push_back(msg);
+                                queued += 1;
+                            }
+                            Entry::Vacant(free) => {
+                                free.insert(VecDeque::new());
+                                running.push(self.finish_one(msg, &stopping));
+                            }
                         }
                     }
                     Err(e) => {
