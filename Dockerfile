@@ -19,9 +19,13 @@ RUN apt-get update \
  && chown -R callstream /var/lib/callstream
 COPY --from=build /usr/local/bin/callstream-* /usr/local/bin/
 USER callstream
-ENV GATEWAY_LISTEN=0.0.0.0:8080 METRICS_LISTEN=0.0.0.0:9090 CALLSTREAM_LOG_FORMAT=json \
-    CALLSTREAM_SPOOL__DIR=/var/lib/callstream/spool \
-    CALLSTREAM_RECORDINGS__STORE__DIR=/var/lib/callstream/recordings
+# Every binary runs from here, so the relative defaults `spool.dir` (the
+# gateway) and `recordings.store.dir` (the archiver) land on the volumes.
+# Only settings every binary takes belong in ENV: each refuses settings it
+# does not know (tests/deploy.rs holds this file and docker-compose.yml to
+# that).
+WORKDIR /var/lib/callstream
+ENV GATEWAY_LISTEN=0.0.0.0:8080 METRICS_LISTEN=0.0.0.0:9090 CALLSTREAM_LOG_FORMAT=json
 VOLUME /var/lib/callstream/spool /var/lib/callstream/recordings
 EXPOSE 8080 9090
 CMD ["/usr/local/bin/callstream-gateway"]
