@@ -376,6 +376,44 @@ async fn undecodable_deliveries_go_to_the_dlq_with_200() {
     gw.stop().await;
 }
 
+/// A body within `max_body_bytes` whose normalized event is larger than a
+/// Kafka record may be (form data escapes control characters six times
+/// over in JSON) is dead-lettered beside its raw record, not spooled as if
+/// Kafka were down: such a delivery would fail every drain attempt and hold
+/// every later spooled delivery behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_kafka_is_dead_lettered_and_nothing_waits_behind_it() {
+    let gw = spawn_gateway(|f| f.merge(("max_body_bytes", 100_000))).await;
+    let body = format!(
+        "triggerId=t-1&tenantId=acme&cdr[id]=huge-1&cdr[start]=2024-05-29T09:37:35Z&customData[note]={}",
+        "%01".repeat(30_000)
+    );
+    assert!(body.len() < 100_000);
+    let resp = gw
+        .client
+        .post(gw.url("/v1/xarios/postcall"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["status"], "dead_lettered");
+    let dlq = gw.read(Topic::Dlq, 1);
+    assert_eq!(dlq[0].payload, body.as_bytes(), "the request, as received");
+    assert_eq!(dlq[0].header("cs_dlq_reason"), Some("event_too_large"));
+    assert_eq!(gw.read(Topic::Raw, 1)[0].payload, body.as_bytes());
+
+    // Kafka is fine: the next delivery is published, not spooled.
+    let resp = post_json(&gw, "/v1/xarios/postcall", XARIOS_JSON).await;
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["status"], "published");
+    assert_eq!(gw.count(Topic::Events), 1);
+    assert_eq!(gw.metric("callstream_gateway_kafka_degraded").await, 0.0);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_path_and_method_errors_are_json_and_publish_nothing() {
     let gw = spawn_gateway(|f| f.merge(("max_body_bytes", 1024))).await;

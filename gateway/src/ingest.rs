@@ -172,22 +172,32 @@ impl Ingest {
         }
         raw_headers.extend(copied_headers(req));
 
-        let (outcome, records) = match source.provider.normalize(&raw, &ctx) {
-            Ok(event) => {
-                // On the request's span: its one line (see telemetry) says
-                // what the delivery was.
-                let span = tracing::Span::current();
-                span.record("source", source_name);
-                span.record("kind", event.kind.as_str());
-                span.record("event_id", tracing::field::display(&event.event_id));
+        let limit = self.deliverer.publisher().max_record_bytes();
+        let normalized = source.provider.normalize(&raw, &ctx).and_then(|event| {
+            // On the request's span: its one line (see telemetry) says
+            // what the delivery was.
+            let span = tracing::Span::current();
+            span.record("source", source_name);
+            span.record("kind", event.kind.as_str());
+            span.record("event_id", tracing::field::display(&event.event_id));
+            let record = event_record(event);
+            // Kafka would refuse it on every attempt, so the spool would
+            // hold it, and everything after it, for ever.
+            match record.wire_size() {
+                bytes if bytes > limit => Err(NormalizeError::EventTooLarge { bytes, limit }),
+                _ => Ok(record),
+            }
+        });
+        let (outcome, records) = match normalized {
+            Ok(event_record) => {
                 let raw_record = OutRecord {
                     topic: Topic::Raw,
-                    key: event.identity.clone(),
+                    key: event_record.key.clone(),
                     // The read buffer itself: not copied.
                     payload: Vec::from(body),
                     headers: raw_headers,
                 };
-                (Outcome::Published, [raw_record, event_record(event)])
+                (Outcome::Published, [raw_record, event_record])
             }
             Err(err) => {
                 tracing::warn!(source = source_name, request_id, reason = err.code(), error = %err, "not normalized: dead-lettering");

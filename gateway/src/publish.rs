@@ -45,6 +45,21 @@ pub struct OutRecord {
     pub headers: Vec<HeaderPair>,
 }
 
+impl OutRecord {
+    /// An upper bound of the size librdkafka checks against
+    /// `message.max.bytes`: payload, key, headers and their framing.
+    pub fn wire_size(&self) -> usize {
+        const RECORD_FRAMING: usize = 128;
+        const HEADER_FRAMING: usize = 16;
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + HEADER_FRAMING)
+            .sum();
+        self.payload.len() + self.key.len() + headers + RECORD_FRAMING
+    }
+}
+
 /// A header from a constant name.
 pub fn header(name: &'static str, value: impl Into<Vec<u8>>) -> HeaderPair {
     (Cow::Borrowed(name), value.into())
@@ -71,6 +86,7 @@ pub struct Publisher {
     producer: Arc<ThreadedProducer<Deliveries>>,
     topics: TopicNames,
     timeout: Duration,
+    max_record_bytes: usize,
 }
 
 /// librdkafka message size margin over the body for key and headers.
@@ -89,6 +105,7 @@ impl Publisher {
         max_body_bytes: usize,
         metrics: Metrics,
     ) -> Result<Publisher, KafkaError> {
+        let max_record_bytes = max_body_bytes + RECORD_OVERHEAD_BYTES;
         let mut config = ClientConfig::new();
         // Events are JSON, several times smaller compressed, on the broker's
         // disks and to every subscriber; `kafka.properties` may choose another.
@@ -104,10 +121,7 @@ impl Publisher {
             // Java clients' partitioner, so Kafka Streams / Java consumers
             // co-partition with us by key.
             .set("partitioner", "murmur2_random")
-            .set(
-                "message.max.bytes",
-                (max_body_bytes + RECORD_OVERHEAD_BYTES).to_string(),
-            )
+            .set("message.max.bytes", max_record_bytes.to_string())
             // librdkafka decides when a record has failed (see module docs).
             .set("message.timeout.ms", kafka.publish_timeout_ms.to_string());
         let context = Deliveries {
@@ -125,7 +139,14 @@ impl Publisher {
             producer: Arc::new(config.create_with_context(context)?),
             topics,
             timeout: Duration::from_millis(kafka.publish_timeout_ms) + SAFETY_MARGIN,
+            max_record_bytes,
         })
+    }
+
+    /// The largest record the producer sends (`message.max.bytes`); a
+    /// larger one is refused before it reaches a broker, every time.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
     }
 
     pub fn topics(&self) -> &TopicNames {

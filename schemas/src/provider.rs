@@ -80,16 +80,24 @@ pub enum NormalizeError {
     UnknownEventType(String),
     #[error("empty body")]
     EmptyBody,
+    /// Normalized, but its record would exceed what the producer may send
+    /// (`max_body_bytes` + 64 KiB): a body that grows in JSON, such as
+    /// form data full of control characters (six bytes each once escaped).
+    #[error(
+        "the normalized event's record is {bytes} bytes, over the {limit}-byte Kafka record limit"
+    )]
+    EventTooLarge { bytes: usize, limit: usize },
 }
 
 impl NormalizeError {
     /// Every [`NormalizeError::code`].
-    pub const CODES: [&'static str; 5] = [
+    pub const CODES: [&'static str; 6] = [
         "malformed",
         "missing_field",
         "invalid_field",
         "unknown_event_type",
         "empty_body",
+        "event_too_large",
     ];
 
     /// Short machine-readable reason, for the `cs_dlq_reason` header.
@@ -100,6 +108,7 @@ impl NormalizeError {
             NormalizeError::InvalidField { .. } => "invalid_field",
             NormalizeError::UnknownEventType(_) => "unknown_event_type",
             NormalizeError::EmptyBody => "empty_body",
+            NormalizeError::EventTooLarge { .. } => "event_too_large",
         }
     }
 }
@@ -135,6 +144,7 @@ mod tests {
             },
             NormalizeError::UnknownEventType(String::new()),
             NormalizeError::EmptyBody,
+            NormalizeError::EventTooLarge { bytes: 2, limit: 1 },
         ];
         let codes: Vec<&str> = all.iter().map(NormalizeError::code).collect();
         assert_eq!(codes, NormalizeError::CODES);
