@@ -95,11 +95,17 @@ fn live_status(status: &str) -> Status {
 
 /// A voicemail CDR carries `voicename` (taken to be the message's file) or
 /// `voicemail`, which may be a flag or the file/URL itself. Guessed: the
-/// docs list both fields without describing them.
+/// docs list both fields without describing them. An explicit
+/// `voicemail: false` wins over a `voicename`, and `none` (TeleCMI's word
+/// for no value) is no file.
 fn voicemail(doc: &Value) -> Option<MediaRef> {
     let flag = lenient::boolean(doc.get("voicemail"));
+    if flag == Some(false) {
+        return None;
+    }
     let handle = lenient::string(doc.get("voicename"))
-        .or_else(|| lenient::string(doc.get("voicemail")).filter(|_| flag.is_none()));
+        .or_else(|| lenient::string(doc.get("voicemail")).filter(|_| flag.is_none()))
+        .filter(|h| !h.eq_ignore_ascii_case("none"));
     if flag != Some(true) && handle.is_none() {
         return None;
     }
@@ -464,6 +470,24 @@ mod tests {
         assert_eq!(
             (not_voicemail.kind, not_voicemail.voicemail),
             (Kind::Call, None)
+        );
+        for body in [
+            r#"{"type":"cdr","cmiuuid":"u","status":"answered","voicemail":false,"voicename":"greeting.mp3"}"#,
+            r#"{"type":"cdr","cmiuuid":"u","status":"answered","voicemail":"false","voicename":"greeting.mp3"}"#,
+            r#"{"type":"cdr","cmiuuid":"u","status":"answered","voicename":"none"}"#,
+        ] {
+            let call = cdr(body).expect("normalizes");
+            assert_eq!(
+                (call.kind, call.status, call.voicemail),
+                (Kind::Call, Status::Answered, None),
+                "{body}"
+            );
+        }
+        let flagged = cdr(r#"{"type":"cdr","cmiuuid":"u","voicemail":true,"voicename":"none"}"#)
+            .expect("normalizes");
+        assert_eq!(
+            (flagged.kind, flagged.voicemail),
+            (Kind::Voicemail, Some(MediaRef::default()))
         );
     }
 
