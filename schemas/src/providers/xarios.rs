@@ -61,8 +61,39 @@ fn document(req: &RawRequest<'_>) -> Result<Value, NormalizeError> {
     if let Value::Object(top) = &mut doc {
         unwrap_embedded_document(top);
         hoist_flat_cdr_fields(top);
+        if let Some(Value::Object(cdr)) = top.get_mut("cdr") {
+            decode_json_lists(cdr);
+        }
     }
     Ok(doc)
+}
+
+/// The CDR's list fields, given as JSON text in one form or query field
+/// (`cdr[recordingIds]=["r1","r2"]`): read as the JSON they hold. Text that
+/// is not a JSON list or object stays as it is.
+fn decode_json_lists(cdr: &mut Map<String, Value>) {
+    const LISTS: [&str; 5] = [
+        "recordingIds",
+        "recordingIDs",
+        "directoryMatches",
+        "directorymatches",
+        "tags",
+    ];
+    for key in LISTS {
+        let Some(value) = cdr.get_mut(key) else {
+            continue;
+        };
+        let Value::String(text) = value else {
+            continue;
+        };
+        let text = text.trim();
+        if !(text.starts_with('[') || text.starts_with('{')) {
+            continue;
+        }
+        if let Ok(parsed @ (Value::Array(_) | Value::Object(_))) = serde_json::from_str(text) {
+            *value = parsed;
+        }
+    }
 }
 
 /// `payload={"triggerId":..,"cdr":{..}}`: one form field held the whole
@@ -223,12 +254,13 @@ impl Provider for Xarios {
             .unwrap_or_else(|| ctx.default_tenant.to_string());
 
         let mut event = Event::new(ProviderId::Xarios, tenant, Kind::Call, ctx);
-        event.status = if flag(cdr, "ans") {
-            Status::Answered
-        } else if flag(cdr, "lost") || flag(cdr, "aban") {
-            Status::Missed
-        } else {
-            Status::Unknown
+        // `ans` is a 1/0 flag: an explicit 0 is a call nobody answered (an
+        // outbound call the customer did not pick up has no `lost`/`aban`).
+        event.status = match lenient::boolean(cdr.get("ans")) {
+            Some(true) => Status::Answered,
+            Some(false) => Status::Missed,
+            None if flag(cdr, "lost") || flag(cdr, "aban") => Status::Missed,
+            None => Status::Unknown,
         };
         event.provider_status = lenient::string(cdr.get("cause"));
         event.provider_event_type = trigger.clone();
@@ -552,6 +584,58 @@ mod tests {
     }
 
     #[test]
+    fn list_fields_given_as_json_text_in_a_form() {
+        let lists = [
+            ("cdr[recordingIds]", r#"["rec-1","rec-2"]"#),
+            (
+                "cdr[directoryMatches]",
+                r#"[{"contactId":"k-1","fields":{"fullName":"Ann Lee","companyName":"Acme"}}]"#,
+            ),
+            ("cdr[tags]", r#"{"Queue":"Support"}"#),
+        ];
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("cdr[id]", "c-9")
+            .append_pair("cdr[dir]", "2");
+        for (name, value) in lists {
+            form.append_pair(name, value);
+        }
+        let event = post(&Xarios, "POST", "postcall", FORM, &form.finish()).expect("normalizes");
+        assert_eq!(
+            event.recording.map(|r| r.ids),
+            Some(vec!["rec-1".to_string(), "rec-2".to_string()])
+        );
+        assert_eq!(
+            (
+                event.external.id.as_deref(),
+                event.external.name.as_deref(),
+                event.external.company.as_deref()
+            ),
+            (Some("k-1"), Some("Ann Lee"), Some("Acme"))
+        );
+        assert_eq!(
+            event
+                .tags
+                .first()
+                .map(|t| (t.name.as_str(), t.value.as_deref())),
+            Some(("Queue", Some("Support")))
+        );
+
+        // Text that only looks like JSON is kept as text.
+        let odd = post(
+            &Xarios,
+            "POST",
+            "postcall",
+            FORM,
+            "cdr[id]=c-10&cdr[recordingIds]=%5Bnot-json",
+        )
+        .expect("normalizes");
+        assert_eq!(
+            odd.recording.map(|r| r.ids),
+            Some(vec!["[not-json".to_string()])
+        );
+    }
+
+    #[test]
     fn internal_call_with_the_cdr_as_one_json_query_field() {
         let event = get(
             &Xarios,
@@ -611,6 +695,19 @@ mod tests {
             (bare.status, bare.correlation.call_id.as_deref()),
             (Status::Unknown, Some("42"))
         );
+        for (cdr, expected) in [
+            (
+                json!({"id": "c", "dir": 3, "ans": 0, "lost": 0, "aban": 0}),
+                Status::Missed,
+            ),
+            (json!({"id": "c", "dir": 3, "ans": "0"}), Status::Missed),
+            (json!({"id": "c", "ans": 1, "lost": 1}), Status::Answered),
+            (json!({"id": "c", "lost": "1"}), Status::Missed),
+        ] {
+            let body = json!({ "cdr": cdr }).to_string();
+            let event = post(&Xarios, "POST", "postcall", JSON, &body).expect("normalizes");
+            assert_eq!(event.status, expected, "{cdr}");
+        }
     }
 
     #[test]
