@@ -570,6 +570,84 @@ async fn metrics_count_requests_and_published_records() {
     gw.stop().await;
 }
 
+/// Kafka back under steady traffic: the gateway publishes directly again as
+/// soon as Kafka acknowledges what the drainer sends, not only at an
+/// instant when the spool happens to be empty (with a slow broker and
+/// steady traffic, that instant never comes and everything would go on
+/// through fsync and the drainer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_steady_traffic_goes_back_to_kafka_while_the_spool_drains() {
+    let gw = spawn_gateway(|f| f.merge(("kafka.publish_timeout_ms", 500))).await;
+    gw.broker.cluster().broker_down(-1).unwrap();
+    for i in 0..5 {
+        let body = ONOFF_SMS.replace("sms-77", &format!("outage-{i}"));
+        let answer: serde_json::Value = post_json(&gw, "/v1/onoff/sms", &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["status"], "spooled");
+    }
+    // Every drain round trip takes 100 ms; the senders keep deliveries
+    // arriving faster than that.
+    gw.broker
+        .cluster()
+        .broker_round_trip_time(-1, Duration::from_millis(100))
+        .unwrap();
+    gw.broker.cluster().broker_up(-1).unwrap();
+    // The drainer may still be backing off from the outage (up to 5 s): keep
+    // sending for longer than that (bounded in time and in count).
+    const SENDERS: usize = 4;
+    const PER_SENDER: usize = 600;
+    let until = std::time::Instant::now() + Duration::from_secs(7);
+    let senders = (0..SENDERS).map(|s| {
+        let (client, url) = (gw.client.clone(), gw.url("/v1/onoff/sms"));
+        async move {
+            let mut statuses = Vec::new();
+            for i in 0..PER_SENDER {
+                if std::time::Instant::now() > until {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let body = ONOFF_SMS.replace("sms-77", &format!("steady-{s}-{i}"));
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                let answer: serde_json::Value = resp.json().await.unwrap();
+                statuses.push(answer["status"].as_str().unwrap().to_string());
+            }
+            statuses
+        }
+    });
+    let per_sender = futures_util::future::join_all(senders).await;
+    for statuses in &per_sender {
+        assert_eq!(
+            statuses.last().map(String::as_str),
+            Some("published"),
+            "each sender ends up publishing directly"
+        );
+    }
+    let statuses: Vec<String> = per_sender.into_iter().flatten().collect();
+    let published = statuses.iter().filter(|s| *s == "published").count();
+    assert!(
+        published > 0,
+        "back to Kafka under traffic: {} spooled, {published} published",
+        statuses.len() - published
+    );
+    let total = 5 + statuses.len();
+    assert_eq!(
+        gw.read(Topic::Raw, total).len(),
+        total,
+        "every 200 in Kafka"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_kafka_is_down_deliveries_are_spooled_then_drained() {
     let gw = spawn_gateway(|f| f.merge(("kafka.publish_timeout_ms", 500))).await;

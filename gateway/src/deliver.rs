@@ -9,7 +9,8 @@
 //!
 //! Degraded mode: after a failed publish every new delivery goes straight to
 //! the spool (fast 200s instead of each waiting out the publish deadline),
-//! until the drainer has emptied the spool into a working Kafka again.
+//! until Kafka acknowledges what the drainer sends it; deliveries whose key
+//! is still spooled keep going to the spool until the drainer passed them.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -159,6 +160,11 @@ impl Deliverer {
                 for d in chunk {
                     spool.delivered(&d.records);
                 }
+                // Kafka acknowledges again: new deliveries go to it directly
+                // (those whose key is still spooled stay behind it). Waiting
+                // for an empty spool instead could wait for ever under
+                // steady traffic, every delivery paying for fsync.
+                self.set_degraded(false);
             }
             if let Err(err) = spool.finish(segment.seq) {
                 tracing::error!(error = %err, seq = segment.seq, "cannot delete a drained spool segment");
