@@ -648,6 +648,106 @@ async fn after_an_outage_steady_traffic_goes_back_to_kafka_while_the_spool_drain
     gw.stop().await;
 }
 
+/// Kafka refusing one delivery's record (the broker's own size limit) is
+/// not an outage: that delivery is spooled, the others go on to Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_kafka_refuses_does_not_send_the_others_to_the_spool() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let gw = spawn_gateway(|f| f).await;
+    gw.broker.cluster().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let answer: serde_json::Value = post_json(&gw, "/v1/onoff/sms", ONOFF_SMS)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "spooled");
+    assert_eq!(gw.metric("callstream_gateway_kafka_degraded").await, 0.0);
+    let next = ONOFF_SMS.replace("sms-77", "sms-78");
+    let answer: serde_json::Value = post_json(&gw, "/v1/onoff/sms", &next)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "published");
+    gw.stop().await;
+}
+
+/// A spooled delivery Kafka refuses as a record (here: spooled while
+/// `max_body_bytes` was larger, so now over the producer's record limit)
+/// would fail every drain attempt. It is set aside, fsynced, in the spool's
+/// `rejected/` directory, and the deliveries behind it drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_delivery_kafka_refuses_is_set_aside_and_the_rest_drains() {
+    use callstream_gateway::publish::OutRecord;
+    use callstream_gateway::spool::format::{decode, encode, Delivery};
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = |key: &str, bytes: usize| Delivery {
+        spooled_at_ms: 1_700_000_000_000,
+        records: vec![OutRecord {
+            topic: Topic::Raw,
+            key: key.to_string(),
+            payload: vec![b'x'; bytes],
+            headers: Vec::new(),
+        }],
+    };
+    let (big, small) = (delivery("big", 300_000), delivery("small", 100));
+    let mut segment = encode(&big);
+    segment.extend(encode(&small));
+    std::fs::write(dir.path().join(format!("{:020}.seg", 1)), segment).unwrap();
+
+    let gw = spawn_gateway(|f| {
+        f.merge(("spool.dir", dir.path()))
+            .merge(("max_body_bytes", 100_000))
+    })
+    .await;
+    let raw = gw.read(Topic::Raw, 1);
+    assert_eq!(raw[0].key_str(), "small", "the delivery behind it drained");
+    let aside = dir
+        .path()
+        .join("rejected")
+        .join(format!("{:020}-{:06}.seg", 1, 0));
+    let kept = std::fs::read(&aside).expect("the refused delivery is kept on disk");
+    assert_eq!(decode(&kept).unwrap().0, big, "byte for byte");
+    assert_eq!(
+        gw.metric("callstream_gateway_spool_set_aside_records_total")
+            .await,
+        1.0
+    );
+    assert!(
+        callstream_testkit::eventually(Duration::from_secs(10), || {
+            !dir.path().join(format!("{:020}.seg", 1)).exists()
+        })
+        .await,
+        "the drained segment is deleted"
+    );
+    let answer: serde_json::Value = post_json(&gw, "/v1/onoff/sms", ONOFF_SMS)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "published");
+    assert_eq!(gw.count(Topic::Raw), 2);
+    gw.stop().await;
+
+    // Limit raised, the file moved back as the newest segment: replayed.
+    std::fs::rename(&aside, dir.path().join(format!("{:020}.seg", 99))).unwrap();
+    let gw = spawn_gateway(|f| {
+        f.merge(("spool.dir", dir.path()))
+            .merge(("max_body_bytes", 400_000))
+    })
+    .await;
+    let raw = gw.read(Topic::Raw, 1);
+    assert_eq!(
+        (raw[0].key_str(), raw[0].payload.len()),
+        ("big", 300_000),
+        "replayed after the limit was raised"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_kafka_is_down_deliveries_are_spooled_then_drained() {
     let gw = spawn_gateway(|f| f.merge(("kafka.publish_timeout_ms", 500))).await;

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::metrics::Metrics;
 use crate::publish::{OutRecord, PublishError, Publisher};
+use crate::spool::format::Delivery;
 use crate::spool::{Spool, SpoolError};
 
 const KEY_SHARDS: usize = 1024;
@@ -99,6 +100,12 @@ impl Deliverer {
         if !self.degraded() && !spool.holds(key) {
             match self.publisher.publish(records).await {
                 Ok(()) => return Ok(Stored::Kafka),
+                // Kafka refused this record, not the moment: the others
+                // still go to it; this one waits in the spool, where the
+                // drainer sets it aside.
+                Err(err) if err.record_refused() => {
+                    tracing::error!(error = %err, "Kafka refuses this delivery's record: spooling it");
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "publish failed: spooling");
                     self.set_degraded(true);
@@ -107,6 +114,32 @@ impl Deliverer {
         }
         spool.append(records).await?;
         Ok(Stored::Spool)
+    }
+
+    /// Moves the deliveries `refused` (indexes into `chunk`, which starts at
+    /// `first` in segment `seq`) out of the spool; false if one could not be
+    /// written (the chunk is retried, nothing is dropped).
+    fn set_aside(
+        &self,
+        spool: &Spool,
+        seq: u64,
+        first: usize,
+        chunk: &[Delivery],
+        refused: &[usize],
+    ) -> bool {
+        for &i in refused {
+            match spool.set_aside(seq, first + i, &chunk[i]) {
+                Ok(path) => tracing::error!(
+                    file = %path.display(),
+                    "Kafka refuses this spooled delivery's record (too large or invalid): set aside"
+                ),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot set a refused delivery aside; will retry");
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     fn shard(&self, key: &str) -> &Mutex<()> {
@@ -141,12 +174,22 @@ impl Deliverer {
                     continue;
                 }
             };
-            for chunk in segment.deliveries.chunks(DRAIN_CHUNK) {
+            for (at, chunk) in segment.deliveries.chunks(DRAIN_CHUNK).enumerate() {
                 loop {
                     let results =
                         join_all(chunk.iter().map(|d| self.publisher.publish(&d.records))).await;
                     let failed = results.iter().filter(|r| r.is_err()).count();
-                    if failed == 0 {
+                    let refused: Vec<usize> = results
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.as_ref().is_err_and(PublishError::record_refused))
+                        .map(|(i, _)| i)
+                        .collect();
+                    // Only records Kafka will never take failed: set them
+                    // aside, or they would hold the whole spool for ever.
+                    if failed == refused.len()
+                        && self.set_aside(&spool, segment.seq, at * DRAIN_CHUNK, chunk, &refused)
+                    {
                         break;
                     }
                     // Retry the whole chunk: acknowledged copies repeat in the

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub spool_appended: IntCounter,
     pub spool_drained: IntCounter,
     pub spool_corrupt: IntCounter,
+    pub spool_set_aside: IntCounter,
     pub kafka_degraded: IntGauge,
 }
 
@@ -197,6 +198,10 @@ impl Metrics {
             "callstream_gateway_spool_corrupt_records_total",
             "Corrupt or torn spool tails found and cut off.",
         );
+        let spool_set_aside = plain_counter(
+            "callstream_gateway_spool_set_aside_records_total",
+            "Spooled deliveries Kafka refused as records (too large, invalid), moved to the spool's rejected/ directory.",
+        );
         let kafka_degraded = int_gauge(
             "callstream_gateway_kafka_degraded",
             "1 while Kafka is failing and new deliveries go to the spool.",
@@ -217,6 +222,7 @@ impl Metrics {
             spool_appended,
             spool_drained,
             spool_corrupt,
+            spool_set_aside,
             kafka_degraded,
         }
     }

@@ -78,6 +78,23 @@ pub enum PublishError {
     },
 }
 
+impl PublishError {
+    /// Kafka refused the record itself (too large, invalid), not the
+    /// moment: sending it again fails again, whatever the cluster's state.
+    /// Authorization and unknown topics are not among these: fixing the
+    /// cluster's configuration lets the same record through.
+    pub fn record_refused(&self) -> bool {
+        use RDKafkaErrorCode::*;
+        match self {
+            PublishError::Kafka { source, .. } => matches!(
+                source.rdkafka_error_code(),
+                Some(MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord)
+            ),
+            PublishError::Timeout(_) => false,
+        }
+    }
+}
+
 /// The topics the gateway writes.
 pub const PUBLISHED_TOPICS: [Topic; 3] = [Topic::Raw, Topic::Events, Topic::Dlq];
 

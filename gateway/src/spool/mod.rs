@@ -30,6 +30,8 @@ use crate::publish::OutRecord;
 pub use format::Delivery;
 
 const SEGMENT_SUFFIX: &str = "seg";
+/// Where deliveries Kafka refuses as records are set aside.
+pub const REJECTED_DIR: &str = "rejected";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -301,6 +303,29 @@ impl Spool {
             release(&mut self.state.lock().expect("spool state lock").keys, key);
         }
         self.metrics.spool_drained.inc();
+    }
+
+    /// A delivery of segment `seq` (its `index`-th) that Kafka refuses as a
+    /// record, on every attempt: moved, fsynced, to `rejected/` under the
+    /// spool directory, in the spool's own frame format, so that the rest of
+    /// the spool can drain. Returns the file written. (To replay it after
+    /// raising the topic's limit: move it back as a segment named with a
+    /// higher number than any there, `<20 digits>.seg`, and restart.)
+    pub fn set_aside(&self, seq: u64, index: usize, delivery: &Delivery) -> io::Result<PathBuf> {
+        let dir = self.dir.join(REJECTED_DIR);
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{seq:020}-{index:06}.{SEGMENT_SUFFIX}"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)?;
+        file.write_all(&format::encode(delivery))?;
+        file.sync_all()?;
+        File::open(&dir)?.sync_all()?;
+        File::open(&self.dir)?.sync_all()?;
+        self.metrics.spool_set_aside.inc();
+        Ok(path)
     }
 
     /// Every delivery of segment `seq` was acknowledged: delete it.
