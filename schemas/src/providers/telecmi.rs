@@ -18,8 +18,8 @@
 //! (answered) or `ended_at` (hangup).
 //!
 //! `custom` and `extra_params` are JSON-encoded strings; they are decoded and
-//! kept in [`Event::custom`] with `hangup_reason`, which has no normalized
-//! field. A `custom` of `"none"` is TeleCMI's "no value" and is dropped; a
+//! kept in [`Event::custom`] with `hangup_reason`, `team` and `ivr_name`,
+//! which have no normalized field. A `custom` of `"none"` is TeleCMI's "no value" and is dropped; a
 //! value that is not JSON is kept as the string it is.
 
 use serde_json::{Map, Value};
@@ -149,8 +149,10 @@ fn extras(doc: &Value) -> Option<Value> {
             extras.insert(key.to_string(), decoded);
         }
     }
-    if let Some(reason) = lenient::string(doc.get("hangup_reason")) {
-        extras.insert("hangup_reason".to_string(), Value::String(reason));
+    for key in ["hangup_reason", "team", "ivr_name"] {
+        if let Some(value) = lenient::string(doc.get(key)) {
+            extras.insert(key.to_string(), Value::String(value));
+        }
     }
     (!extras.is_empty()).then_some(Value::Object(extras))
 }
@@ -393,8 +395,13 @@ mod tests {
             event.correlation.conversation_id.as_deref(),
             Some("7a1b2c3d-0001-4000-8000-00000000c001")
         );
-        // `custom: "none"` is dropped; the hang-up reason is kept.
-        assert_eq!(event.custom, Some(json!({"hangup_reason": "recv_cancel"})));
+        // `custom: "none"` is dropped; the hang-up reason, team and IVR are kept.
+        assert_eq!(
+            event.custom,
+            Some(
+                json!({"hangup_reason": "recv_cancel", "team": "support", "ivr_name": "Main IVR"})
+            )
+        );
     }
 
     #[test]
