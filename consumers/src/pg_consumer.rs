@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use prometheus::{IntCounter, Registry};
 use rdkafka::consumer::StreamConsumer;
 use secrecy::{ExposeSecret, SecretString};
@@ -111,12 +110,7 @@ async fn connect_all(
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Vec<Client>>> {
     pg::config(url.expose_secret()).context("database_url is not a valid PostgreSQL URL")?;
-    let mut backoff = ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut backoff = pg::backoff(Duration::from_secs(10));
     let mut clients = Vec::with_capacity(connections);
     while clients.len() < connections {
         match pg::connect(url).await {

@@ -39,7 +39,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::FutureExt;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -427,12 +426,7 @@ struct Retry<'a> {
 
 impl Retry<'_> {
     fn backoff(&self) -> impl Iterator<Item = Duration> {
-        ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .without_max_times()
-            .build()
+        pg::backoff(Duration::from_secs(30))
     }
 
     /// After `error`: waits its turn and reconnects if the connection
