@@ -84,12 +84,8 @@ impl PublishError {
     /// Authorization and unknown topics are not among these: fixing the
     /// cluster's configuration lets the same record through.
     pub fn record_refused(&self) -> bool {
-        use RDKafkaErrorCode::*;
         match self {
-            PublishError::Kafka { source, .. } => matches!(
-                source.rdkafka_error_code(),
-                Some(MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord)
-            ),
+            PublishError::Kafka { source, .. } => refuses_the_record(source),
             PublishError::Timeout(_) => false,
         }
     }
@@ -361,22 +357,34 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// Kafka refuses this record itself (too large, invalid), whatever the
+/// cluster's state; see [`PublishError::record_refused`].
+fn refuses_the_record(err: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord)
+    )
+}
+
 /// Sorts a produce error into `retriable` (worth trying again later: the
-/// broker is away or busy) or `fatal` (this record will never be accepted).
+/// broker is away or busy) or `fatal` (not until the record or the
+/// cluster's configuration changes).
 pub fn classify(err: &KafkaError) -> &'static str {
     use RDKafkaErrorCode::*;
-    match err.rdkafka_error_code() {
+    let configuration = matches!(
+        err.rdkafka_error_code(),
         Some(
-            MessageSizeTooLarge
-            | InvalidMessageSize
-            | TopicAuthorizationFailed
-            | ClusterAuthorizationFailed
-            | InvalidMessage
-            | InvalidRecord
-            | UnknownTopic
-            | InvalidTopic
-            | Fatal,
-        ) => "fatal",
-        _ => "retriable",
+            TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | UnknownTopic
+                | InvalidTopic
+                | Fatal
+        )
+    );
+    if configuration || refuses_the_record(err) {
+        "fatal"
+    } else {
+        "retriable"
     }
 }
