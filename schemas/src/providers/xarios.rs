@@ -69,8 +69,10 @@ fn document(req: &RawRequest<'_>) -> Result<Value, NormalizeError> {
 }
 
 /// The CDR's list fields, given as JSON text in one form or query field
-/// (`cdr[recordingIds]=["r1","r2"]`): read as the JSON they hold. Text that
-/// is not a JSON list or object stays as it is.
+/// (`cdr[recordingIds]=["r1","r2"]`): read as the lists they hold. (The
+/// form decoder already reads a field holding a JSON object; it leaves
+/// lists as text, since any field might start with `[`.) Text that is not
+/// a JSON list stays as it is.
 fn decode_json_lists(cdr: &mut Map<String, Value>) {
     const LISTS: [&str; 5] = [
         "recordingIds",
@@ -87,10 +89,10 @@ fn decode_json_lists(cdr: &mut Map<String, Value>) {
             continue;
         };
         let text = text.trim();
-        if !(text.starts_with('[') || text.starts_with('{')) {
+        if !text.starts_with('[') {
             continue;
         }
-        if let Ok(parsed @ (Value::Array(_) | Value::Object(_))) = serde_json::from_str(text) {
+        if let Ok(parsed @ Value::Array(_)) = serde_json::from_str(text) {
             *value = parsed;
         }
     }
