@@ -23,8 +23,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::metrics::Metrics;
 use crate::publish::{OutRecord, PublishError, Publisher};
-use crate::spool::format::Delivery;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Delivery, Spool, SpoolError};
 
 const KEY_SHARDS: usize = 1024;
 /// Deliveries the drainer has in flight at once (pipelined; the idempotent
