@@ -68,15 +68,16 @@ struct State {
 struct Append {
     frame: Vec<u8>,
     spooled_at_ms: u64,
+    /// The hash of the delivery's key, held since the append reserved it.
+    key: Option<u64>,
     reply: oneshot::Sender<io::Result<()>>,
 }
 
 enum Cmd {
     Append(Append),
-    /// Close the active segment (if it holds anything) and start a new one;
-    /// replies with the sealed segment's sequence number.
+    /// Close the active segment, if it holds anything, and start a new one.
     Seal {
-        reply: oneshot::Sender<io::Result<Option<u64>>>,
+        reply: oneshot::Sender<io::Result<()>>,
     },
 }
 
@@ -84,6 +85,9 @@ pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     state: Arc<Mutex<State>>,
+    /// Drained segments whose file could be neither deleted nor emptied;
+    /// retried at every [`Spool::finish`].
+    undeleted: Mutex<Vec<u64>>,
     writer: mpsc::UnboundedSender<Cmd>,
     /// Wakes the drainer when something was appended.
     pub appended: Notify,
@@ -167,6 +171,7 @@ impl Spool {
             file: active,
             seq: next_seq,
             written: 0,
+            must_roll: false,
             state: state.clone(),
         };
         std::thread::Builder::new()
@@ -176,6 +181,7 @@ impl Spool {
             dir: dir.to_path_buf(),
             max_bytes,
             state,
+            undeleted: Mutex::new(Vec::new()),
             writer: tx,
             appended: Notify::new(),
             metrics,
@@ -191,41 +197,40 @@ impl Spool {
             spooled_at_ms,
             records: records.to_vec(),
         });
-        let len = frame.len() as u64;
-        let key = delivery_key(records).map(str::to_string);
+        let key = delivery_key(records).map(key_hash);
         {
             let mut st = self.state.lock().expect("spool state lock");
-            if st.bytes + len > self.max_bytes {
+            if st.bytes + frame.len() as u64 > self.max_bytes {
                 return Err(SpoolError::Full {
                     max_bytes: self.max_bytes,
                 });
             }
             // Reserve before writing so concurrent appends cannot overshoot
             // the bound, and so the key is "held" from now on.
-            st.bytes += len;
-            if let Some(key) = &key {
-                *st.keys.entry(key_hash(key)).or_default() += 1;
-            }
+            reserve(&mut st, frame.len() as u64, key);
         }
+        // From here the writer owns the reservation: it releases it if the
+        // write fails, even when this future was dropped (the request
+        // cancelled) before the answer came.
         let (reply, done) = oneshot::channel();
         let sent = self.writer.send(Cmd::Append(Append {
             frame,
             spooled_at_ms,
+            key,
             reply,
         }));
         let result = match sent {
             Ok(()) => done
                 .await
                 .unwrap_or_else(|_| Err(io::Error::other("spool writer stopped"))),
-            Err(_) => Err(io::Error::other("spool writer stopped")),
+            Err(mpsc::error::SendError(Cmd::Append(append))) => {
+                let mut st = self.state.lock().expect("spool state lock");
+                unreserve(&mut st, append.frame.len() as u64, append.key);
+                Err(io::Error::other("spool writer stopped"))
+            }
+            Err(_) => unreachable!("an append was sent"),
         };
         if let Err(err) = result {
-            let mut st = self.state.lock().expect("spool state lock");
-            st.bytes -= len;
-            if let Some(key) = &key {
-                release(&mut st.keys, key);
-            }
-            drop(st);
             self.update_gauges();
             return Err(err.into());
         }
@@ -256,29 +261,19 @@ impl Spool {
     /// The oldest segment, sealing the active one first if it is the only
     /// one with data. `None` when the spool is empty.
     pub async fn oldest_sealed(&self) -> io::Result<Option<SealedSegment>> {
-        let seq = {
-            let st = self.state.lock().expect("spool state lock");
-            match st.segments.front() {
-                Some(first) if st.segments.len() > 1 => Some(first.seq),
-                Some(first) if first.deliveries > 0 => None,
-                _ => return Ok(None),
+        if self.oldest_inactive().is_none() && !self.is_empty() {
+            let (reply, done) = oneshot::channel();
+            if self.writer.send(Cmd::Seal { reply }).is_err() {
+                return Err(io::Error::other("spool writer stopped"));
             }
-        };
-        let seq = match seq {
-            Some(seq) => seq,
-            None => {
-                let (reply, done) = oneshot::channel();
-                if self.writer.send(Cmd::Seal { reply }).is_err() {
-                    return Err(io::Error::other("spool writer stopped"));
-                }
-                match done
-                    .await
-                    .map_err(|_| io::Error::other("spool writer stopped"))??
-                {
-                    Some(seq) => seq,
-                    None => return Ok(None),
-                }
-            }
+            done.await
+                .map_err(|_| io::Error::other("spool writer stopped"))??;
+        }
+        // The oldest, not necessarily the one the seal closed: an append
+        // the writer took first may have rolled to a new segment, which the
+        // seal then closed, while the full one before it still waits.
+        let Some(seq) = self.oldest_inactive() else {
+            return Ok(None);
         };
         let path = segment_path(&self.dir, seq);
         let buf = tokio::task::spawn_blocking(move || fs::read(path))
@@ -297,12 +292,27 @@ impl Spool {
         }))
     }
 
+    /// The oldest segment no longer written to, if any.
+    fn oldest_inactive(&self) -> Option<u64> {
+        let st = self.state.lock().expect("spool state lock");
+        (st.segments.len() > 1).then(|| st.segments[0].seq)
+    }
+
     /// One delivery of a segment was acknowledged by Kafka.
     pub fn delivered(&self, records: &[OutRecord]) {
-        if let Some(key) = delivery_key(records) {
-            release(&mut self.state.lock().expect("spool state lock").keys, key);
-        }
+        self.release(records);
         self.metrics.spool_drained.inc();
+    }
+
+    /// One delivery of a segment no longer holds its key back: acknowledged
+    /// by Kafka, or set aside.
+    pub fn release(&self, records: &[OutRecord]) {
+        if let Some(key) = delivery_key(records) {
+            release(
+                &mut self.state.lock().expect("spool state lock").keys,
+                key_hash(key),
+            );
+        }
     }
 
     /// A delivery of segment `seq` (its `index`-th) that Kafka refuses as a
@@ -328,18 +338,33 @@ impl Spool {
         Ok(path)
     }
 
-    /// Every delivery of segment `seq` was acknowledged: delete it.
+    /// Every delivery of segment `seq` was acknowledged (or set aside): it
+    /// leaves the spool, and its file is deleted. When the file can be
+    /// neither deleted nor emptied (a read-only remount), the segment still
+    /// leaves the spool, so it is not drained (and its keys released)
+    /// again; deleting it is retried at the next `finish`, and a restart
+    /// before then replays it (at-least-once).
     pub fn finish(&self, seq: u64) -> io::Result<()> {
-        fs::remove_file(segment_path(&self.dir, seq))?;
-        let mut st = self.state.lock().expect("spool state lock");
-        if let Some(pos) = st.segments.iter().position(|s| s.seq == seq) {
-            let seg = st.segments.remove(pos).expect("position is valid");
-            st.bytes -= seg.bytes;
-            st.deliveries -= seg.deliveries;
+        {
+            let mut st = self.state.lock().expect("spool state lock");
+            if let Some(pos) = st.segments.iter().position(|s| s.seq == seq) {
+                let seg = st.segments.remove(pos).expect("position is valid");
+                st.bytes -= seg.bytes;
+                st.deliveries -= seg.deliveries;
+            }
         }
-        drop(st);
         self.update_gauges();
-        Ok(())
+        let mut undeleted = self.undeleted.lock().expect("spool undeleted lock");
+        undeleted.push(seq);
+        let mut failed = None;
+        undeleted.retain(|&seq| match discard_segment(&self.dir, seq) {
+            Ok(()) => false,
+            Err(err) => {
+                failed = Some(err);
+                true
+            }
+        });
+        failed.map_or(Ok(()), Err)
     }
 
     /// Refreshes the spool gauges (also called before each metrics scrape,
@@ -366,8 +391,21 @@ fn key_hash(key: &str) -> u64 {
     h.finish()
 }
 
-fn release(keys: &mut HashMap<u64, u32>, key: &str) {
-    let hash = key_hash(key);
+fn reserve(st: &mut State, bytes: u64, key: Option<u64>) {
+    st.bytes += bytes;
+    if let Some(hash) = key {
+        *st.keys.entry(hash).or_default() += 1;
+    }
+}
+
+fn unreserve(st: &mut State, bytes: u64, key: Option<u64>) {
+    st.bytes -= bytes;
+    if let Some(hash) = key {
+        release(&mut st.keys, hash);
+    }
+}
+
+fn release(keys: &mut HashMap<u64, u32>, hash: u64) {
     if let Some(n) = keys.get_mut(&hash) {
         *n -= 1;
         if *n == 0 {
@@ -400,6 +438,26 @@ fn segment_seqs(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(seqs)
 }
 
+/// Deletes a drained segment's file; failing that, empties it (an empty
+/// segment is removed, not replayed, at start-up).
+fn discard_segment(dir: &Path, seq: u64) -> io::Result<()> {
+    let path = segment_path(dir, seq);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => {
+            let emptied = OpenOptions::new().write(true).open(&path).and_then(|file| {
+                file.set_len(0)?;
+                file.sync_all()
+            });
+            match emptied {
+                Ok(()) => Ok(()),
+                Err(_) => Err(err),
+            }
+        }
+    }
+}
+
 fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
     let file = OpenOptions::new()
         .create_new(true)
@@ -417,6 +475,10 @@ struct Writer {
     file: File,
     seq: u64,
     written: u64,
+    /// A failed write left bytes that could not be cut off: the next write
+    /// must go to a new segment, or its frames would follow garbage and be
+    /// cut off as a corrupt tail at the next start.
+    must_roll: bool,
     state: Arc<Mutex<State>>,
 }
 
@@ -452,11 +514,20 @@ impl Writer {
                 Err(err) => {
                     // Cut off any partial frame, or frames appended after it
                     // (and acknowledged) would sit behind garbage.
-                    if let Err(trunc) = self.file.set_len(self.written) {
-                        tracing::error!(error = %trunc, "could not cut a failed spool write; starting a new segment");
-                        let _ = self.roll();
+                    if !self.must_roll {
+                        if let Err(trunc) = self.file.set_len(self.written) {
+                            tracing::error!(error = %trunc, "could not cut a failed spool write; starting a new segment");
+                            self.must_roll = true;
+                            let _ = self.roll();
+                        }
                     }
                     tracing::error!(error = %err, "spool write failed");
+                    {
+                        let mut st = self.state.lock().expect("spool state lock");
+                        for a in &appends {
+                            unreserve(&mut st, a.frame.len() as u64, a.key);
+                        }
+                    }
                     for Append { reply, .. } in appends {
                         let _ = reply.send(Err(io::Error::new(err.kind(), err.to_string())));
                     }
@@ -469,7 +540,7 @@ impl Writer {
     }
 
     fn write_all(&mut self, appends: &[Append]) -> io::Result<()> {
-        if self.written >= self.segment_bytes {
+        if self.must_roll || self.written >= self.segment_bytes {
             self.roll()?;
         }
         let mut buf = Vec::with_capacity(appends.iter().map(|a| a.frame.len()).sum());
@@ -491,21 +562,27 @@ impl Writer {
         Ok(())
     }
 
-    fn seal(&mut self) -> io::Result<Option<u64>> {
-        if self.written == 0 {
-            return Ok(None);
+    fn seal(&mut self) -> io::Result<()> {
+        if self.written == 0 && !self.must_roll {
+            return Ok(());
         }
-        let sealed = self.seq;
-        self.roll()?;
-        Ok(Some(sealed))
+        self.roll()
     }
 
     fn roll(&mut self) -> io::Result<()> {
-        self.file.sync_all()?;
+        // Each frame was synced as it was written; this is for the file's
+        // metadata. A file left broken by a failed write may refuse it:
+        // leaving it is what matters then.
+        if let Err(err) = self.file.sync_all() {
+            if !self.must_roll {
+                return Err(err);
+            }
+        }
         let seq = self.seq + 1;
         self.file = create_segment(&self.dir, seq)?;
         self.seq = seq;
         self.written = 0;
+        self.must_roll = false;
         self.state
             .lock()
             .expect("spool state lock")
@@ -679,6 +756,138 @@ mod tests {
         spool.finish(seg.seq).unwrap();
         spool.append(&records("k", 4)).await.unwrap();
         assert_eq!(spool.len(), 1);
+    }
+
+    /// The writer over `file` as segment 1 of `dir`, and its state.
+    fn writer_over(dir: &Path, file: File) -> (Writer, Arc<Mutex<State>>) {
+        let state = Arc::new(Mutex::new(State::default()));
+        state.lock().unwrap().segments.push_back(Segment {
+            seq: 1,
+            bytes: 0,
+            deliveries: 0,
+            oldest_ms: None,
+        });
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            segment_bytes: 1 << 20,
+            file,
+            seq: 1,
+            written: 0,
+            must_roll: false,
+            state: state.clone(),
+        };
+        (writer, state)
+    }
+
+    /// An append as [`Spool::append`] sends it, its reservation made.
+    fn reserved_append(
+        state: &Mutex<State>,
+        key: &str,
+        n: usize,
+    ) -> (Cmd, oneshot::Receiver<io::Result<()>>) {
+        let frame = format::encode(&Delivery {
+            spooled_at_ms: 1,
+            records: records(key, n),
+        });
+        let key = Some(key_hash(key));
+        reserve(&mut state.lock().unwrap(), frame.len() as u64, key);
+        let (reply, done) = oneshot::channel();
+        let append = Append {
+            frame,
+            spooled_at_ms: 1,
+            key,
+            reply,
+        };
+        (Cmd::Append(append), done)
+    }
+
+    #[test]
+    fn a_failed_write_releases_its_reservation_even_with_nobody_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let (mut writer, state) = writer_over(dir.path(), full);
+        let (append, done) = reserved_append(&state, "k", 0);
+        // The request was cancelled: its `append` future, and the
+        // receiver, are gone.
+        drop(done);
+        writer.commit(vec![append]);
+        let st = state.lock().unwrap();
+        assert_eq!(st.bytes, 0, "the reserved bytes are given back");
+        assert!(st.keys.is_empty(), "the key is no longer held");
+    }
+
+    #[test]
+    fn after_a_failed_write_it_cannot_cut_off_the_next_goes_to_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        // Writes fail (ENOSPC) and so does cutting them off (EINVAL).
+        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let (mut writer, state) = writer_over(dir.path(), full);
+        // And the new segment cannot be created yet either.
+        let blocker = segment_path(dir.path(), 2);
+        fs::write(&blocker, b"").unwrap();
+        let (append, mut done) = reserved_append(&state, "k", 0);
+        writer.commit(vec![append]);
+        assert!(done.try_recv().unwrap().is_err());
+
+        fs::remove_file(&blocker).unwrap();
+        let (append, mut done) = reserved_append(&state, "k", 1);
+        writer.commit(vec![append]);
+        done.try_recv()
+            .unwrap()
+            .expect("written to a new segment, not behind the failed bytes");
+        let written = fs::read(segment_path(dir.path(), 2)).unwrap();
+        assert_eq!(format::scan(&written).deliveries.len(), 1);
+        let st = state.lock().unwrap();
+        assert_eq!(st.segments.back().unwrap().seq, 2);
+        assert_eq!((st.deliveries, st.keys.len()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn the_oldest_segment_drains_first_when_an_append_rolls_before_a_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, 10, Metrics::new()).unwrap();
+        // Fills segment 1 past its size: the writer rolls at the next write.
+        spool.append(&records("k", 0)).await.unwrap();
+        // The append reaches the writer first, rolls to segment 2 and
+        // writes there; the seal then closes segment 2.
+        let second = records("k", 1);
+        let (appended, oldest) = tokio::join!(spool.append(&second), spool.oldest_sealed());
+        appended.unwrap();
+        let oldest = oldest.unwrap().unwrap();
+        assert_eq!(
+            oldest.deliveries[0].records[0].payload, b"body-0",
+            "segment {} was handed out before segment 1",
+            oldest.seq
+        );
+    }
+
+    #[tokio::test]
+    async fn a_drained_segment_that_cannot_be_deleted_is_not_drained_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path(), &Metrics::new());
+        spool.append(&records("k", 0)).await.unwrap();
+        let first = spool.oldest_sealed().await.unwrap().unwrap();
+        spool.append(&records("k", 1)).await.unwrap();
+        // Neither removable nor writable: a directory in its place.
+        let path = segment_path(dir.path(), first.seq);
+        fs::remove_file(&path).unwrap();
+        fs::create_dir_all(path.join("in-the-way")).unwrap();
+
+        spool.delivered(&first.deliveries[0].records);
+        assert!(spool.finish(first.seq).is_err());
+        assert!(spool.holds("k"), "the later delivery still holds its key");
+        assert_eq!(spool.len(), 1);
+        let next = spool.oldest_sealed().await.unwrap().unwrap();
+        assert_ne!(next.seq, first.seq, "not handed out again");
+        assert_eq!(next.deliveries[0].records[0].payload, b"body-1");
+
+        // Deleting it is retried with the next segment's.
+        fs::remove_dir_all(&path).unwrap();
+        fs::write(&path, b"").unwrap();
+        spool.delivered(&next.deliveries[0].records);
+        spool.finish(next.seq).unwrap();
+        assert!(!path.exists());
+        assert!(!spool.holds("k"));
     }
 
     #[tokio::test]
