@@ -648,6 +648,19 @@ async fn after_an_outage_steady_traffic_goes_back_to_kafka_while_the_spool_drain
     gw.stop().await;
 }
 
+/// A spooled delivery of one raw record of `bytes` bytes, keyed `key`.
+fn spooled_raw(key: &str, bytes: usize) -> callstream_gateway::spool::format::Delivery {
+    callstream_gateway::spool::format::Delivery {
+        spooled_at_ms: 1_700_000_000_000,
+        records: vec![callstream_gateway::publish::OutRecord {
+            topic: Topic::Raw,
+            key: key.to_string(),
+            payload: vec![b'x'; bytes],
+            headers: Vec::new(),
+        }],
+    }
+}
+
 /// Kafka refusing one delivery's record (the broker's own size limit) is
 /// not an outage: that delivery is spooled, the others go on to Kafka.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,19 +694,9 @@ async fn a_record_kafka_refuses_does_not_send_the_others_to_the_spool() {
 /// `rejected/` directory, and the deliveries behind it drain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spooled_delivery_kafka_refuses_is_set_aside_and_the_rest_drains() {
-    use callstream_gateway::publish::OutRecord;
-    use callstream_gateway::spool::format::{decode, encode, Delivery};
+    use callstream_gateway::spool::format::{decode, encode};
     let dir = tempfile::tempdir().unwrap();
-    let delivery = |key: &str, bytes: usize| Delivery {
-        spooled_at_ms: 1_700_000_000_000,
-        records: vec![OutRecord {
-            topic: Topic::Raw,
-            key: key.to_string(),
-            payload: vec![b'x'; bytes],
-            headers: Vec::new(),
-        }],
-    };
-    let (big, small) = (delivery("big", 300_000), delivery("small", 100));
+    let (big, small) = (spooled_raw("big", 300_000), spooled_raw("small", 100));
     let mut segment = encode(&big);
     segment.extend(encode(&small));
     std::fs::write(dir.path().join(format!("{:020}.seg", 1)), segment).unwrap();
@@ -745,6 +748,58 @@ async fn a_spooled_delivery_kafka_refuses_is_set_aside_and_the_rest_drains() {
         ("big", 300_000),
         "replayed after the limit was raised"
     );
+    gw.stop().await;
+}
+
+/// While a refused delivery cannot be set aside (here `rejected/` is a
+/// file in the way), the drain retries it alone: the delivery Kafka
+/// acknowledged beside it is neither sent again at every attempt nor
+/// counted as drained twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_delivery_that_cannot_be_set_aside_is_retried_alone() {
+    use callstream_gateway::spool::format::encode;
+    let dir = tempfile::tempdir().unwrap();
+    let mut segment = encode(&spooled_raw("big", 300_000));
+    segment.extend(encode(&spooled_raw("small", 100)));
+    std::fs::write(dir.path().join(format!("{:020}.seg", 1)), segment).unwrap();
+    let in_the_way = dir.path().join("rejected");
+    std::fs::write(&in_the_way, b"not a directory").unwrap();
+
+    let gw = spawn_gateway(|f| {
+        f.merge(("spool.dir", dir.path()))
+            .merge(("max_body_bytes", 100_000))
+    })
+    .await;
+    assert_eq!(gw.read(Topic::Raw, 1)[0].key_str(), "small");
+    // Retries back off from 100 ms: four or more in two seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gw.count(Topic::Raw), 1, "sent once, not at every retry");
+    assert_eq!(
+        gw.metric("callstream_gateway_spool_set_aside_records_total")
+            .await,
+        0.0
+    );
+
+    std::fs::remove_file(&in_the_way).unwrap();
+    let mut set_aside = 0.0;
+    for _ in 0..100 {
+        set_aside = gw
+            .metric("callstream_gateway_spool_set_aside_records_total")
+            .await;
+        if set_aside > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(set_aside, 1.0, "set aside once its directory can be made");
+    assert!(in_the_way.join(format!("{:020}-{:06}.seg", 1, 0)).exists());
+    assert_eq!(
+        gw.metric("callstream_gateway_spool_drained_records_total")
+            .await,
+        1.0,
+        "the set-aside delivery did not reach Kafka: not drained"
+    );
+    assert_eq!(gw.count(Topic::Raw), 1);
     gw.stop().await;
 }
 

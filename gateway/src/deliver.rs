@@ -13,6 +13,7 @@
 //! is still spooled keep going to the spool until the drainer passed them.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -115,32 +116,6 @@ impl Deliverer {
         Ok(Stored::Spool)
     }
 
-    /// Moves the deliveries `refused` (indexes into `chunk`, which starts at
-    /// `first` in segment `seq`) out of the spool; false if one could not be
-    /// written (the chunk is retried, nothing is dropped).
-    fn set_aside(
-        &self,
-        spool: &Spool,
-        seq: u64,
-        first: usize,
-        chunk: &[Delivery],
-        refused: &[usize],
-    ) -> bool {
-        for &i in refused {
-            match spool.set_aside(seq, first + i, &chunk[i]) {
-                Ok(path) => tracing::error!(
-                    file = %path.display(),
-                    "Kafka refuses this spooled delivery's record (too large or invalid): set aside"
-                ),
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot set a refused delivery aside; will retry");
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
     fn shard(&self, key: &str) -> &Mutex<()> {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
@@ -174,33 +149,19 @@ impl Deliverer {
                 }
             };
             for (at, chunk) in segment.deliveries.chunks(DRAIN_CHUNK).enumerate() {
-                loop {
-                    let results =
-                        join_all(chunk.iter().map(|d| self.publisher.publish(&d.records))).await;
-                    let failed = results.iter().filter(|r| r.is_err()).count();
-                    let refused: Vec<usize> = results
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, r)| r.as_ref().is_err_and(PublishError::record_refused))
-                        .map(|(i, _)| i)
-                        .collect();
-                    // Only records Kafka will never take failed: set them
-                    // aside, or they would hold the whole spool for ever.
-                    if failed == refused.len()
-                        && self.set_aside(&spool, segment.seq, at * DRAIN_CHUNK, chunk, &refused)
-                    {
-                        break;
-                    }
-                    // Retry the whole chunk: acknowledged copies repeat in the
-                    // same order (at-least-once), so no key is reordered.
-                    tracing::warn!(failed, "Kafka still failing; spool drain retries");
-                    if sleep_or_shutdown(backoff.next(), &mut shutdown).await {
-                        return;
-                    }
-                }
-                backoff.reset();
-                for d in chunk {
-                    spool.delivered(&d.records);
+                let first = at * DRAIN_CHUNK;
+                if self
+                    .drain_chunk(
+                        &spool,
+                        segment.seq,
+                        first,
+                        chunk,
+                        &mut backoff,
+                        &mut shutdown,
+                    )
+                    .await
+                {
+                    return;
                 }
                 // Kafka acknowledges again: new deliveries go to it directly
                 // (those whose key is still spooled stay behind it). Waiting
@@ -213,6 +174,92 @@ impl Deliverer {
             }
         }
     }
+
+    /// Publishes one chunk of a segment (starting at its `first`-th
+    /// delivery) until Kafka acknowledged every delivery or set aside the
+    /// ones it refuses as records; true if shutdown came first.
+    ///
+    /// Deliveries sharing a key go one after another, different keys at
+    /// once: a later delivery for a key is never sent before the earlier
+    /// one was acknowledged, so it cannot reach Kafka ahead of it when the
+    /// earlier one fails, and a retry sends only what is not in Kafka yet.
+    async fn drain_chunk(
+        &self,
+        spool: &Spool,
+        seq: u64,
+        first: usize,
+        chunk: &[Delivery],
+        backoff: &mut Backoff,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut queues = per_key(chunk);
+        loop {
+            let results = join_all(queues.iter().map(|queue| async move {
+                let mut acked = 0;
+                for &i in queue {
+                    if let Err(err) = self.publisher.publish(&chunk[i].records).await {
+                        return (acked, Some(err));
+                    }
+                    acked += 1;
+                }
+                (acked, None)
+            }))
+            .await;
+            let mut failing = 0;
+            for (queue, (acked, err)) in queues.iter_mut().zip(results) {
+                for i in queue.drain(..acked) {
+                    spool.delivered(&chunk[i].records);
+                }
+                let Some(err) = err else { continue };
+                let i = queue[0];
+                // Kafka will never take it: set it aside, or it would hold
+                // its key, and the whole spool, for ever.
+                if err.record_refused() {
+                    match spool.set_aside(seq, first + i, &chunk[i]) {
+                        Ok(path) => {
+                            tracing::error!(
+                                file = %path.display(),
+                                "Kafka refuses this spooled delivery's record (too large or invalid): set aside"
+                            );
+                            spool.release(&chunk[i].records);
+                            queue.pop_front();
+                            continue;
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "cannot set a refused delivery aside; will retry");
+                        }
+                    }
+                }
+                failing += 1;
+            }
+            queues.retain(|queue| !queue.is_empty());
+            if queues.is_empty() {
+                backoff.reset();
+                return false;
+            }
+            if failing > 0 {
+                tracing::warn!(failing, "Kafka still failing; spool drain retries");
+                if sleep_or_shutdown(backoff.next(), shutdown).await {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// The chunk's deliveries (their indexes) per key, each key's in spool order.
+fn per_key(chunk: &[Delivery]) -> Vec<VecDeque<usize>> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut queues: Vec<VecDeque<usize>> = Vec::new();
+    for (i, d) in chunk.iter().enumerate() {
+        let key = d.records.first().map_or("", |r| r.key.as_str());
+        let at = *index.entry(key).or_insert_with(|| {
+            queues.push(VecDeque::new());
+            queues.len() - 1
+        });
+        queues[at].push_back(i);
+    }
+    queues
 }
 
 /// Sleeps, or returns true early if shutdown was signalled.
