@@ -18,9 +18,10 @@
 //! (answered) or `ended_at` (hangup).
 //!
 //! `custom` and `extra_params` are JSON-encoded strings; they are decoded and
-//! kept in [`Event::custom`] with `hangup_reason`, `team` and `ivr_name`,
-//! which have no normalized field. A `custom` of `"none"` is TeleCMI's "no value" and is dropped; a
-//! value that is not JSON is kept as the string it is.
+//! kept in [`Event::custom`] with `hangup_reason`, `team`, `ivr_name`,
+//! `request_id` and `click_to_call`, which have no normalized field. A
+//! `custom` of `"none"` is TeleCMI's "no value" and is dropped; a value that
+//! is not JSON is kept as the string it is.
 
 use serde_json::{Map, Value};
 
@@ -149,7 +150,19 @@ fn extras(doc: &Value) -> Option<Value> {
             extras.insert(key.to_string(), decoded);
         }
     }
-    for key in ["hangup_reason", "team", "ivr_name"] {
+    // `request_id` is the click-to-call API's id for the request that
+    // placed the call, shared by both legs: what the caller of that API
+    // matches CDRs to. It stands in for `call_id` in the correlation only
+    // when `call_id` is missing, so it is kept here whether or not it does.
+    // `click_to_call` is the docs' "made through click to call api" flag,
+    // kept as a string like the other scalars (`true` and `"true"` alike).
+    for key in [
+        "hangup_reason",
+        "team",
+        "ivr_name",
+        "request_id",
+        "click_to_call",
+    ] {
         if let Some(value) = lenient::string(doc.get(key)) {
             extras.insert(key.to_string(), Value::String(value));
         }
@@ -337,9 +350,23 @@ mod tests {
             b.recording.and_then(|r| r.file_name).as_deref(),
             Some("16506305548176941220057791_2222223.mp3")
         );
+        // Both legs keep the click-to-call request id next to `call_id`.
+        let request_id = "c0Sq3mbykoHgVgLfyWTr6cV6HB5Z0Fk4AXpZFkOClSr";
         assert_eq!(
             a.custom,
-            Some(json!({"custom": {"crm": "true"}, "hangup_reason": "recv_bye"}))
+            Some(json!({
+                "custom": {"crm": "true"},
+                "hangup_reason": "recv_bye",
+                "request_id": request_id
+            }))
+        );
+        assert_eq!(
+            b.custom,
+            Some(json!({
+                "custom": {"crm": "true"},
+                "hangup_reason": "sent_bye",
+                "request_id": request_id
+            }))
         );
 
         // A leg `a` that did not come from click-to-call is an ordinary call.
@@ -370,7 +397,51 @@ mod tests {
             Some("157018440105699392452463833_1111113.mp3")
         );
         assert_eq!(event.correlation.call_id, None);
-        assert_eq!(event.custom, None);
+        // The sample's `click_to_call: "true"` is kept.
+        assert_eq!(event.custom, Some(json!({"click_to_call": "true"})));
+    }
+
+    #[test]
+    fn request_id_and_click_to_call_are_kept_in_custom() {
+        let base = json!({"type": "cdr", "cmiuuid": "u", "direction": "outbound", "to": "9193"});
+        let with = |extra: Value| {
+            let mut body = base.clone();
+            body.as_object_mut()
+                .expect("an object")
+                .extend(extra.as_object().expect("an object").clone());
+            cdr(&body.to_string()).expect("normalizes")
+        };
+
+        // With `call_id` the correlation takes it, and `request_id` is not lost.
+        let both = with(json!({"call_id": "call-1", "request_id": "req-1"}));
+        assert_eq!(both.correlation.call_id.as_deref(), Some("call-1"));
+        assert_eq!(both.custom, Some(json!({"request_id": "req-1"})));
+
+        // Without it, `request_id` still stands in for the call id.
+        let alone = with(json!({"request_id": "req-2"}));
+        assert_eq!(alone.correlation.call_id.as_deref(), Some("req-2"));
+        assert_eq!(alone.custom, Some(json!({"request_id": "req-2"})));
+
+        // The flag, however it is spelled, next to the decoded `custom`.
+        for flag in [json!(true), json!("true"), json!(" true ")] {
+            let event = with(json!({"click_to_call": flag, "custom": "{\"crm\":1}"}));
+            assert_eq!(
+                event.custom,
+                Some(json!({"click_to_call": "true", "custom": {"crm": 1}})),
+                "{flag}"
+            );
+        }
+        let off = with(json!({"click_to_call": false}));
+        assert_eq!(off.custom, Some(json!({"click_to_call": "false"})));
+
+        // A GET delivery keeps the same.
+        let query = "type=cdr&cmiuuid=u&direction=outbound&to=9193\
+                     &call_id=call-1&request_id=req-1&click_to_call=true";
+        let by_get = get(&Telecmi, "cdr", query).expect("normalizes");
+        assert_eq!(
+            by_get.custom,
+            Some(json!({"click_to_call": "true", "request_id": "req-1"}))
+        );
     }
 
     #[test]

@@ -10,6 +10,16 @@
 //! Identity is `cdr.id` (the call session) plus `triggerId`, because several
 //! triggers can fire for one call and each is a delivery of its own. Tenant
 //! is the payload's `tenantId`, else the source's configured tenant.
+//!
+//! [`Event::custom`] is the trigger's `customData` as configured, verbatim:
+//! the customer's own static keys, nothing of Xarios' mixed in (a key added
+//! there could clash with one of theirs, or be taken for one). Fields the
+//! event has no place for therefore stay in the raw record only: the CDR's
+//! `type` (internal/external), `t2t` and `tz` (times are normalized to UTC
+//! from their offsets), and a directory match's `crmId` (another system's
+//! id, not the provider's, which `contactId` is), `title`, `jobTitle`,
+//! `phone1`..`phone4` (the contact's numbers, not the number on the call)
+//! and `field1`..`field10`.
 
 use serde_json::{Map, Value};
 
@@ -266,6 +276,13 @@ impl Provider for Xarios {
         };
         event.provider_status = lenient::string(cdr.get("cause"));
         event.provider_event_type = trigger.clone();
+        // `dir`: 0 unknown, 1 internal, 2 incoming, 3 outgoing, 4 "both".
+        // The docs say no more of 4 than that word. A session that went both
+        // ways is neither inbound nor outbound as the call centre sees it,
+        // and `internal` is already `dir` 1, so 4 is `unknown` rather than a
+        // guessed side. `unknown` then covers 0, 4, a missing `dir` and an
+        // unreadable one; which it was stays in the raw record, as `custom`
+        // holds `customData` alone (see the module comment).
         event.direction = match lenient::integer(cdr.get("dir")) {
             Some(1) => Direction::Internal,
             Some(2) => Direction::Inbound,
@@ -679,6 +696,7 @@ mod tests {
             (json!(1), Direction::Internal),
             (json!("2"), Direction::Inbound),
             (json!(3.0), Direction::Outbound),
+            // "both": no honest canonical side (see `normalize`).
             (json!(4), Direction::Unknown),
             (json!("x"), Direction::Unknown),
         ] {
@@ -710,6 +728,86 @@ mod tests {
             let event = post(&Xarios, "POST", "postcall", JSON, &body).expect("normalizes");
             assert_eq!(event.status, expected, "{cdr}");
         }
+    }
+
+    #[test]
+    fn both_ways_is_unknown_with_the_caller_as_the_other_party() {
+        let body = json!({
+            "cdr": {
+                "id": "c-both", "dir": 4, "type": 2, "ans": 1,
+                "cliNum": "+447700900555", "cliName": "CALLER",
+                "ddiNum": "+441610000000", "ddiName": "Main line",
+            },
+            "customData": {"hook": "post call"},
+        });
+        let event = post(&Xarios, "POST", "postcall", JSON, &body.to_string()).expect("normalizes");
+        // No honest side for "both": not `inbound`, `outbound` or `internal`.
+        assert_eq!(
+            (event.direction, event.status),
+            (Direction::Unknown, Status::Answered)
+        );
+        // The side that started the call, as for any call without a customer side.
+        assert_eq!(
+            (
+                event.external.number.as_deref(),
+                event.external.name.as_deref()
+            ),
+            (Some("+447700900555"), Some("CALLER"))
+        );
+        // `dir` is not slipped into the customer's `customData`.
+        assert_eq!(event.custom, Some(json!({"hook": "post call"})));
+    }
+
+    #[test]
+    fn fields_without_a_place_in_the_event_stay_out_of_it() {
+        let contact = json!({
+            "contactId": "contact-7",
+            "fields": {
+                "fullName": "Ann Lee", "companyName": "Acme", "email": "ann@acme.example",
+            },
+        });
+        let plain = json!({
+            "triggerId": "t-1",
+            "cdr": {
+                "id": "c-extras", "dir": 2, "cliNum": "+447700900123",
+                "directoryMatches": [contact],
+            },
+            "customData": {"hook": "post call"},
+        });
+        let mut full = plain.clone();
+        full["cdr"]["type"] = json!(2);
+        full["cdr"]["t2t"] = json!(0);
+        full["cdr"]["tz"] = json!("Europe/London");
+        let fields = &mut full["cdr"]["directoryMatches"][0]["fields"];
+        fields["crmId"] = json!("crm-991");
+        fields["title"] = json!("Dr");
+        fields["jobTitle"] = json!("CTO");
+        for n in 1..=4 {
+            fields[format!("phone{n}")] = json!(format!("+4477009001{n:02}"));
+        }
+        for n in 1..=10 {
+            fields[format!("field{n}")] = json!(format!("value {n}"));
+        }
+
+        let event = post(&Xarios, "POST", "postcall", JSON, &full.to_string()).expect("normalizes");
+        // The contact id is the provider's; the CRM id and the contact's
+        // numbers do not stand in for the party's id or the call's number.
+        assert_eq!(
+            event.external,
+            Party {
+                id: Some("contact-7".into()),
+                name: Some("Ann Lee".into()),
+                email: Some("ann@acme.example".into()),
+                number: Some("+447700900123".into()),
+                company: Some("Acme".into()),
+            }
+        );
+        // `custom` is `customData` verbatim, nothing of Xarios' mixed in.
+        assert_eq!(event.custom, Some(json!({"hook": "post call"})));
+        // So the event is the one the delivery gives without those fields.
+        let without =
+            post(&Xarios, "POST", "postcall", JSON, &plain.to_string()).expect("normalizes");
+        assert_eq!(event, without);
     }
 
     #[test]
