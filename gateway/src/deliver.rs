@@ -27,9 +27,12 @@ use crate::publish::{OutRecord, PublishError, Publisher};
 use crate::spool::{Delivery, Spool, SpoolError};
 
 const KEY_SHARDS: usize = 1024;
-/// Deliveries the drainer has in flight at once (pipelined; the idempotent
-/// producer keeps their order per partition).
-const DRAIN_CHUNK: usize = 512;
+/// Deliveries the drainer takes at once: every key's first at once, a
+/// key's later ones each after the one before it (see `drain_chunk`).
+/// Large, so the few keys that repeat within a chunk cost few round trips
+/// per chunk: at 512, a spool of 440k bench deliveries drained in 7.1 s
+/// against 4.8–5.6 s without the per-key order; at 2048 in 5.2–5.3 s.
+const DRAIN_CHUNK: usize = 2048;
 
 /// Where a delivery was made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
