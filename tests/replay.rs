@@ -230,6 +230,38 @@ async fn replaying_raw_republishes_the_gateways_records_and_twice_changes_nothin
     gw.stop().await;
 }
 
+/// A re-derived event Kafka refuses as a record (here the broker answers
+/// `MSG_SIZE_TOO_LARGE`, as for an events topic with a smaller limit than
+/// the raw one) used to stop every run at the same place. It is reported,
+/// and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_kafka_refuses_is_reported_and_the_run_completes() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let gw = spawn_gateway(|f| f).await;
+    let bootstrap = gw.broker.bootstrap_servers();
+    post(&gw, "/v1/onoff/sms", ONOFF_SMS).await;
+    let originals = gw.read_all(Topic::Events);
+    // The batch, then the record alone: refused both times.
+    gw.broker.cluster().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 2],
+    );
+    let (report, _) = replay(&bootstrap, &options(Source::Raw, Some(EPOCH), None, false))
+        .await
+        .expect("the run completes");
+    assert_eq!((report.read, report.published, report.refused), (1, 0, 1));
+    assert!(report
+        .to_string()
+        .contains("refused by Kafka 1 (too large or invalid; logged, not published)"));
+    assert_eq!(gw.read_all(Topic::Events).len(), originals.len());
+
+    let (again, _) = replay(&bootstrap, &options(Source::Raw, Some(EPOCH), None, false))
+        .await
+        .expect("replay runs");
+    assert_eq!((again.published, again.refused), (1, 0));
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_records_that_parse_now_are_published_and_the_rest_published_nowhere() {
     let broker = EmbeddedBroker::start(PARTITIONS, &Default::default()).unwrap();

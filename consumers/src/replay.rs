@@ -377,8 +377,37 @@ async fn publish(
     if batch.is_empty() {
         return Ok(());
     }
-    publisher.publish(batch).await?;
-    report.published += batch.len() as u64;
+    match publisher.publish(batch).await {
+        Ok(()) => report.published += batch.len() as u64,
+        // A record Kafka will never take (larger than the events topic or
+        // the producer allows, invalid) would fail every run at the same
+        // place: find it, report it, publish the rest. Records of the batch
+        // Kafka had already acknowledged go again (dedup drops the copies).
+        Err(err) if err.record_refused() => {
+            for record in batch.iter() {
+                match publisher.publish(std::slice::from_ref(record)).await {
+                    Ok(()) => report.published += 1,
+                    Err(err) if err.record_refused() => {
+                        let request_id = record
+                            .headers
+                            .iter()
+                            .find(|(name, _)| name == H_REQUEST_ID)
+                            .map(|(_, value)| String::from_utf8_lossy(value));
+                        tracing::error!(
+                            identity = record.key,
+                            request_id = request_id.as_deref().unwrap_or(""),
+                            bytes = record.wire_size(),
+                            error = %err,
+                            "Kafka refuses this re-derived event: not published"
+                        );
+                        report.refused += 1;
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        Err(err) => return Err(err.into()),
+    }
     batch.clear();
     Ok(())
 }

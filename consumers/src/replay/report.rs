@@ -180,6 +180,9 @@ pub struct Report {
     pub unverified: u64,
     /// Records acknowledged by Kafka on `callstream.events.v1` (0 in a dry run).
     pub published: u64,
+    /// Re-derived events Kafka refuses as records (too large for the topic
+    /// or the producer, invalid): logged, not published.
+    pub refused: u64,
     /// Records that do not normalize, per reason (regressions included).
     pub failing: BTreeMap<&'static str, u64>,
     /// Of `failing`, those that normalized when received.
@@ -243,6 +246,13 @@ impl fmt::Display for Report {
             )?;
         } else {
             writeln!(f, "published {} events", self.published)?;
+            if self.refused > 0 {
+                writeln!(
+                    f,
+                    "refused by Kafka {} (too large or invalid; logged, not published)",
+                    self.refused
+                )?;
+            }
         }
         let reasons: Vec<String> = self
             .failing
