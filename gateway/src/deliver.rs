@@ -224,7 +224,6 @@ impl Deliverer {
                                 file = %path.display(),
                                 "Kafka refuses this spooled delivery's record (too large or invalid): set aside"
                             );
-                            spool.release(&chunk[i].records);
                             queue.pop_front();
                             continue;
                         }

@@ -197,17 +197,18 @@ impl Spool {
             spooled_at_ms,
             records: records.to_vec(),
         });
+        let len = frame.len() as u64;
         let key = delivery_key(records).map(key_hash);
         {
             let mut st = self.state.lock().expect("spool state lock");
-            if st.bytes + frame.len() as u64 > self.max_bytes {
+            if st.bytes + len > self.max_bytes {
                 return Err(SpoolError::Full {
                     max_bytes: self.max_bytes,
                 });
             }
             // Reserve before writing so concurrent appends cannot overshoot
             // the bound, and so the key is "held" from now on.
-            reserve(&mut st, frame.len() as u64, key);
+            reserve(&mut st, len, key);
         }
         // From here the writer owns the reservation: it releases it if the
         // write fails, even when this future was dropped (the request
@@ -223,12 +224,10 @@ impl Spool {
             Ok(()) => done
                 .await
                 .unwrap_or_else(|_| Err(io::Error::other("spool writer stopped"))),
-            Err(mpsc::error::SendError(Cmd::Append(append))) => {
-                let mut st = self.state.lock().expect("spool state lock");
-                unreserve(&mut st, append.frame.len() as u64, append.key);
+            Err(_) => {
+                unreserve(&mut self.state.lock().expect("spool state lock"), len, key);
                 Err(io::Error::other("spool writer stopped"))
             }
-            Err(_) => unreachable!("an append was sent"),
         };
         if let Err(err) = result {
             self.update_gauges();
@@ -306,7 +305,7 @@ impl Spool {
 
     /// One delivery of a segment no longer holds its key back: acknowledged
     /// by Kafka, or set aside.
-    pub fn release(&self, records: &[OutRecord]) {
+    fn release(&self, records: &[OutRecord]) {
         if let Some(key) = delivery_key(records) {
             release(
                 &mut self.state.lock().expect("spool state lock").keys,
@@ -318,9 +317,10 @@ impl Spool {
     /// A delivery of segment `seq` (its `index`-th) that Kafka refuses as a
     /// record, on every attempt: moved, fsynced, to `rejected/` under the
     /// spool directory, in the spool's own frame format, so that the rest of
-    /// the spool can drain. Returns the file written. (To replay it after
-    /// raising the topic's limit: move it back as a segment named with a
-    /// higher number than any there, `<20 digits>.seg`, and restart.)
+    /// the spool can drain; its key is no longer held. Returns the file
+    /// written. (To replay it after raising the topic's limit: move it back
+    /// as a segment named with a higher number than any there,
+    /// `<20 digits>.seg`, and restart.)
     pub fn set_aside(&self, seq: u64, index: usize, delivery: &Delivery) -> io::Result<PathBuf> {
         let dir = self.dir.join(REJECTED_DIR);
         fs::create_dir_all(&dir)?;
@@ -334,6 +334,7 @@ impl Spool {
         file.sync_all()?;
         File::open(&dir)?.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
+        self.release(&delivery.records);
         self.metrics.spool_set_aside.inc();
         Ok(path)
     }
