@@ -2,7 +2,7 @@
 //! cannot acknowledge in time. The HTTP handler answers 200 on `Ok` only.
 //!
 //! Per-key order: deliveries sharing a key (the raw record's key, i.e. the
-//! event identity) are serialized by a sharded lock, and while the spool
+//! event identity) are serialized by a lock per key, and while the spool
 //! holds any delivery for a key, newer ones for that key go to the spool
 //! behind it. The drainer replays the spool in order and releases a key only
 //! after Kafka acknowledged it, so a newer delivery never overtakes an older.
@@ -12,21 +12,19 @@
 //! until Kafka acknowledges what the drainer sends it; deliveries whose key
 //! is still spooled keep going to the spool until the drainer passed them.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 
+use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
 use crate::publish::{OutRecord, PublishError, Publisher};
-use crate::spool::{Delivery, Spool, SpoolError};
+use crate::spool::{key_hash, Delivery, Spool, SpoolError};
 
-const KEY_SHARDS: usize = 1024;
 /// Deliveries the drainer takes at once: every key's first at once, a
 /// key's later ones each after the one before it (see `drain_chunk`).
 /// Large, so the few keys that repeat within a chunk cost few round trips
@@ -52,7 +50,7 @@ pub enum DeliverError {
 pub struct Deliverer {
     publisher: Publisher,
     spool: Option<Arc<Spool>>,
-    shards: Vec<Mutex<()>>,
+    keys: KeyLocks,
     degraded: AtomicBool,
     metrics: Metrics,
 }
@@ -62,7 +60,7 @@ impl Deliverer {
         Deliverer {
             publisher,
             spool,
-            shards: (0..KEY_SHARDS).map(|_| Mutex::new(())).collect(),
+            keys: KeyLocks::default(),
             degraded: AtomicBool::new(false),
             metrics,
         }
@@ -99,8 +97,9 @@ impl Deliverer {
             return Ok(Stored::Kafka);
         };
         let key = records.first().map_or("", |r| r.key.as_str());
-        let _ordered = self.shard(key).lock().await;
-        if !self.degraded() && !spool.holds(key) {
+        let hash = key_hash(key);
+        let _ordered = self.keys.lock(hash).await;
+        if !self.degraded() && !spool.holds_hash(hash) {
             match self.publisher.publish(records).await {
                 Ok(()) => return Ok(Stored::Kafka),
                 // Kafka refused this record, not the moment: the others
@@ -117,12 +116,6 @@ impl Deliverer {
         }
         spool.append(records).await?;
         Ok(Stored::Spool)
-    }
-
-    fn shard(&self, key: &str) -> &Mutex<()> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % KEY_SHARDS]
     }
 
     /// Replays the spool to Kafka until `shutdown` turns true. Segments are

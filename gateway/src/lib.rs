@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod embedded;
 pub mod error;
 pub mod ingest;
+mod keylock;
 pub mod metrics;
 pub mod publish;
 pub mod spool;

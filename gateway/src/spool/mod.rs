@@ -241,11 +241,16 @@ impl Spool {
 
     /// Whether deliveries for `key` are waiting in the spool.
     pub fn holds(&self, key: &str) -> bool {
+        self.holds_hash(key_hash(key))
+    }
+
+    /// [`Spool::holds`], for a key already hashed by [`key_hash`].
+    pub(crate) fn holds_hash(&self, hash: u64) -> bool {
         self.state
             .lock()
             .expect("spool state lock")
             .keys
-            .contains_key(&key_hash(key))
+            .contains_key(&hash)
     }
 
     /// Deliveries waiting in the spool.
@@ -385,7 +390,8 @@ fn delivery_key(records: &[OutRecord]) -> Option<&str> {
     records.first().map(|r| r.key.as_str())
 }
 
-fn key_hash(key: &str) -> u64 {
+/// How the spool (and the per-key lock) identify a key.
+pub(crate) fn key_hash(key: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
