@@ -86,6 +86,7 @@ pub struct Metrics {
     pub spool_drained: IntCounter,
     pub spool_corrupt: IntCounter,
     pub spool_set_aside: IntCounter,
+    pub spool_undeleted: IntGauge,
     pub kafka_degraded: IntGauge,
 }
 
@@ -202,6 +203,10 @@ impl Metrics {
             "callstream_gateway_spool_set_aside_records_total",
             "Spooled deliveries Kafka refused as records (too large, invalid), moved to the spool's rejected/ directory.",
         );
+        let spool_undeleted = int_gauge(
+            "callstream_gateway_spool_undeleted_segments",
+            "Drained spool segments whose file could be neither deleted nor emptied: a restart would publish their deliveries again.",
+        );
         let kafka_degraded = int_gauge(
             "callstream_gateway_kafka_degraded",
             "1 while Kafka is failing and new deliveries go to the spool.",
@@ -223,6 +228,7 @@ impl Metrics {
             spool_drained,
             spool_corrupt,
             spool_set_aside,
+            spool_undeleted,
             kafka_degraded,
         }
     }

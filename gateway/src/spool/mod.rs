@@ -366,10 +366,16 @@ impl Spool {
         undeleted.retain(|&seq| match discard_segment(&self.dir, seq) {
             Ok(()) => false,
             Err(err) => {
-                failed = Some(err);
+                // Named, so ops can delete exactly this file by hand.
+                let path = segment_path(&self.dir, seq);
+                failed = Some(io::Error::new(
+                    err.kind(),
+                    format!("{}: {err}", path.display()),
+                ));
                 true
             }
         });
+        self.metrics.spool_undeleted.set(undeleted.len() as i64);
         failed.map_or(Ok(()), Err)
     }
 
@@ -871,7 +877,8 @@ mod tests {
     #[tokio::test]
     async fn a_drained_segment_that_cannot_be_deleted_is_not_drained_again() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = open(dir.path(), &Metrics::new());
+        let metrics = Metrics::new();
+        let spool = open(dir.path(), &metrics);
         spool.append(&records("k", 0)).await.unwrap();
         let first = spool.oldest_sealed().await.unwrap().unwrap();
         spool.append(&records("k", 1)).await.unwrap();
@@ -881,7 +888,9 @@ mod tests {
         fs::create_dir_all(path.join("in-the-way")).unwrap();
 
         spool.delivered(&first.deliveries[0].records);
-        assert!(spool.finish(first.seq).is_err());
+        let err = spool.finish(first.seq).unwrap_err();
+        assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+        assert_eq!(metrics.spool_undeleted.get(), 1, "ops can see it");
         assert!(spool.holds("k"), "the later delivery still holds its key");
         assert_eq!(spool.len(), 1);
         let next = spool.oldest_sealed().await.unwrap().unwrap();
@@ -894,6 +903,7 @@ mod tests {
         spool.delivered(&next.deliveries[0].records);
         spool.finish(next.seq).unwrap();
         assert!(!path.exists());
+        assert_eq!(metrics.spool_undeleted.get(), 0);
         assert!(!spool.holds("k"));
     }
 
