@@ -1,6 +1,7 @@
 //! callstream-crm against a real Kafka-protocol broker and real HTTP servers
 //! on 127.0.0.1 standing in for the CRMs, each answering as it is told per
-//! event: 200, 400, 429 + `Retry-After`, 500, or nothing before the timeout.
+//! event: 200, 400, 401, 403, 429 + `Retry-After`, 500, or nothing before
+//! the timeout.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -508,24 +509,32 @@ async fn retries_then_delivers_or_dead_letters_and_loses_nothing() {
             "rate_per_second": 100,
         }}),
     );
-    let [flaky, limited, slow, bad, dead] = [0; 5].map(|_| event("call", "outbound", "answered"));
+    let [flaky, limited, slow, bad, dead, locked] =
+        [0; 6].map(|_| event("call", "outbound", "answered"));
     crm_server.script(&key_of(&flaky), [Reply::Status(500), Reply::Status(503)]);
+    // A token rotated, then fixed: refused credentials are not the event's fault.
+    crm_server.script(&key_of(&locked), [Reply::Status(401), Reply::Status(403)]);
     crm_server.script(&key_of(&limited), [Reply::TooMany("1")]);
     crm_server.script(&key_of(&slow), [Reply::Hang(Duration::from_millis(1500))]);
     crm_server.script(&key_of(&bad), [Reply::Status(400)]);
     crm_server.script(&key_of(&dead), vec![Reply::Status(500); 3]);
-    let events = [&flaky, &limited, &slow, &bad, &dead];
+    let events = [&flaky, &limited, &slow, &bad, &dead, &locked];
     kafka.publish(&events.map(|e| (e, 1))).await;
     kafka.send("garbage-key", b"not an event", 1).await;
 
     let crm = start(&settings);
     wait("every event finished", || {
-        crm.events("flaky", "delivered") + crm.events("flaky", "dead_lettered") >= 6.0
+        crm.events("flaky", "delivered") + crm.events("flaky", "dead_lettered") >= 7.0
     })
     .await;
 
     // Nothing lost: each event delivered exactly once, or dead-lettered.
-    let mut delivered = vec![key_of(&flaky), key_of(&limited), key_of(&slow)];
+    let mut delivered = vec![
+        key_of(&flaky),
+        key_of(&limited),
+        key_of(&slow),
+        key_of(&locked),
+    ];
     delivered.sort();
     assert_eq!(crm_server.delivered_keys(), delivered);
     let letters = kafka.dead_letters();
@@ -561,6 +570,12 @@ async fn retries_then_delivers_or_dead_letters_and_loses_nothing() {
         [0, 200]
     );
     assert!(slow_requests[1].at - slow_requests[0].at >= Duration::from_millis(500));
+    let locked_statuses: Vec<u16> = crm_server
+        .for_key(&key_of(&locked))
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(locked_statuses, [401, 403, 200]);
     // A 400 cannot improve: one attempt.
     assert_eq!(crm_server.for_key(&key_of(&bad)).len(), 1);
     assert_eq!(crm_server.for_key(&key_of(&dead)).len(), 3);
@@ -596,16 +611,17 @@ async fn retries_then_delivers_or_dead_letters_and_loses_nothing() {
             &format!(r#"outcome="{outcome}",target="flaky""#),
         )
     };
-    assert_eq!(requests("success"), 3.0);
+    assert_eq!(requests("success"), 4.0);
     assert_eq!(requests("server_error"), 5.0);
     assert_eq!(requests("rate_limited"), 1.0);
     assert_eq!(requests("timeout"), 1.0);
+    assert_eq!(requests("unauthorized"), 2.0);
     assert_eq!(requests("client_error"), 1.0);
     assert_eq!(
         crm.metric("callstream_crm_retries_total", r#"target="flaky""#),
-        6.0
+        8.0
     );
-    assert_eq!(crm.events("flaky", "delivered"), 3.0);
+    assert_eq!(crm.events("flaky", "delivered"), 4.0);
     assert_eq!(crm.events("flaky", "dead_lettered"), 3.0);
     crm.stop().await;
 }

@@ -46,14 +46,24 @@ pub enum AttemptError {
 
 impl AttemptError {
     /// Whether another attempt can succeed: transport failures, timeouts,
-    /// `408`, `429` and `5xx`. Any other answer (a `400`, a `401`, a
-    /// redirect) will be the same next time: dead-letter it at once.
+    /// `408`, `429` and `5xx`, and `401`/`403`. Any other answer (a `400`,
+    /// a `422`, a redirect) will be the same next time: dead-letter it at
+    /// once.
+    ///
+    /// `401` and `403` refuse our credentials (a rotated token, a missing
+    /// scope), not the event: every following event would get the same
+    /// answer. Dead-lettered at once, a revoked token would empty the
+    /// target's backlog into the dead-letter topic at `rate_per_second`;
+    /// retried with back-off, the target slows to one event per
+    /// `max_attempts` back-offs, and few events reach the dead letters
+    /// before someone fixes the credentials.
     pub fn is_retriable(&self) -> bool {
         match self {
             AttemptError::Status { status, .. } => {
                 status.is_server_error()
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || *status == StatusCode::REQUEST_TIMEOUT
+                    || is_refused_credentials(*status)
             }
             AttemptError::Timeout(_) | AttemptError::Connect(_) | AttemptError::Transport(_) => {
                 true
@@ -69,6 +79,9 @@ impl AttemptError {
                 "rate_limited"
             }
             AttemptError::Status { status, .. } if status.is_server_error() => "server_error",
+            AttemptError::Status { status, .. } if is_refused_credentials(*status) => {
+                "unauthorized"
+            }
             AttemptError::Status { .. } => "client_error",
             AttemptError::Timeout(_) => "timeout",
             AttemptError::Connect(_) => "connect_error",
@@ -112,6 +125,11 @@ impl AttemptError {
             AttemptError::Transport(text)
         }
     }
+}
+
+/// `401 Unauthorized` or `403 Forbidden`: the target refuses who we are.
+fn is_refused_credentials(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).

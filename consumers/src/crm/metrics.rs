@@ -33,10 +33,11 @@ impl EventOutcome {
 }
 
 /// Outcomes of one HTTP attempt, for `callstream_crm_requests_total`.
-pub const REQUEST_OUTCOMES: [&str; 7] = [
+pub const REQUEST_OUTCOMES: [&str; 8] = [
     "success",
     "rate_limited",
     "server_error",
+    "unauthorized",
     "client_error",
     "timeout",
     "connect_error",

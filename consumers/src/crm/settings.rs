@@ -91,8 +91,8 @@ pub struct TargetSettings {
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Attempts per event, the first included; after the last, the event is
-    /// dead-lettered. Errors that retrying cannot fix (4xx other than 408
-    /// and 429) are dead-lettered after one.
+    /// dead-lettered. Errors that retrying cannot fix (4xx other than 401,
+    /// 403, 408 and 429) are dead-lettered after one.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// Back-off before the first retry; doubled for each further retry, with
