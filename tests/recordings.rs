@@ -1119,6 +1119,60 @@ async fn child_archiver_from_the_environment() {
     let _ = tokio::time::timeout(Duration::from_secs(60), archiver.run(stopped)).await;
 }
 
+/// An on-premises PBX serves recordings on a private address: with
+/// `allow_private_templates`, the operator's template reaches it, while a URL
+/// a payload names (here Onoff's, to the same loopback server) is still
+/// refused without a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_templates_reach_the_pbx_while_payload_urls_stay_guarded() {
+    let (kafka, media, dir) = setup().await;
+    media.script(
+        "/xarios/tenant-1/recordings/rec-1",
+        [Reply::Audio(audio(11, 800), "audio/wav")],
+    );
+    media.script("/x.mp3", [Reply::Audio(audio(12, 100), "audio/mpeg")]);
+    let xarios = normalize(
+        ProviderId::Xarios,
+        "postcall",
+        &json!({"triggerId": "t-1", "tenantId": "tenant-1",
+                "cdr": {"id": "sess-1", "start": "2024-05-29T09:37:35+01:00", "ans": 1,
+                        "recordingIds": ["rec-1"]}}),
+    );
+    let payload_url = media.url("/x.mp3");
+    let onoff = onoff("ssrf-payload", Some(&payload_url), None, "");
+    kafka.publish(&[(&xarios, 1), (&onoff, 1)]).await;
+
+    let template = media.url("/xarios/{tenant}/recordings/{id}");
+    let archiver = start(&settings(&kafka, dir.path(), |f| {
+        f.merge(("recordings.allow_private_targets", false))
+            .merge(("recordings.allow_private_templates", true))
+            .merge(("recordings.templates.xarios.url_template", template))
+    }));
+    kafka
+        .wait_for(Topic::Recordings, 1, "the PBX recording archived")
+        .await;
+    kafka
+        .wait_for(Topic::RecordingsDlq, 1, "the payload URL refused")
+        .await;
+    let refused = archiver.metric(
+        "callstream_recordings_failures_total",
+        r#"reason="refused""#,
+    );
+    archiver.stop().await;
+
+    assert_eq!(media.requests("/xarios/tenant-1/recordings/rec-1").len(), 1);
+    assert!(media.requests("/x.mp3").is_empty(), "never requested");
+    assert_eq!(refused, 1.0);
+    let archived = kafka.read(Topic::Recordings);
+    assert_eq!(archived.len(), 1);
+    assert_eq!(archived[0].key_str(), xarios.identity);
+    let letters = kafka.read(Topic::RecordingsDlq);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].key_str(), onoff.identity);
+    let error = letters[0].header(ERROR_HEADER).unwrap();
+    assert!(error.starts_with("recording[0]: refused: "), "{error}");
+}
+
 /// With `allow_private_targets = false` (the default), loopback targets and
 /// non-http schemes are refused before any connection: the server accepts
 /// none. (Private ranges such as 10.0.0.1 are covered by the guard's unit

@@ -46,7 +46,8 @@
 //!
 //! **Never fetched** ([`guard`]): other schemes than http(s), and
 //! loopback, private, link-local and other non-public addresses, unless
-//! `allow_private_targets`. **Never published or logged**: template secrets,
+//! `allow_private_targets` (or, for URLs built from a template with a
+//! fixed host, `allow_private_templates`). **Never published or logged**: template secrets,
 //! URL query values and user info.
 //!
 //! What breaks it: committing before the outcome (`enable.auto.commit` or

@@ -247,8 +247,8 @@ impl ArchiveLoop {
                 failures.push(fail("too_many_media", text, 0));
                 continue;
             }
-            let url = match self.resolver.resolve(event, item) {
-                Ok(Some(url)) => url,
+            let resolved = match self.resolver.resolve(event, item) {
+                Ok(Some(resolved)) => resolved,
                 Ok(None) => {
                     self.metrics.media(item.media, MediaOutcome::Unconfigured);
                     tracing::debug!(event_id = %event.event_id, media = %item.label(), "no URL template for this handle");
@@ -263,7 +263,8 @@ impl ArchiveLoop {
                 event,
                 revision: unique.revision,
                 item,
-                url: &url,
+                url: &resolved.url,
+                private_ok: resolved.private_ok,
             };
             match self.downloader.run(&job, shutdown).await {
                 Outcome::Archived(record) => {

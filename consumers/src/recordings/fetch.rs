@@ -140,6 +140,8 @@ pub struct Job<'a> {
     pub revision: i32,
     pub item: &'a Item,
     pub url: &'a Url,
+    /// The URL may reach a non-public address ([`super::template::Resolved`]).
+    pub private_ok: bool,
 }
 
 /// What to do given an existing manifest.
@@ -164,7 +166,11 @@ fn decide(manifest: &Manifest, revision: i32, digest: &str) -> Decision {
 }
 
 pub struct Downloader {
+    /// Refuses non-public addresses, at every redirect and DNS answer too
+    /// (unless `allow_private_targets`).
     client: reqwest::Client,
+    /// For template URLs with `allow_private_templates`: reaches any address.
+    private_client: reqwest::Client,
     archive: Archive,
     prefix: String,
     max_bytes: u64,
@@ -183,15 +189,16 @@ impl Downloader {
         metrics: Metrics,
         redactor: Redactor,
     ) -> Result<Downloader, reqwest::Error> {
-        let allow_private = settings.allow_private_targets;
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("callstream-recordings/", env!("CARGO_PKG_VERSION")))
-            .timeout(settings.timeout())
-            .connect_timeout(settings.timeout().min(Duration::from_secs(10)))
-            .redirect(guard::redirect_policy(allow_private))
-            .dns_resolver(std::sync::Arc::new(GuardedResolver { allow_private }))
-            .no_proxy()
-            .build()?;
+        let client = |allow_private: bool| {
+            reqwest::Client::builder()
+                .user_agent(concat!("callstream-recordings/", env!("CARGO_PKG_VERSION")))
+                .timeout(settings.timeout())
+                .connect_timeout(settings.timeout().min(Duration::from_secs(10)))
+                .redirect(guard::redirect_policy(allow_private))
+                .dns_resolver(std::sync::Arc::new(GuardedResolver { allow_private }))
+                .no_proxy()
+                .build()
+        };
         let backoff = ExponentialBuilder::new()
             .with_min_delay(settings.initial_backoff())
             .with_max_delay(settings.max_backoff())
@@ -199,7 +206,8 @@ impl Downloader {
             .with_jitter()
             .with_max_times(settings.max_attempts.saturating_sub(1) as usize);
         Ok(Downloader {
-            client,
+            client: client(settings.allow_private_targets)?,
+            private_client: client(true)?,
             archive,
             prefix: settings.store.prefix.clone(),
             max_bytes: settings.max_bytes,
@@ -294,8 +302,12 @@ impl Downloader {
             }
         }
         let started = Instant::now();
-        let response = self
-            .client
+        let client = if job.private_ok {
+            &self.private_client
+        } else {
+            &self.client
+        };
+        let response = client
             .get(job.url.clone())
             .send()
             .await

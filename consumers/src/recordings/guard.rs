@@ -2,7 +2,8 @@
 //! without this guard anyone able to send a webhook could make the archiver
 //! fetch from internal services (SSRF) and publish what it got.
 //!
-//! Three checks, unless `allow_private_targets` is set: a URL must be
+//! Three checks, unless `allow_private_targets` is set (or the URL was
+//! built from a fixed-host template and `allow_private_templates` is): a URL must be
 //! `http` or `https`; an address literal must be public ([`is_public`]);
 //! a host name is resolved by [`GuardedResolver`], which drops every
 //! non-public address, so the connection goes only to an address that

@@ -64,8 +64,14 @@ pub struct RecordingsSettings {
     /// other non-public addresses. Off: a URL naming such an address, or a
     /// host resolving only to such addresses, is refused without connecting
     /// (a webhook payload must not make the archiver reach internal
-    /// services). Tests turn it on to reach 127.0.0.1.
+    /// services). Tests turn it on to reach 127.0.0.1; it covers URLs a
+    /// payload names, so leave it off in production.
     pub allow_private_targets: bool,
+    /// Allow URLs built from `templates` to reach non-public addresses: an
+    /// on-premises PBX (Xarios) serving its recordings on a private network.
+    /// Only templates whose host and port no value can change (no
+    /// placeholder in the host); URLs a payload names stay guarded.
+    pub allow_private_templates: bool,
     /// URL templates for providers that send a file name (TeleCMI) or ids
     /// (Xarios) instead of a URL, by provider (`[recordings.templates.telecmi]`).
     /// A provider without one: its file names and ids are not archived
@@ -87,6 +93,7 @@ impl Default for RecordingsSettings {
             not_ready_retry_secs: 900,
             concurrency: 8,
             allow_private_targets: false,
+            allow_private_templates: false,
             templates: HashMap::new(),
         }
     }
@@ -199,7 +206,7 @@ impl RecordingsSettings {
             ));
         }
         for (provider, template) in &self.templates {
-            template.validate(*provider)?;
+            template.validate(*provider, self.allow_private_templates)?;
         }
         let worst = self.worst_case_record();
         if worst.as_millis() > u128::from(MAX_RECORD_MS) {
@@ -305,10 +312,17 @@ impl StoreSettings {
 }
 
 impl TemplateSettings {
-    fn validate(&self, provider: ProviderId) -> Result<(), ConfigError> {
+    fn validate(&self, provider: ProviderId, allow_private: bool) -> Result<(), ConfigError> {
         let setting = |field: &str| format!("recordings.templates.{}.{field}", provider.as_str());
         let template = Template::parse(&self.url_template)
             .map_err(|problem| invalid(setting("url_template"), problem))?;
+        if allow_private && !template.fixed_host() {
+            return Err(invalid(
+                setting("url_template"),
+                "has a placeholder in its host, which allow_private_templates does not allow: \
+                 a value from a payload could then pick any internal address",
+            ));
+        }
         let has_secret = self.secret.is_some() || !self.tenant_secrets.is_empty();
         match (template.uses_secret(), has_secret) {
             (true, false) => Err(invalid(
@@ -385,6 +399,31 @@ mod tests {
         );
         let e = error_of(|f| f.merge(("recordings.templates.nobody.url_template", "x")));
         assert!(e.contains("nobody"), "{e}");
+    }
+
+    #[test]
+    fn private_templates_need_a_host_no_value_can_change() {
+        let pbx = |template: &'static str| {
+            move |f: Figment| {
+                f.merge(("recordings.allow_private_templates", true))
+                    .merge(("recordings.templates.xarios.url_template", template))
+            }
+        };
+        load(pbx("http://10.1.2.3:8080/rec/{tenant}/{id}")).expect("a fixed host");
+        let e = error_of(pbx("http://{tenant}.pbx.internal/rec/{id}"));
+        assert!(
+            e.contains("recordings.templates.xarios.url_template") && e.contains("host"),
+            "{e}"
+        );
+        // Without the private allowance the same template is fine: the
+        // guard refuses whatever non-public host a value would make.
+        load(|f| {
+            f.merge((
+                "recordings.templates.xarios.url_template",
+                "http://{tenant}.pbx.example/rec/{id}",
+            ))
+        })
+        .expect("guarded");
     }
 
     #[test]

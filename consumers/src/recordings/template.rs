@@ -113,6 +113,25 @@ impl Template {
         self.uses(Placeholder::Secret)
     }
 
+    /// Whether the host and port are the template's own: no value a payload
+    /// brings (or a tenant, a secret) can change where the request goes.
+    pub fn fixed_host(&self) -> bool {
+        let origin = |v: &str| {
+            let filled = self.fill(&Values {
+                handle: v,
+                tenant: v,
+                media: v,
+                event_id: v,
+                secret: v,
+            });
+            Url::parse(&filled)
+                .ok()
+                .map(|u| (u.host_str().map(str::to_string), u.port()))
+        };
+        let a = origin("a");
+        a.is_some() && a == origin("b")
+    }
+
     fn fill(&self, values: &Values<'_>) -> String {
         let mut out = String::new();
         for part in &self.parts {
@@ -163,6 +182,17 @@ struct ProviderTemplate {
 pub struct Resolver {
     templates: HashMap<ProviderId, ProviderTemplate>,
     allow_private_targets: bool,
+    allow_private_templates: bool,
+}
+
+/// A URL to download, and whether it may reach a non-public address.
+#[derive(Debug)]
+pub struct Resolved {
+    pub url: Url,
+    /// Only for a URL the operator's template built (with
+    /// `allow_private_templates`), or anything with `allow_private_targets`;
+    /// never for a URL a payload named.
+    pub private_ok: bool,
 }
 
 impl Resolver {
@@ -187,13 +217,14 @@ impl Resolver {
         Resolver {
             templates,
             allow_private_targets: settings.allow_private_targets,
+            allow_private_templates: settings.allow_private_templates,
         }
     }
 
     /// The URL to fetch, or `None` when no template covers the item.
-    pub fn resolve(&self, event: &Event, item: &Item) -> Result<Option<Url>, ResolveError> {
-        let raw = match &item.handle {
-            Handle::Url(url) => url.clone(),
+    pub fn resolve(&self, event: &Event, item: &Item) -> Result<Option<Resolved>, ResolveError> {
+        let (raw, private_ok) = match &item.handle {
+            Handle::Url(url) => (url.clone(), self.allow_private_targets),
             Handle::FileName(value) | Handle::Id(value) => {
                 let Some(t) = self.templates.get(&event.provider) else {
                     return Ok(None);
@@ -212,18 +243,23 @@ impl Resolver {
                     }
                     None => "",
                 };
-                t.template.fill(&Values {
+                let url = t.template.fill(&Values {
                     handle: value,
                     tenant: &event.tenant,
                     media: item.media.as_str(),
                     event_id: &event.event_id.to_string(),
                     secret,
-                })
+                });
+                (
+                    url,
+                    self.allow_private_targets
+                        || (self.allow_private_templates && t.template.fixed_host()),
+                )
             }
         };
         let url = Url::parse(&raw).map_err(|_| ResolveError::NotAUrl)?;
-        guard::check_url(&url, self.allow_private_targets)?;
-        Ok(Some(url))
+        guard::check_url(&url, private_ok)?;
+        Ok(Some(Resolved { url, private_ok }))
     }
 
     /// Every configured template secret, to scrub from error texts.
@@ -294,6 +330,16 @@ mod tests {
         assert!(Template::parse("https://h.example/{nope}/{id}").is_err());
         assert!(Template::parse("ftp://h.example/{id}").is_err());
         assert!(Template::parse("https://h.example/{id").is_err());
+    }
+
+    #[test]
+    fn a_template_whose_values_can_move_its_host_is_not_fixed() {
+        let fixed = |t: &str| Template::parse(t).unwrap().fixed_host();
+        assert!(fixed("http://10.0.0.5:8080/rec/{id}?k={secret}"));
+        assert!(fixed("https://pbx.example/{tenant}/{file_name}"));
+        assert!(!fixed("https://{tenant}.pbx.example/{id}"));
+        assert!(!fixed("http://{id}/x"));
+        assert!(!fixed("http://10.0.0.{id}/x"));
     }
 
     #[test]
