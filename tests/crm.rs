@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use callstream_consumers::config::Settings;
+use callstream_consumers::crm::redeliver::{redeliver, RedeliverOptions};
 use callstream_consumers::crm::{CrmConsumer, CrmError};
 use callstream_gateway::config::TopicNames;
 use callstream_gateway::embedded::EmbeddedBroker;
@@ -624,6 +625,124 @@ async fn retries_then_delivers_or_dead_letters_and_loses_nothing() {
     assert_eq!(crm.events("flaky", "delivered"), 4.0);
     assert_eq!(crm.events("flaky", "dead_lettered"), 3.0);
     crm.stop().await;
+}
+
+/// `callstream-replay crm`: once the target is fixed, its dead letters go
+/// to it again, with the consumer's request and headers; only that
+/// target's, nothing in a dry run, nothing written back; one the target
+/// still refuses is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
+    let kafka = Kafka::start();
+    let crm_server = FakeCrm::start().await;
+    let settings = settings(
+        &kafka.bootstrap(),
+        json!({"flaky": {
+            "kind": "webhook",
+            "url": crm_server.url("/"),
+            "max_attempts": 1,
+            "rate_per_second": 100,
+        }}),
+    );
+    let [refused, still_refused, fine] = [0; 3].map(|_| event("call", "outbound", "answered"));
+    crm_server.script(&key_of(&refused), [Reply::Status(400)]);
+    crm_server.script(
+        &key_of(&still_refused),
+        [Reply::Status(422), Reply::Status(422)],
+    );
+    kafka
+        .publish(&[(&refused, 2), (&still_refused, 1), (&fine, 1)])
+        .await;
+    kafka.send("garbage-key", b"not an event", 1).await;
+    let crm = start(&settings);
+    wait("every event finished", || {
+        crm.events("flaky", "delivered") + crm.events("flaky", "dead_lettered") >= 4.0
+    })
+    .await;
+    crm.stop().await;
+    assert_eq!(kafka.dead_letter_count(), 3);
+    // Another target's dead letter, left alone.
+    let other = serde_json::to_vec(&fine).unwrap();
+    kafka
+        .producer
+        .send(
+            FutureRecord::to(Topic::CrmDlq.default_name())
+                .key(fine["identity"].as_str().unwrap())
+                .payload(&other)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "cs_crm_target",
+                    value: Some("other"),
+                })),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produced");
+    let sent_before = crm_server.received().len();
+
+    let (_stop, shutdown) = watch::channel(false);
+    let mut options = RedeliverOptions {
+        target: "flaky".into(),
+        from: None,
+        to: None,
+        dry_run: true,
+    };
+    let dry = redeliver(&settings, &options, shutdown.clone(), |_| {})
+        .await
+        .expect("dry run");
+    assert_eq!(
+        (dry.read, dry.for_target, dry.delivered, dry.undecodable),
+        (4, 3, 0, 1)
+    );
+    assert_eq!(crm_server.received().len(), sent_before, "dry run sent");
+
+    options.dry_run = false;
+    let mut lines = Vec::new();
+    let report = redeliver(&settings, &options, shutdown, |letter| {
+        lines.push(letter.to_string())
+    })
+    .await
+    .expect("redelivery");
+    assert_eq!(
+        (
+            report.for_target,
+            report.delivered,
+            report.failed,
+            report.undecodable
+        ),
+        (3, 1, 1, 1),
+        "{lines:?}"
+    );
+    let again = crm_server.for_key(&key_of(&refused));
+    assert_eq!(
+        again.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [400, 200]
+    );
+    assert_eq!(again[1].header("x-callstream-revision"), "2");
+    assert_eq!(again[1].body["event"]["event_id"], refused["event_id"]);
+    let statuses: Vec<u16> = crm_server
+        .for_key(&key_of(&still_refused))
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [422, 422]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("FAILED AGAIN") && l.contains("HTTP 422")),
+        "{lines:?}"
+    );
+    assert_eq!(crm_server.for_key(&key_of(&fine)).len(), 1, "not re-sent");
+    assert_eq!(kafka.dead_letter_count(), 4, "nothing written back");
+
+    let unknown = RedeliverOptions {
+        target: "nobody".into(),
+        ..options
+    };
+    let (_stop, shutdown) = watch::channel(false);
+    let error = redeliver(&settings, &unknown, shutdown, |_| {})
+        .await
+        .expect_err("unknown target");
+    assert!(error.to_string().contains("nobody"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

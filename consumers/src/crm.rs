@@ -35,6 +35,7 @@
 mod deliver;
 pub mod hubspot;
 mod metrics;
+pub mod redeliver;
 pub mod settings;
 mod target;
 pub mod webhook;

@@ -47,7 +47,7 @@
 //! publishes nothing; [`report`] defines what counts as a change.
 
 pub mod range;
-mod reader;
+pub(crate) mod reader;
 pub mod rebuild;
 pub mod report;
 

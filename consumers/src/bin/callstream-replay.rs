@@ -1,8 +1,9 @@
 //! `callstream-replay`: re-derive normalized events from `callstream.raw.v1`
-//! after a normalizer fix, or re-publish DLQ records that parse now. A
-//! command-line tool: it reads a bounded range, prints one line per changed
-//! record and a summary on stdout, and exits. See
-//! `callstream_consumers::replay` for the guarantee.
+//! after a normalizer fix, re-publish DLQ records that parse now, or send a
+//! CRM target's dead letters again. A command-line tool: it reads a bounded
+//! range, prints one line per changed record (or dead letter) and a summary
+//! on stdout, and exits. See `callstream_consumers::replay` and
+//! `callstream_consumers::crm::redeliver` for the guarantees.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -13,13 +14,14 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use callstream_consumers::config::Settings;
+use callstream_consumers::crm::redeliver::{self, RedeliverOptions};
 use callstream_consumers::replay::range::Bound;
 use callstream_consumers::replay::{self, ReplayOptions, Source, TenantOverride};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "callstream replay: normalize raw or dead-lettered deliveries again and publish them to `callstream.events.v1` (dedup drops what did not change)."
+    about = "callstream replay: normalize raw or dead-lettered deliveries again and publish them to `callstream.events.v1` (dedup drops what did not change), or send a CRM target's dead letters again."
 )]
 struct Cli {
     /// TOML configuration file; environment variables override it.
@@ -47,6 +49,24 @@ enum Command {
         from: Option<Bound>,
         #[command(flatten)]
         common: Common,
+    },
+    /// Send one CRM target's dead letters (`callstream.crm.dlq.v1`) to it
+    /// again, once what made them fail is fixed. Exits non-zero if any
+    /// fails again (its dead letter stays where it is).
+    Crm {
+        /// The target, as configured (`crm.targets.<name>`).
+        #[arg(long)]
+        target: String,
+        /// First dead letter, as for `raw`; default: the first one kept.
+        #[arg(long)]
+        from: Option<Bound>,
+        /// End, excluded, as for `raw`; default: the end of each partition
+        /// when the run starts.
+        #[arg(long)]
+        to: Option<Bound>,
+        /// Read and count the target's dead letters, send nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -77,6 +97,20 @@ async fn main() -> anyhow::Result<()> {
     let (source, from, common) = match cli.command {
         Command::Raw { from, common } => (Source::Raw, Some(from), common),
         Command::Dlq { from, common } => (Source::Dlq, from, common),
+        Command::Crm {
+            target,
+            from,
+            to,
+            dry_run,
+        } => {
+            let options = RedeliverOptions {
+                target,
+                from,
+                to,
+                dry_run,
+            };
+            return crm(&settings, &options).await;
+        }
     };
     let options = ReplayOptions {
         source,
@@ -105,5 +139,30 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let _ = write!(std::io::stdout(), "{report}");
+    Ok(())
+}
+
+async fn crm(settings: &Settings, options: &RedeliverOptions) -> anyhow::Result<()> {
+    tracing::info!(
+        target = %options.target,
+        dry_run = options.dry_run,
+        "CRM redelivery starting"
+    );
+    let shutdown = callstream_consumers::runtime::shutdown_on_signal()?;
+    let report = redeliver::redeliver(settings, options, shutdown, |letter| {
+        let _ = writeln!(std::io::stdout(), "{letter}");
+    })
+    .await?;
+    let _ = write!(std::io::stdout(), "{report}");
+    if report.failed > 0 {
+        anyhow::bail!(
+            "{} dead letters failed again; they stay in {} (the lines above name them)",
+            report.failed,
+            report.topic
+        );
+    }
+    if report.interrupted {
+        anyhow::bail!("interrupted before the end of the range: run it again");
+    }
     Ok(())
 }

@@ -90,6 +90,15 @@ pub struct PartitionRange {
     pub end: i64,
 }
 
+/// `0:[10,20) 1:[0,5)`: the ranges as a report prints them.
+pub fn describe(ranges: &[PartitionRange]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|r| format!("{}:[{},{})", r.partition, r.start, r.end))
+        .collect();
+    parts.join(" ")
+}
+
 impl PartitionRange {
     pub fn len(&self) -> i64 {
         self.end - self.start

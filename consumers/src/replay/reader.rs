@@ -87,6 +87,9 @@ impl RangeReader {
             remaining,
             last_progress,
         } = self;
+        // A stall is time spent waiting here: the caller may take long
+        // over a record (a CRM redelivery retrying) without Kafka stalling.
+        *last_progress = Instant::now();
         while !remaining.is_empty() {
             let msg = match tokio::time::timeout(IDLE_CHECK, consumer.recv()).await {
                 Ok(Ok(msg)) => msg,

@@ -218,12 +218,8 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ranges: Vec<String> = self
-            .ranges
-            .iter()
-            .map(|r| format!("{}:[{},{})", r.partition, r.start, r.end))
-            .collect();
-        writeln!(f, "replayed {} {}", self.topic, ranges.join(" "))?;
+        let ranges = super::range::describe(&self.ranges);
+        writeln!(f, "replayed {} {ranges}", self.topic)?;
         if let Some(n) = self.originals_scanned {
             writeln!(f, "compared with {n} original events")?;
         }
