@@ -212,3 +212,33 @@ async fn state_is_bounded_by_the_window_in_event_time() {
     );
     running.stop().await;
 }
+
+/// librdkafka reports a lost broker as error events, which the consumer's
+/// `recv` returns; dedup logs them and goes on once the broker is back
+/// (librdkafka reconnects by itself), instead of exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_does_not_stop_dedup() {
+    let broker = EmbeddedBroker::start(PARTITIONS, &Default::default()).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let events = Topic::Events.default_name();
+    let before = onoff_call_event("before", "", T0);
+    let after = onoff_call_event("after", "", T0);
+    produce(&bootstrap, events, std::slice::from_ref(&before)).await;
+    let running = start(&settings(&bootstrap, |f| f));
+    wait_until_consumed(&running, 1).await;
+
+    broker.cluster().broker_down(-1).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !running.task.is_finished(),
+        "dedup stopped while Kafka was down"
+    );
+    broker.cluster().broker_up(-1).unwrap();
+    produce(&bootstrap, events, std::slice::from_ref(&after)).await;
+    wait_until_consumed(&running, 2).await;
+    running.stop().await;
+
+    let keys: Vec<String> = unique(&bootstrap).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.contains(&after.0), "{keys:?}");
+}

@@ -134,6 +134,32 @@ async fn a_restart_resumes_where_the_database_says_not_where_kafka_says() {
     sink.stop().await;
 }
 
+/// A Kafka outage: librdkafka reports the lost broker as error events,
+/// which the consumer's `recv` returns; the sink logs them and goes on once
+/// the broker is back (librdkafka reconnects by itself), instead of exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_outage_does_not_stop_the_sink() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let received = at("2024-06-03T12:00:00Z");
+    let before = scenario("a", 30, at("2024-06-03T10:00:00Z"), received);
+    produce(&bootstrap, &before, None).await;
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-outage", writer()).await;
+    wait_caught_up(&client, GROUP, before.len() as i64, CATCH_UP).await;
+
+    broker.cluster().broker_down(-1).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!sink.is_finished(), "the sink stopped while Kafka was down");
+    broker.cluster().broker_up(-1).unwrap();
+    let after = scenario("b", 30, at("2024-06-03T10:00:00Z"), received);
+    produce(&bootstrap, &after, None).await;
+    let end = (before.len() + after.len()) as i64;
+    wait_caught_up(&client, GROUP, end, CATCH_UP).await;
+    let all: Vec<Revision> = before.iter().chain(&after).cloned().collect();
+    assert_newest_revisions(&client, &all).await;
+    sink.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_behind_the_stored_position_is_fenced_and_never_applied() {
     let (broker, db, client) = setup().await;

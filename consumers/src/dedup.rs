@@ -382,7 +382,8 @@ impl Dedup {
         let lag = crate::kafka::LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
         while !*shutdown.borrow() {
             let batch = tokio::select! {
-                batch = next_batch(&self.consumer, self.batch_max, self.linger) => batch?,
+                // Records are detached (copied) so a batch can be held across awaits.
+                batch = crate::kafka::next_batch(&self.consumer, self.batch_max, self.linger, |m| m.detach()) => batch?,
                 _ = crate::runtime::wait_for(&mut shutdown) => break,
             };
             self.apply_assignment_changes().await?;
@@ -579,24 +580,6 @@ impl Dedup {
         self.update_state_size();
         Ok(())
     }
-}
-
-/// Up to `max` records, waiting at most `linger` after the first. Records
-/// are detached (copied) so a batch can be held across awaits.
-async fn next_batch(
-    consumer: &StreamConsumer<TrackingContext>,
-    max: usize,
-    linger: Duration,
-) -> Result<Vec<OwnedMessage>, KafkaError> {
-    let mut batch = vec![consumer.recv().await?.detach()];
-    let deadline = tokio::time::Instant::now() + linger;
-    while batch.len() < max {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(msg) => batch.push(msg?.detach()),
-            Err(_) => break,
-        }
-    }
-    Ok(batch)
 }
 
 fn forward(

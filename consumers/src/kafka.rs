@@ -117,6 +117,61 @@ pub fn decode_unique<M: Message>(msg: &M) -> Result<UniqueEvent, DecodeError> {
     })
 }
 
+/// Pause after a Kafka error event before waiting for records again.
+const CONSUME_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Up to `max` records, waiting at most `linger` after the first, each
+/// turned into a `T` by `take` (so the batch can be held across awaits).
+///
+/// librdkafka reports trouble it recovers from by itself (a broker gone,
+/// all brokers down, `max.poll.interval.ms` exceeded and the group joined
+/// again) as error events, which `recv` returns: those are logged, and the
+/// wait goes on. Records already taken are kept: their position has moved
+/// on, so dropping them would skip them. Only a fatal error is returned
+/// (and a batch collected before it is dropped with it: the caller exits,
+/// and what was not committed is read again at the next start).
+pub async fn next_batch<C, T>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    max: usize,
+    linger: Duration,
+    mut take: impl FnMut(&BorrowedMessage<'_>) -> T,
+) -> Result<Vec<T>, rdkafka::error::KafkaError>
+where
+    C: ConsumerContext + 'static,
+{
+    let first = loop {
+        match consumer.recv().await {
+            Ok(msg) => break take(&msg),
+            Err(e) => {
+                recoverable(e)?;
+                tokio::time::sleep(CONSUME_ERROR_PAUSE).await;
+            }
+        }
+    };
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(msg)) => batch.push(take(&msg)),
+            Ok(Err(e)) => {
+                recoverable(e)?;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// Logs a consume error librdkafka recovers from; returns a fatal one.
+fn recoverable(e: rdkafka::error::KafkaError) -> Result<(), rdkafka::error::KafkaError> {
+    if matches!(e, rdkafka::error::KafkaError::MessageConsumptionFatal(_)) {
+        return Err(e);
+    }
+    tracing::warn!(error = %e, "Kafka consume error; librdkafka retries by itself");
+    Ok(())
+}
+
 /// What changed in the assignment since the loop last looked.
 #[derive(Debug, Default)]
 pub struct AssignmentChanges {

@@ -184,7 +184,7 @@ impl<W: PgWriter> PgSink<W> {
         let lag = crate::kafka::LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
         while !*shutdown.borrow() {
             let batch = tokio::select! {
-                batch = self.next_batch() => batch?,
+                batch = crate::kafka::next_batch(&self.consumer, self.batch_max, self.linger, received) => batch?,
                 _ = crate::runtime::wait_for(&mut shutdown) => break,
             };
             let changes = self.consumer.context().take_changes();
@@ -200,20 +200,6 @@ impl<W: PgWriter> PgSink<W> {
         lag.stop().await;
         tracing::info!(group = %self.group, "stopped after the last committed batch");
         Ok(())
-    }
-
-    async fn next_batch(&self) -> anyhow::Result<Vec<Received>> {
-        let first = self.consumer.recv().await?;
-        let mut batch = vec![received(&first)];
-        drop(first);
-        let deadline = tokio::time::Instant::now() + self.linger;
-        while batch.len() < self.batch_max {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(msg) => batch.push(received(&msg?)),
-                Err(_) => break,
-            }
-        }
-        Ok(batch)
     }
 
     /// Applies a batch. False when it gave up on (part of) it because

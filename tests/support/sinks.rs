@@ -181,6 +181,11 @@ pub async fn start_sink<W: PgWriter + 'static>(
 }
 
 impl RunningSink {
+    /// Whether the sink has stopped by itself (an error, or a panic).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops after the batch in progress and closes the consumer.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
