@@ -404,7 +404,8 @@ impl Dedup {
         }
         if !changes.assigned.is_empty() {
             let started = Instant::now();
-            let restored = restore(&self.kafka, &self.changelog, &changes.assigned).await?;
+            let assigned: Vec<i32> = changes.assigned.iter().copied().collect();
+            let restored = restore(&self.kafka, &self.changelog, &assigned).await?;
             let identities: usize = restored.values().map(|r| r.state.len()).sum();
             tracing::info!(partitions = ?changes.assigned, identities, took = ?started.elapsed(), "state restored");
             self.metrics

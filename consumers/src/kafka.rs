@@ -2,6 +2,7 @@
 //! of unique events, and a context that reports partition (re)assignments
 //! to the processing loop.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -172,11 +173,29 @@ fn recoverable(e: rdkafka::error::KafkaError) -> Result<(), rdkafka::error::Kafk
     Ok(())
 }
 
-/// What changed in the assignment since the loop last looked.
-#[derive(Debug, Default)]
+/// What changed in the assignment since the loop last looked, as its net
+/// effect: drop what the loop held of every `revoked` partition, then take
+/// up every `assigned` one. Several rebalances can pass between two looks
+/// (a rolling restart while input is idle): a partition revoked and
+/// assigned again is in both (its state is stale: rebuild it), one assigned
+/// and revoked again only in `revoked`, and none is listed twice.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct AssignmentChanges {
-    pub assigned: Vec<i32>,
-    pub revoked: Vec<i32>,
+    pub assigned: BTreeSet<i32>,
+    pub revoked: BTreeSet<i32>,
+}
+
+impl AssignmentChanges {
+    fn note_revoked(&mut self, parts: &[i32]) {
+        for p in parts {
+            self.assigned.remove(p);
+            self.revoked.insert(*p);
+        }
+    }
+
+    fn note_assigned(&mut self, parts: &[i32]) {
+        self.assigned.extend(parts);
+    }
 }
 
 /// Records partition assignments and revocations for the processing loop,
@@ -207,8 +226,7 @@ impl ConsumerContext for TrackingContext {
             self.changes
                 .lock()
                 .expect("assignment lock")
-                .revoked
-                .extend(parts);
+                .note_revoked(&parts);
         }
     }
 
@@ -223,8 +241,7 @@ impl ConsumerContext for TrackingContext {
             self.changes
                 .lock()
                 .expect("assignment lock")
-                .assigned
-                .extend(parts);
+                .note_assigned(&parts);
         }
     }
 }
@@ -487,6 +504,25 @@ pub fn durable_producer_config(kafka: &KafkaSettings) -> ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebalances_between_two_looks_add_up_to_their_net_effect() {
+        let set = |parts: &[i32]| parts.iter().copied().collect::<BTreeSet<i32>>();
+        // A second member joins and leaves again before the loop looks.
+        let mut changes = AssignmentChanges::default();
+        changes.note_revoked(&[0, 1, 2, 3]);
+        changes.note_assigned(&[0, 1]);
+        changes.note_revoked(&[0, 1]);
+        changes.note_assigned(&[0, 1, 2, 3]);
+        assert_eq!(changes.assigned, set(&[0, 1, 2, 3]), "each once");
+        assert_eq!(changes.revoked, set(&[0, 1, 2, 3]), "stale state dropped");
+        // Assigned, then taken away again: nothing to take up.
+        let mut changes = AssignmentChanges::default();
+        changes.note_assigned(&[4, 5]);
+        changes.note_revoked(&[4]);
+        assert_eq!(changes.assigned, set(&[5]));
+        assert_eq!(changes.revoked, set(&[4]));
+    }
 
     #[test]
     fn consumers_back_off_briefly_unless_configured() {
