@@ -229,10 +229,12 @@ impl<W: PgWriter> PgSink<W> {
                     // partition is read from its beginning, whatever offset
                     // Kafka still has committed for the group.
                     if stored != Some(r.offset) {
-                        self.seek_to(
-                            r.partition,
-                            stored.map_or(Offset::Beginning, Offset::Offset),
-                        );
+                        let to = stored.map_or(Offset::Beginning, Offset::Offset);
+                        if !self.seek_to(r.partition, to) {
+                            // Unchecked again at its next record: never
+                            // accept records from where Kafka happens to be.
+                            positions.remove(&r.partition);
+                        }
                         reseeked.push(r.partition);
                         continue;
                     }
@@ -304,7 +306,9 @@ impl<W: PgWriter> PgSink<W> {
                             return Ok(false);
                         };
                         positions.insert(*partition, stored);
-                        self.seek(*partition, stored.unwrap_or(*first));
+                        if !self.seek_to(*partition, Offset::Offset(stored.unwrap_or(*first))) {
+                            positions.remove(partition);
+                        }
                     }
                 }
             }
@@ -351,16 +355,19 @@ impl<W: PgWriter> PgSink<W> {
         partition.unsigned_abs() as usize % self.clients.len()
     }
 
-    fn seek(&self, partition: i32, offset: i64) {
-        self.seek_to(partition, Offset::Offset(offset));
-    }
-
-    fn seek_to(&self, partition: i32, offset: Offset) {
-        if let Err(e) = self
+    /// Moves the partition's fetch position; false if librdkafka failed to
+    /// (the caller then forgets the partition's position, so its next
+    /// record is checked against the database and sought again).
+    fn seek_to(&self, partition: i32, offset: Offset) -> bool {
+        match self
             .consumer
             .seek(&self.topic, partition, offset, Duration::from_secs(5))
         {
-            tracing::warn!(partition, ?offset, error = %e, "seek failed; the partition will be re-read after reassignment");
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(partition, ?offset, error = %e, "seek failed; the partition's next record is checked against its stored position again");
+                false
+            }
         }
     }
 }
