@@ -169,8 +169,9 @@ pub struct Downloader {
     /// Refuses non-public addresses, at every redirect and DNS answer too
     /// (unless `allow_private_targets`).
     client: reqwest::Client,
-    /// For template URLs with `allow_private_templates`: reaches any address.
-    private_client: reqwest::Client,
+    /// For template URLs with `allow_private_templates` (only then, and
+    /// only when `client` is not already unguarded): reaches any address.
+    private_client: Option<reqwest::Client>,
     archive: Archive,
     prefix: String,
     max_bytes: u64,
@@ -207,7 +208,9 @@ impl Downloader {
             .with_max_times(settings.max_attempts.saturating_sub(1) as usize);
         Ok(Downloader {
             client: client(settings.allow_private_targets)?,
-            private_client: client(true)?,
+            private_client: (settings.allow_private_templates && !settings.allow_private_targets)
+                .then(|| client(true))
+                .transpose()?,
             archive,
             prefix: settings.store.prefix.clone(),
             max_bytes: settings.max_bytes,
@@ -302,10 +305,9 @@ impl Downloader {
             }
         }
         let started = Instant::now();
-        let client = if job.private_ok {
-            &self.private_client
-        } else {
-            &self.client
+        let client = match &self.private_client {
+            Some(private) if job.private_ok => private,
+            _ => &self.client,
         };
         let response = client
             .get(job.url.clone())

@@ -176,13 +176,14 @@ struct ProviderTemplate {
     template: Template,
     secret: Option<SecretString>,
     tenant_secrets: BTreeMap<String, SecretString>,
+    /// Its URLs may reach non-public addresses (see [`Resolved`]).
+    private_ok: bool,
 }
 
 /// Turns items into download URLs, checked against the address guard.
 pub struct Resolver {
     templates: HashMap<ProviderId, ProviderTemplate>,
     allow_private_targets: bool,
-    allow_private_templates: bool,
 }
 
 /// A URL to download, and whether it may reach a non-public address.
@@ -207,6 +208,8 @@ impl Resolver {
                 Some((
                     *provider,
                     ProviderTemplate {
+                        private_ok: settings.allow_private_targets
+                            || (settings.allow_private_templates && template.fixed_host()),
                         template,
                         secret: t.secret.clone(),
                         tenant_secrets: t.tenant_secrets.clone(),
@@ -217,7 +220,6 @@ impl Resolver {
         Resolver {
             templates,
             allow_private_targets: settings.allow_private_targets,
-            allow_private_templates: settings.allow_private_templates,
         }
     }
 
@@ -250,11 +252,7 @@ impl Resolver {
                     event_id: &event.event_id.to_string(),
                     secret,
                 });
-                (
-                    url,
-                    self.allow_private_targets
-                        || (self.allow_private_templates && t.template.fixed_host()),
-                )
+                (url, t.private_ok)
             }
         };
         let url = Url::parse(&raw).map_err(|_| ResolveError::NotAUrl)?;
