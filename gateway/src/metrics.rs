@@ -85,6 +85,9 @@ pub struct Metrics {
     pub spool_appended: IntCounter,
     pub spool_drained: IntCounter,
     pub spool_corrupt: IntCounter,
+    pub spool_lost: IntCounter,
+    pub spool_quarantined_bytes: IntCounter,
+    pub spool_unreadable: IntCounter,
     pub spool_set_aside: IntCounter,
     pub spool_undeleted: IntGauge,
     pub kafka_degraded: IntGauge,
@@ -197,7 +200,19 @@ impl Metrics {
         );
         let spool_corrupt = plain_counter(
             "callstream_gateway_spool_corrupt_records_total",
-            "Corrupt or torn spool tails found and cut off.",
+            "Damaged spool segments found (torn writes, disk damage); their intact deliveries are replayed.",
+        );
+        let spool_lost = plain_counter(
+            "callstream_gateway_spool_lost_deliveries_total",
+            "Spooled deliveries whose own bytes were damaged (a torn last write, never acknowledged, counts too).",
+        );
+        let spool_quarantined_bytes = plain_counter(
+            "callstream_gateway_spool_quarantined_bytes_total",
+            "Damaged spool bytes copied to <spool.dir>/quarantine/.",
+        );
+        let spool_unreadable = plain_counter(
+            "callstream_gateway_spool_unreadable_entries_total",
+            "Spool entries that could not be read (I/O error, a directory in a segment's name) or whose damage could not be quarantined; skipped.",
         );
         let spool_set_aside = plain_counter(
             "callstream_gateway_spool_set_aside_records_total",
@@ -227,6 +242,9 @@ impl Metrics {
             spool_appended,
             spool_drained,
             spool_corrupt,
+            spool_lost,
+            spool_quarantined_bytes,
+            spool_unreadable,
             spool_set_aside,
             spool_undeleted,
             kafka_degraded,

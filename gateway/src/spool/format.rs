@@ -1,24 +1,48 @@
-//! On-disk format of the spool. A segment file is a sequence of frames:
+//! On-disk format of the spool. A segment file is a sequence of frames, one
+//! delivery each (the records the gateway must publish together):
 //!
 //! ```text
-//! frame  := len:u32le crc32:u32le body[len]          crc32 (IEEE) over body
+//! frame  := magic:4 len:u32le index:u32le hcrc:u32le crc:u32le body[len]
+//!           magic = C5 53 50 F2; index = the frame's number in its segment;
+//!           hcrc = crc32(magic len index offset:u64le), offset being the
+//!           frame's own position in its segment; crc = crc32(body)
 //! body   := version:u8(=1) spooled_at_ms:u64le count:u16le record*count
 //! record := topic:u8 key:blob32 payload:blob32 headers:u16le (name:blob16 value:blob32)*
 //! blobN  := len:uN-le bytes[len]
 //! ```
 //!
-//! A frame is one delivery (the records the gateway must publish together).
-//! A torn write leaves a short or checksum-failing frame at the tail; the
-//! scanner stops there and reports how many good bytes precede it.
+//! Recovery must keep every intact delivery, wherever damage is:
+//! - the header's own checksum proves its length, so a damaged body is
+//!   skipped by exactly its length and the next frame read where it starts;
+//! - a damaged header is skipped by searching forward for the next magic
+//!   whose header checksum passes, so one bad byte costs one delivery, not
+//!   the rest of the segment;
+//! - the index of the next intact frame says exactly how many were lost.
+//!
+//! The header checksum covers the frame's offset, so a frame that a caller
+//! put inside a webhook body (and so inside a payload here) does not pass
+//! as a frame of its own when the search passes over it: it would have to
+//! sit at the very offset it was made for. The search only runs over bytes
+//! whose header was damaged, so a forgery also needs the disk to damage the
+//! header right before it.
+//!
+//! Segments written before this format (v1, `len crc body`, no magic) are
+//! still read, frame by frame from the start; damage in one of them cannot
+//! be resynchronised, and everything from it on is quarantined. The magic's
+//! last byte (F2) is above any v1 length's (at most 64 MiB: 04), so the two
+//! cannot be confused.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use callstream_schemas::Topic;
 
 use crate::publish::OutRecord;
 
 const VERSION: u8 = 1;
-pub const FRAME_HEADER: usize = 8;
+const MAGIC: [u8; 4] = [0xC5, 0x53, 0x50, 0xF2];
+pub const FRAME_HEADER: usize = 20;
+const V1_HEADER: usize = 8;
 /// Larger "lengths" are garbage, not records (bodies are capped far lower).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
@@ -35,6 +59,8 @@ pub enum DecodeError {
     Truncated,
     #[error("frame length {0} is impossible")]
     BadLength(usize),
+    #[error("header checksum mismatch")]
+    HeaderChecksum,
     #[error("checksum mismatch")]
     Checksum,
     #[error("unsupported version {0}")]
@@ -72,8 +98,57 @@ fn tag_topic(tag: u8) -> Option<Topic> {
         .map(|(topic, _)| *topic)
 }
 
-/// Encodes a delivery as one complete frame.
+/// A delivery's encoded body, waiting for its place in a segment: the
+/// header depends on where the frame will stand.
+#[derive(Debug)]
+pub struct Encoded {
+    body: Vec<u8>,
+    crc: u32,
+}
+
+impl Encoded {
+    pub fn new(delivery: &Delivery) -> Encoded {
+        let body = encode_body(delivery);
+        let crc = crc32fast::hash(&body);
+        Encoded { body, crc }
+    }
+
+    /// Bytes the frame takes in a segment.
+    pub fn frame_len(&self) -> usize {
+        FRAME_HEADER + self.body.len()
+    }
+
+    /// Appends the frame as it must stand at `offset` of its segment, as
+    /// the segment's `index`-th frame.
+    pub fn write_at(&self, offset: u64, index: u32, out: &mut Vec<u8>) {
+        let len = self.body.len() as u32;
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&index.to_le_bytes());
+        out.extend_from_slice(&header_crc(len, index, offset).to_le_bytes());
+        out.extend_from_slice(&self.crc.to_le_bytes());
+        out.extend_from_slice(&self.body);
+    }
+}
+
+/// One complete frame for a delivery standing first in its file.
 pub fn encode(delivery: &Delivery) -> Vec<u8> {
+    let encoded = Encoded::new(delivery);
+    let mut frame = Vec::with_capacity(encoded.frame_len());
+    encoded.write_at(0, 0, &mut frame);
+    frame
+}
+
+fn header_crc(len: u32, index: u32, offset: u64) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&MAGIC);
+    h.update(&len.to_le_bytes());
+    h.update(&index.to_le_bytes());
+    h.update(&offset.to_le_bytes());
+    h.finalize()
+}
+
+fn encode_body(delivery: &Delivery) -> Vec<u8> {
     let mut body = Vec::with_capacity(
         64 + delivery
             .records
@@ -95,11 +170,7 @@ pub fn encode(delivery: &Delivery) -> Vec<u8> {
             put32(&mut body, value);
         }
     }
-    let mut frame = Vec::with_capacity(FRAME_HEADER + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    frame.extend_from_slice(&body);
-    frame
+    body
 }
 
 fn put32(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -107,24 +178,106 @@ fn put32(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Decodes the frame at the start of `buf`; returns it and its total length.
-pub fn decode(buf: &[u8]) -> Result<(Delivery, usize), DecodeError> {
-    if buf.len() < FRAME_HEADER {
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// A frame header that passed its checksum: its length and index are true.
+struct Header {
+    len: usize,
+    index: u32,
+    crc: u32,
+}
+
+/// The header of a v2 frame at `offset` of segment `buf`, if one stands there.
+fn header_at(buf: &[u8], offset: usize) -> Option<Header> {
+    let h = buf.get(offset..offset + FRAME_HEADER)?;
+    if h[0..4] != MAGIC {
+        return None;
+    }
+    let (len, index) = (u32_at(h, 4), u32_at(h, 8));
+    (header_crc(len, index, offset as u64) == u32_at(h, 12)).then(|| Header {
+        len: len as usize,
+        index,
+        crc: u32_at(h, 16),
+    })
+}
+
+/// A frame read at some offset of a segment.
+#[derive(Debug)]
+struct Frame {
+    delivery: Delivery,
+    len: usize,
+    /// Its index in the segment (v2 frames only).
+    index: Option<u32>,
+}
+
+/// Why no frame could be read at an offset.
+#[derive(Debug)]
+struct Bad {
+    error: DecodeError,
+    /// The frame's true length, when its header passed its checksum: the
+    /// next frame starts right after it.
+    extent: Option<usize>,
+}
+
+/// Decodes the frame at `offset` of segment `buf`.
+fn decode_at(buf: &[u8], offset: usize) -> Result<Frame, Bad> {
+    let rest = &buf[offset..];
+    let bad = |error| Bad {
+        error,
+        extent: None,
+    };
+    if rest.len() >= 4 && rest[0..4] == MAGIC {
+        if rest.len() < FRAME_HEADER {
+            return Err(bad(DecodeError::Truncated));
+        }
+        let header = header_at(buf, offset).ok_or(bad(DecodeError::HeaderChecksum))?;
+        let body = rest
+            .get(FRAME_HEADER..FRAME_HEADER + header.len)
+            .ok_or(bad(DecodeError::Truncated))?;
+        let checked = if crc32fast::hash(body) == header.crc {
+            decode_body(body)
+        } else {
+            Err(DecodeError::Checksum)
+        };
+        return match checked {
+            Ok(delivery) => Ok(Frame {
+                delivery,
+                len: FRAME_HEADER + header.len,
+                index: Some(header.index),
+            }),
+            Err(error) => Err(Bad {
+                error,
+                extent: Some(FRAME_HEADER + header.len),
+            }),
+        };
+    }
+    decode_v1(rest)
+        .map(|(delivery, len)| Frame {
+            delivery,
+            len,
+            index: None,
+        })
+        .map_err(bad)
+}
+
+/// A frame as segments were written before the v2 format.
+fn decode_v1(buf: &[u8]) -> Result<(Delivery, usize), DecodeError> {
+    if buf.len() < V1_HEADER {
         return Err(DecodeError::Truncated);
     }
-    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    let len = u32_at(buf, 0) as usize;
     if len > MAX_FRAME {
         return Err(DecodeError::BadLength(len));
     }
-    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
     let body = buf
-        .get(FRAME_HEADER..FRAME_HEADER + len)
+        .get(V1_HEADER..V1_HEADER + len)
         .ok_or(DecodeError::Truncated)?;
-    if crc32fast::hash(body) != crc {
+    if crc32fast::hash(body) != u32_at(buf, 4) {
         return Err(DecodeError::Checksum);
     }
-    let delivery = decode_body(body)?;
-    Ok((delivery, FRAME_HEADER + len))
+    Ok((decode_body(body)?, V1_HEADER + len))
 }
 
 fn decode_body(body: &[u8]) -> Result<Delivery, DecodeError> {
@@ -193,39 +346,87 @@ impl<'a> Reader<'a> {
 }
 
 /// What a scan of one segment found.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Scan {
+    /// Every intact delivery, in order.
     pub deliveries: Vec<Delivery>,
-    /// Bytes of good frames from the start; a corrupt tail begins here.
-    pub good_bytes: usize,
-    /// Why scanning stopped before the end, if it did.
-    pub corrupt: Option<DecodeError>,
+    /// The byte ranges that hold no intact frame, in order.
+    pub damaged: Vec<Range<usize>>,
+    /// Deliveries whose frames were damaged: exact where an intact frame
+    /// follows the damage (frames carry their index), otherwise the frames
+    /// whose start could still be seen (at least one per range).
+    pub lost: u64,
+    /// What was wrong with the first damaged frame.
+    pub first_error: Option<DecodeError>,
 }
 
-/// Decodes every frame of a segment, stopping at the first bad one.
+impl Scan {
+    pub fn damaged_bytes(&self) -> usize {
+        self.damaged.iter().map(|r| r.len()).sum()
+    }
+}
+
+/// Decodes every intact frame of a segment. Damage is passed over, never
+/// ended at: see the module comment.
 pub fn scan(buf: &[u8]) -> Scan {
-    let mut deliveries = Vec::new();
+    let mut scan = Scan::default();
     let mut offset = 0;
+    // The index the next frame should have; a gap is the deliveries lost.
+    let mut next_index = 0u32;
+    // Where the damage being passed over began, and how many frame starts
+    // failed in it.
+    let mut damage: Option<(usize, u64)> = None;
     while offset < buf.len() {
-        match decode(&buf[offset..]) {
-            Ok((delivery, len)) => {
-                deliveries.push(delivery);
-                offset += len;
-            }
-            Err(err) => {
-                return Scan {
-                    deliveries,
-                    good_bytes: offset,
-                    corrupt: Some(err),
+        match decode_at(buf, offset) {
+            Ok(frame) => {
+                if let Some((start, failed)) = damage.take() {
+                    let gap = frame
+                        .index
+                        .map_or(0, |i| u64::from(i.saturating_sub(next_index)));
+                    scan.damaged.push(start..offset);
+                    scan.lost += gap.max(failed);
                 }
+                if let Some(index) = frame.index {
+                    next_index = index.wrapping_add(1);
+                }
+                scan.deliveries.push(frame.delivery);
+                offset += frame.len;
+            }
+            Err(bad) => {
+                scan.first_error.get_or_insert(bad.error);
+                damage.get_or_insert((offset, 0)).1 += 1;
+                offset = match bad.extent {
+                    Some(len) if offset + len <= buf.len() => offset + len,
+                    _ => resync(buf, offset + 1),
+                };
             }
         }
     }
-    Scan {
-        deliveries,
-        good_bytes: offset,
-        corrupt: None,
+    if let Some((start, failed)) = damage {
+        let starts = buf[start..]
+            .windows(MAGIC.len())
+            .filter(|w| *w == MAGIC)
+            .count() as u64;
+        scan.damaged.push(start..buf.len());
+        scan.lost += failed.max(starts);
     }
+    scan
+}
+
+/// The first offset from `from` on where a frame header passes its
+/// checksum, or the end of the segment.
+fn resync(buf: &[u8], from: usize) -> usize {
+    let mut at = from;
+    while let Some(found) = buf
+        .get(at..)
+        .and_then(|rest| rest.windows(MAGIC.len()).position(|w| w == MAGIC))
+    {
+        if header_at(buf, at + found).is_some() {
+            return at + found;
+        }
+        at += found + 1;
+    }
+    buf.len()
 }
 
 #[cfg(test)]
@@ -257,6 +458,32 @@ mod tests {
         }
     }
 
+    /// A segment as the writer lays it out, and where each frame starts.
+    fn segment(deliveries: &[Delivery]) -> (Vec<u8>, Vec<Range<usize>>) {
+        let mut seg = Vec::new();
+        let mut frames = Vec::new();
+        for (i, d) in deliveries.iter().enumerate() {
+            let start = seg.len();
+            Encoded::new(d).write_at(start as u64, i as u32, &mut seg);
+            frames.push(start..seg.len());
+        }
+        (seg, frames)
+    }
+
+    fn numbered(n: u8) -> Vec<Delivery> {
+        (0..n).map(delivery).collect()
+    }
+
+    /// A frame as the gateway wrote them before the v2 format.
+    fn encode_v1(delivery: &Delivery) -> Vec<u8> {
+        let body = encode_body(delivery);
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    }
+
     #[test]
     fn every_topic_has_a_distinct_stable_tag() {
         for topic in Topic::ALL {
@@ -272,48 +499,156 @@ mod tests {
     }
 
     #[test]
-    fn frames_round_trip() {
-        let d = delivery(7);
-        let frame = encode(&d);
-        let (back, len) = decode(&frame).unwrap();
-        assert_eq!(back, d);
-        assert_eq!(len, frame.len());
-    }
-
-    #[test]
-    fn a_torn_tail_is_cut_and_everything_before_it_kept() {
-        let mut seg = Vec::new();
-        for n in 0..5 {
-            seg.extend(encode(&delivery(n)));
-        }
-        let whole = seg.len();
-        let last = encode(&delivery(4)).len();
-        for cut in [1, 7, 8, 9, last - 1] {
-            let s = scan(&seg[..whole - cut]);
-            assert_eq!(s.deliveries.len(), 4, "cut {cut}");
-            assert_eq!(s.good_bytes, whole - last);
-            assert_eq!(s.corrupt, Some(DecodeError::Truncated));
-        }
-    }
-
-    #[test]
-    fn a_flipped_bit_fails_the_checksum() {
-        let mut seg = Vec::new();
-        for n in 0..3 {
-            seg.extend(encode(&delivery(n)));
-        }
-        let at = seg.len() - 5;
-        seg[at] ^= 0x10;
+    fn segments_round_trip() {
+        let (seg, _) = segment(&numbered(5));
         let s = scan(&seg);
-        assert_eq!(s.deliveries.len(), 2);
-        assert_eq!(s.corrupt, Some(DecodeError::Checksum));
+        assert_eq!(s.deliveries, numbered(5));
+        assert!(s.damaged.is_empty() && s.first_error.is_none());
+        assert_eq!(s.lost, 0);
+        assert_eq!(scan(&encode(&delivery(9))).deliveries, vec![delivery(9)]);
+    }
+
+    #[test]
+    fn a_torn_tail_costs_only_the_torn_frame() {
+        let (seg, frames) = segment(&numbered(5));
+        let last = frames[4].clone();
+        for cut in [1, 7, 8, 17, 20, 21, last.len() - 1] {
+            let s = scan(&seg[..seg.len() - cut]);
+            assert_eq!(s.deliveries, numbered(4), "cut {cut}");
+            assert_eq!(s.damaged, vec![last.start..seg.len() - cut]);
+            assert_eq!(s.lost, 1);
+            assert_eq!(s.first_error, Some(DecodeError::Truncated));
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_costs_only_its_own_frame_wherever_it_is() {
+        let all = numbered(5);
+        let (seg, frames) = segment(&all);
+        let hit = &frames[2];
+        // In the magic, the length, the index, each checksum, and the body.
+        for at in [0, 5, 9, 13, 17, 20, 40, hit.len() - 1] {
+            let mut bad = seg.clone();
+            bad[hit.start + at] ^= 0x10;
+            let s = scan(&bad);
+            let mut expected = all.clone();
+            expected.remove(2);
+            assert_eq!(s.deliveries, expected, "byte {at} of the frame");
+            assert_eq!(s.damaged, vec![hit.clone()], "byte {at}");
+            assert_eq!(s.lost, 1, "byte {at}");
+        }
+    }
+
+    #[test]
+    fn a_zeroed_page_costs_exactly_the_frames_it_touched() {
+        let all: Vec<Delivery> = (0..200u16).map(|n| delivery(n as u8)).collect();
+        let (mut seg, frames) = segment(&all);
+        let page = 4096..8192;
+        seg[page.clone()].fill(0);
+        let touched: Vec<usize> = (0..frames.len())
+            .filter(|&i| frames[i].start < page.end && page.start < frames[i].end)
+            .collect();
+        let s = scan(&seg);
+        assert_eq!(s.lost, touched.len() as u64);
+        let first = touched[0];
+        let last = *touched.last().unwrap();
+        assert_eq!(s.damaged, vec![frames[first].start..frames[last].end]);
+        let kept: Vec<Delivery> = (0..all.len())
+            .filter(|i| !touched.contains(i))
+            .map(|i| all[i].clone())
+            .collect();
+        assert_eq!(s.deliveries, kept);
+    }
+
+    #[test]
+    fn segments_of_the_previous_format_are_still_read() {
+        let mut seg = Vec::new();
+        for d in numbered(3) {
+            seg.extend(encode_v1(&d));
+        }
+        assert_eq!(scan(&seg).deliveries, numbered(3));
+        // Damage there cannot be passed over: the rest is quarantined.
+        let first = encode_v1(&delivery(0)).len();
+        seg[first + 12] ^= 1;
+        let s = scan(&seg);
+        assert_eq!(s.deliveries, numbered(1));
+        assert_eq!(s.damaged, vec![first..seg.len()]);
+    }
+
+    #[test]
+    fn a_frame_inside_a_payload_is_not_taken_for_one_of_the_segment() {
+        // A caller posts a body that is itself a well-formed frame; the
+        // header of the delivery carrying it is then damaged.
+        let forged = Delivery {
+            spooled_at_ms: 1,
+            records: vec![OutRecord {
+                topic: Topic::Events,
+                key: "forged".into(),
+                payload: b"{}".to_vec(),
+                headers: vec![],
+            }],
+        };
+        let mut carrier = delivery(1);
+        carrier.records[0].payload = encode(&forged);
+        let all = vec![delivery(0), carrier, delivery(2)];
+        let (mut seg, frames) = segment(&all);
+        seg[frames[1].start + 5] ^= 0xff;
+        let s = scan(&seg);
+        assert_eq!(s.deliveries, vec![delivery(0), delivery(2)]);
+        assert_eq!(s.damaged, vec![frames[1].clone()]);
     }
 
     #[test]
     fn garbage_lengths_are_refused_without_allocating() {
         let mut frame = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
         frame.extend([0u8; 16]);
-        assert!(matches!(decode(&frame), Err(DecodeError::BadLength(_))));
+        let s = scan(&frame);
+        assert!(s.deliveries.is_empty());
+        assert_eq!(s.damaged, vec![0..frame.len()]);
+        assert_eq!(
+            s.first_error,
+            Some(DecodeError::BadLength(u32::MAX as usize))
+        );
+    }
+
+    /// In-place damage, as disks do it: bytes changed or zeroed, a tail cut
+    /// off or garbage left after the last frame.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Set { at: prop::sample::Index, byte: u8 },
+        Zero { at: prop::sample::Index, len: usize },
+        Cut { keep: prop::sample::Index },
+        Append { garbage: Vec<u8> },
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        prop_oneof![
+            (any::<prop::sample::Index>(), any::<u8>())
+                .prop_map(|(at, byte)| Damage::Set { at, byte }),
+            (any::<prop::sample::Index>(), 1usize..600)
+                .prop_map(|(at, len)| Damage::Zero { at, len }),
+            any::<prop::sample::Index>().prop_map(|keep| Damage::Cut { keep }),
+            proptest::collection::vec(any::<u8>(), 1..64)
+                .prop_map(|garbage| Damage::Append { garbage }),
+        ]
+    }
+
+    fn arbitrary_delivery() -> impl Strategy<Value = Delivery> {
+        (
+            any::<u64>(),
+            ".{0,20}",
+            proptest::collection::vec(any::<u8>(), 0..200),
+            proptest::collection::vec(any::<u8>(), 0..30),
+        )
+            .prop_map(|(at, key, payload, value)| Delivery {
+                spooled_at_ms: at,
+                records: vec![OutRecord {
+                    topic: Topic::Raw,
+                    key,
+                    payload,
+                    headers: vec![(Cow::Borrowed("cs_source"), value)],
+                }],
+            })
     }
 
     proptest! {
@@ -321,36 +656,71 @@ mod tests {
 
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = scan(&bytes);
+            let s = scan(&bytes);
+            prop_assert_eq!(s.damaged_bytes() <= bytes.len(), true);
         }
 
+        /// The reader's whole promise: whatever the damage, every delivery
+        /// it returns is one that was written (its checksums passed), every
+        /// frame the damage left alone is returned, in order, and every
+        /// other byte is in a damaged (quarantined) range.
         #[test]
-        fn decoding_mutated_frames_never_panics(n in 0u8..20, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
-            let mut frame = encode(&delivery(n));
-            let i = pos.index(frame.len());
-            frame[i] = byte;
-            let _ = scan(&frame);
-        }
-
-        #[test]
-        fn any_delivery_round_trips(
-            key in ".{0,40}",
-            payload in proptest::collection::vec(any::<u8>(), 0..300),
-            name in "[a-z_]{1,20}",
-            value in proptest::collection::vec(any::<u8>(), 0..50),
-            at in any::<u64>(),
+        fn damage_costs_only_the_frames_it_touched(
+            deliveries in proptest::collection::vec(arbitrary_delivery(), 1..12),
+            damages in proptest::collection::vec(damage(), 0..4),
         ) {
-            let d = Delivery {
-                spooled_at_ms: at,
-                records: vec![OutRecord {
-                    topic: Topic::Dlq,
-                    key,
-                    payload,
-                    headers: vec![(Cow::Owned(name), value)],
-                }],
+            let (mut seg, frames) = segment(&deliveries);
+            let written = seg.len();
+            let mut touched = vec![false; frames.len()];
+            let hit = |range: Range<usize>, touched: &mut Vec<bool>| {
+                for (i, f) in frames.iter().enumerate() {
+                    if range.start < f.end && f.start < range.end {
+                        touched[i] = true;
+                    }
+                }
             };
-            let frame = encode(&d);
-            prop_assert_eq!(decode(&frame).unwrap(), (d, frame.len()));
+            for d in &damages {
+                match d {
+                    Damage::Set { at, byte } if !seg.is_empty() => {
+                        let i = at.index(seg.len());
+                        if seg[i] != *byte {
+                            seg[i] = *byte;
+                            hit(i..i + 1, &mut touched);
+                        }
+                    }
+                    Damage::Zero { at, len } if !seg.is_empty() => {
+                        let i = at.index(seg.len());
+                        let end = (i + len).min(seg.len());
+                        if seg[i..end].iter().any(|b| *b != 0) {
+                            seg[i..end].fill(0);
+                            hit(i..end, &mut touched);
+                        }
+                    }
+                    Damage::Cut { keep } => {
+                        let keep = keep.index(seg.len() + 1);
+                        hit(keep.min(written)..written, &mut touched);
+                        seg.truncate(keep);
+                    }
+                    Damage::Append { garbage } => seg.extend_from_slice(garbage),
+                    _ => {}
+                }
+            }
+            let s = scan(&seg);
+            let intact: Vec<Delivery> = deliveries
+                .iter()
+                .zip(&touched)
+                .filter(|(_, t)| !**t)
+                .map(|(d, _)| d.clone())
+                .collect();
+            prop_assert_eq!(&s.deliveries, &intact);
+            // Every byte is either in a returned frame or in a damaged range.
+            let kept: usize = frames
+                .iter()
+                .zip(&touched)
+                .filter(|(_, t)| !**t)
+                .map(|(f, _)| f.len())
+                .sum();
+            prop_assert_eq!(kept + s.damaged_bytes(), seg.len());
         }
     }
 }

@@ -15,10 +15,14 @@
 //! directory itself.
 
 pub mod format;
+mod recover;
+mod writer;
+
+pub use recover::QUARANTINE_DIR;
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -66,7 +70,7 @@ struct State {
 
 /// One frame to write; `reply` gets the outcome once it is fsynced.
 struct Append {
-    frame: Vec<u8>,
+    frame: format::Encoded,
     spooled_at_ms: u64,
     /// The hash of the delivery's key, held since the append reserved it.
     key: Option<u64>,
@@ -88,6 +92,8 @@ pub struct Spool {
     /// Drained segments whose file could be neither deleted nor emptied;
     /// retried at every [`Spool::finish`].
     undeleted: Mutex<Vec<u64>>,
+    /// Segments whose damage is already in quarantine and counted.
+    quarantined: Mutex<Vec<u64>>,
     writer: mpsc::UnboundedSender<Cmd>,
     /// Wakes the drainer when something was appended.
     pub appended: Notify,
@@ -102,8 +108,9 @@ pub struct SealedSegment {
 
 impl Spool {
     /// Opens (creating if needed) the spool in `dir`, recovering what a
-    /// previous run left: torn or corrupt tails are cut off, counted and
-    /// logged; every good frame before them is kept for replay.
+    /// previous run left (see [`recover`]): every intact delivery is kept
+    /// for replay; damage and unreadable entries are quarantined, counted
+    /// and logged, and never stop the gateway.
     pub fn open(
         dir: &Path,
         max_bytes: u64,
@@ -111,43 +118,11 @@ impl Spool {
         metrics: Metrics,
     ) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
-        let mut state = State::default();
-        for seq in segment_seqs(dir)? {
-            let path = segment_path(dir, seq);
-            let buf = fs::read(&path)?;
-            let scan = format::scan(&buf);
-            if let Some(err) = &scan.corrupt {
-                let dropped = buf.len() - scan.good_bytes;
-                tracing::error!(
-                    segment = %path.display(),
-                    kept_deliveries = scan.deliveries.len(),
-                    dropped_bytes = dropped,
-                    error = %err,
-                    "spool segment has a corrupt or torn tail: truncating it"
-                );
-                metrics.spool_corrupt.inc();
-                let file = OpenOptions::new().write(true).open(&path)?;
-                file.set_len(scan.good_bytes as u64)?;
-                file.sync_all()?;
-            }
-            if scan.deliveries.is_empty() {
-                fs::remove_file(&path)?;
-                continue;
-            }
-            for d in &scan.deliveries {
-                if let Some(key) = delivery_key(&d.records) {
-                    *state.keys.entry(key_hash(key)).or_default() += 1;
-                }
-            }
-            state.bytes += scan.good_bytes as u64;
-            state.deliveries += scan.deliveries.len() as u64;
-            state.segments.push_back(Segment {
-                seq,
-                bytes: scan.good_bytes as u64,
-                deliveries: scan.deliveries.len() as u64,
-                oldest_ms: scan.deliveries.first().map(|d| d.spooled_at_ms),
-            });
-        }
+        let recover::Recovered {
+            mut state,
+            quarantined,
+            next_seq,
+        } = recover::recover(dir, &metrics, |path| fs::read(path))?;
         if state.deliveries > 0 {
             tracing::warn!(
                 deliveries = state.deliveries,
@@ -155,25 +130,16 @@ impl Spool {
                 "spool holds deliveries from a previous run: replaying them to Kafka"
             );
         }
-        let next_seq = state.segments.back().map_or(1, |s| s.seq + 1);
         state.segments.push_back(Segment {
             seq: next_seq,
             bytes: 0,
             deliveries: 0,
             oldest_ms: None,
         });
-        let active = create_segment(dir, next_seq)?;
+        let active = writer::create_segment(dir, next_seq)?;
         let state = Arc::new(Mutex::new(state));
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = Writer {
-            dir: dir.to_path_buf(),
-            segment_bytes,
-            file: active,
-            seq: next_seq,
-            written: 0,
-            must_roll: false,
-            state: state.clone(),
-        };
+        let writer = writer::Writer::new(dir, segment_bytes, active, next_seq, state.clone());
         std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -182,6 +148,7 @@ impl Spool {
             max_bytes,
             state,
             undeleted: Mutex::new(Vec::new()),
+            quarantined: Mutex::new(quarantined),
             writer: tx,
             appended: Notify::new(),
             metrics,
@@ -193,11 +160,11 @@ impl Spool {
     /// Appends one delivery durably; `Ok` means it is fsynced.
     pub async fn append(&self, records: &[OutRecord]) -> Result<(), SpoolError> {
         let spooled_at_ms = now_ms();
-        let frame = format::encode(&Delivery {
+        let frame = format::Encoded::new(&Delivery {
             spooled_at_ms,
             records: records.to_vec(),
         });
-        let len = frame.len() as u64;
+        let len = frame.frame_len() as u64;
         let key = delivery_key(records).map(key_hash);
         {
             let mut st = self.state.lock().expect("spool state lock");
@@ -284,11 +251,14 @@ impl Spool {
             .await
             .map_err(io::Error::other)??;
         let scan = format::scan(&buf);
-        if let Some(err) = scan.corrupt {
-            // Sealed segments were fsynced frame by frame; this means the
-            // disk changed under us. Keep what decodes, say so loudly.
-            tracing::error!(seq, error = %err, "sealed spool segment is corrupt past byte {}", scan.good_bytes);
-            self.metrics.spool_corrupt.inc();
+        if !scan.damaged.is_empty() {
+            let mut quarantined = self.quarantined.lock().expect("spool quarantine lock");
+            if !quarantined.contains(&seq) {
+                // Sealed segments were fsynced frame by frame; this means
+                // the disk changed under us since start-up.
+                recover::quarantine(&self.dir, seq, &buf, &scan, &self.metrics);
+                quarantined.push(seq);
+            }
         }
         Ok(Some(SealedSegment {
             seq,
@@ -330,15 +300,9 @@ impl Spool {
         let dir = self.dir.join(REJECTED_DIR);
         fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{seq:020}-{index:06}.{SEGMENT_SUFFIX}"));
-        let mut file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)?;
-        file.write_all(&format::encode(delivery))?;
-        file.sync_all()?;
-        File::open(&dir)?.sync_all()?;
-        File::open(&self.dir)?.sync_all()?;
+        recover::write_synced(&path, &format::encode(delivery))?;
+        recover::sync_dir(&dir)?;
+        recover::sync_dir(&self.dir)?;
         self.release(&delivery.records);
         self.metrics.spool_set_aside.inc();
         Ok(path)
@@ -359,6 +323,10 @@ impl Spool {
                 st.deliveries -= seg.deliveries;
             }
         }
+        self.quarantined
+            .lock()
+            .expect("spool quarantine lock")
+            .retain(|&q| q != seq);
         self.update_gauges();
         let mut undeleted = self.undeleted.lock().expect("spool undeleted lock");
         undeleted.push(seq);
@@ -471,145 +439,6 @@ fn discard_segment(dir: &Path, seq: u64) -> io::Result<()> {
     }
 }
 
-fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(segment_path(dir, seq))?;
-    // The new file's directory entry must survive a crash too.
-    File::open(dir)?.sync_all()?;
-    Ok(file)
-}
-
-/// Owns the active segment file; the only code that writes segments.
-struct Writer {
-    dir: PathBuf,
-    segment_bytes: u64,
-    file: File,
-    seq: u64,
-    written: u64,
-    /// A failed write left bytes that could not be cut off: the next write
-    /// must go to a new segment, or its frames would follow garbage and be
-    /// cut off as a corrupt tail at the next start.
-    must_roll: bool,
-    state: Arc<Mutex<State>>,
-}
-
-impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        while let Some(cmd) = rx.blocking_recv() {
-            let mut batch = vec![cmd];
-            // Group commit: everything already waiting shares one fsync.
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-            }
-            self.commit(batch);
-        }
-    }
-
-    fn commit(&mut self, batch: Vec<Cmd>) {
-        let mut appends = Vec::new();
-        let mut seals = Vec::new();
-        for cmd in batch {
-            match cmd {
-                Cmd::Append(append) => appends.push(append),
-                Cmd::Seal { reply } => seals.push(reply),
-            }
-        }
-        if !appends.is_empty() {
-            let result = self.write_all(&appends);
-            match result {
-                Ok(()) => {
-                    for Append { reply, .. } in appends {
-                        let _ = reply.send(Ok(()));
-                    }
-                }
-                Err(err) => {
-                    // Cut off any partial frame, or frames appended after it
-                    // (and acknowledged) would sit behind garbage.
-                    if !self.must_roll {
-                        if let Err(trunc) = self.file.set_len(self.written) {
-                            tracing::error!(error = %trunc, "could not cut a failed spool write; starting a new segment");
-                            self.must_roll = true;
-                            let _ = self.roll();
-                        }
-                    }
-                    tracing::error!(error = %err, "spool write failed");
-                    {
-                        let mut st = self.state.lock().expect("spool state lock");
-                        for a in &appends {
-                            unreserve(&mut st, a.frame.len() as u64, a.key);
-                        }
-                    }
-                    for Append { reply, .. } in appends {
-                        let _ = reply.send(Err(io::Error::new(err.kind(), err.to_string())));
-                    }
-                }
-            }
-        }
-        for reply in seals {
-            let _ = reply.send(self.seal());
-        }
-    }
-
-    fn write_all(&mut self, appends: &[Append]) -> io::Result<()> {
-        if self.must_roll || self.written >= self.segment_bytes {
-            self.roll()?;
-        }
-        let mut buf = Vec::with_capacity(appends.iter().map(|a| a.frame.len()).sum());
-        for a in appends {
-            buf.extend_from_slice(&a.frame);
-        }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
-        self.written += buf.len() as u64;
-        let mut st = self.state.lock().expect("spool state lock");
-        st.deliveries += appends.len() as u64;
-        let seg = st
-            .segments
-            .back_mut()
-            .expect("the active segment is always present");
-        seg.bytes += buf.len() as u64;
-        seg.deliveries += appends.len() as u64;
-        seg.oldest_ms = seg.oldest_ms.or(appends.first().map(|a| a.spooled_at_ms));
-        Ok(())
-    }
-
-    fn seal(&mut self) -> io::Result<()> {
-        if self.written == 0 && !self.must_roll {
-            return Ok(());
-        }
-        self.roll()
-    }
-
-    fn roll(&mut self) -> io::Result<()> {
-        // Each frame was synced as it was written; this is for the file's
-        // metadata. A file left broken by a failed write may refuse it:
-        // leaving it is what matters then.
-        if let Err(err) = self.file.sync_all() {
-            if !self.must_roll {
-                return Err(err);
-            }
-        }
-        let seq = self.seq + 1;
-        self.file = create_segment(&self.dir, seq)?;
-        self.seq = seq;
-        self.written = 0;
-        self.must_roll = false;
-        self.state
-            .lock()
-            .expect("spool state lock")
-            .segments
-            .push_back(Segment {
-                seq,
-                bytes: 0,
-                deliveries: 0,
-                oldest_ms: None,
-            });
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,7 +519,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_torn_tail_is_truncated_counted_and_the_rest_kept() {
+    async fn a_torn_tail_is_quarantined_counted_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
         fill(dir.path(), 5).await;
         let file = segment_files(dir.path())
@@ -708,6 +537,8 @@ mod tests {
         let replayed = replay(dir.path(), &metrics).await;
         assert_eq!(replayed.len(), 4);
         assert_eq!(metrics.spool_corrupt.get(), 1);
+        assert_eq!(metrics.spool_lost.get(), 1);
+        assert!(dir.path().join(QUARANTINE_DIR).read_dir().unwrap().count() == 1);
     }
 
     #[tokio::test]
@@ -769,90 +600,6 @@ mod tests {
         spool.finish(seg.seq).unwrap();
         spool.append(&records("k", 4)).await.unwrap();
         assert_eq!(spool.len(), 1);
-    }
-
-    /// The writer over `file` as segment 1 of `dir`, and its state.
-    fn writer_over(dir: &Path, file: File) -> (Writer, Arc<Mutex<State>>) {
-        let state = Arc::new(Mutex::new(State::default()));
-        state.lock().unwrap().segments.push_back(Segment {
-            seq: 1,
-            bytes: 0,
-            deliveries: 0,
-            oldest_ms: None,
-        });
-        let writer = Writer {
-            dir: dir.to_path_buf(),
-            segment_bytes: 1 << 20,
-            file,
-            seq: 1,
-            written: 0,
-            must_roll: false,
-            state: state.clone(),
-        };
-        (writer, state)
-    }
-
-    /// An append as [`Spool::append`] sends it, its reservation made.
-    fn reserved_append(
-        state: &Mutex<State>,
-        key: &str,
-        n: usize,
-    ) -> (Cmd, oneshot::Receiver<io::Result<()>>) {
-        let frame = format::encode(&Delivery {
-            spooled_at_ms: 1,
-            records: records(key, n),
-        });
-        let key = Some(key_hash(key));
-        reserve(&mut state.lock().unwrap(), frame.len() as u64, key);
-        let (reply, done) = oneshot::channel();
-        let append = Append {
-            frame,
-            spooled_at_ms: 1,
-            key,
-            reply,
-        };
-        (Cmd::Append(append), done)
-    }
-
-    #[test]
-    fn a_failed_write_releases_its_reservation_even_with_nobody_waiting() {
-        let dir = tempfile::tempdir().unwrap();
-        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
-        let (mut writer, state) = writer_over(dir.path(), full);
-        let (append, done) = reserved_append(&state, "k", 0);
-        // The request was cancelled: its `append` future, and the
-        // receiver, are gone.
-        drop(done);
-        writer.commit(vec![append]);
-        let st = state.lock().unwrap();
-        assert_eq!(st.bytes, 0, "the reserved bytes are given back");
-        assert!(st.keys.is_empty(), "the key is no longer held");
-    }
-
-    #[test]
-    fn after_a_failed_write_it_cannot_cut_off_the_next_goes_to_a_new_segment() {
-        let dir = tempfile::tempdir().unwrap();
-        // Writes fail (ENOSPC) and so does cutting them off (EINVAL).
-        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
-        let (mut writer, state) = writer_over(dir.path(), full);
-        // And the new segment cannot be created yet either.
-        let blocker = segment_path(dir.path(), 2);
-        fs::write(&blocker, b"").unwrap();
-        let (append, mut done) = reserved_append(&state, "k", 0);
-        writer.commit(vec![append]);
-        assert!(done.try_recv().unwrap().is_err());
-
-        fs::remove_file(&blocker).unwrap();
-        let (append, mut done) = reserved_append(&state, "k", 1);
-        writer.commit(vec![append]);
-        done.try_recv()
-            .unwrap()
-            .expect("written to a new segment, not behind the failed bytes");
-        let written = fs::read(segment_path(dir.path(), 2)).unwrap();
-        assert_eq!(format::scan(&written).deliveries.len(), 1);
-        let st = state.lock().unwrap();
-        assert_eq!(st.segments.back().unwrap().seq, 2);
-        assert_eq!((st.deliveries, st.keys.len()), (1, 1));
     }
 
     #[tokio::test]
