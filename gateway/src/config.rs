@@ -33,6 +33,11 @@ pub struct Settings {
     pub admin_listen: String,
     /// Largest accepted request body; bigger bodies get 413.
     pub max_body_bytes: usize,
+    /// Request body bytes held in memory across all requests at once; a
+    /// request whose next bytes do not fit gets 503 + `Retry-After`, so
+    /// slow or stalled uploads cannot grow memory without bound. At least
+    /// `max_body_bytes`.
+    pub max_buffered_body_bytes: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
@@ -225,6 +230,7 @@ struct Defaults {
     listen: &'static str,
     admin_listen: &'static str,
     max_body_bytes: usize,
+    max_buffered_body_bytes: usize,
     shutdown_timeout_secs: u64,
     log_format: LogFormat,
     max_in_flight: usize,
@@ -243,6 +249,7 @@ fn defaults() -> Defaults {
         listen: "0.0.0.0:8080",
         admin_listen: "",
         max_body_bytes: 1024 * 1024,
+        max_buffered_body_bytes: 32 * 1024 * 1024,
         shutdown_timeout_secs: 30,
         log_format: LogFormat::Auto,
         max_in_flight: 4096,
@@ -351,6 +358,15 @@ impl Settings {
         }
         if self.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
+        }
+        if self.max_buffered_body_bytes < self.max_body_bytes {
+            return Err(invalid(
+                "max_buffered_body_bytes",
+                format!(
+                    "must be at least max_body_bytes ({}), or no body of the largest size could ever be read",
+                    self.max_body_bytes
+                ),
+            ));
         }
         let k = &self.kafka;
         if !(100..=MAX_PUBLISH_TIMEOUT_MS).contains(&k.publish_timeout_ms) {

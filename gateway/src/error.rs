@@ -19,12 +19,33 @@ pub enum ApiError {
         retry_after_secs: u64,
         reason: &'static str,
     },
-    #[error("gateway overloaded: too many requests in flight; retry after {retry_after_secs} s")]
-    Overloaded { retry_after_secs: u64 },
+    #[error("gateway overloaded: {reason}; retry after {retry_after_secs} s")]
+    Overloaded {
+        retry_after_secs: u64,
+        reason: Overload,
+    },
     #[error("no such endpoint: {0}")]
     NotFound(String),
     #[error("method {method} is not allowed here; allowed: {allowed}")]
     MethodNotAllowed { method: String, allowed: String },
+}
+
+/// Which limit an overloaded gateway hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// `max_in_flight` requests are being processed.
+    InFlight,
+    /// `max_buffered_body_bytes` of request bodies are held.
+    BodyBytes,
+}
+
+impl std::fmt::Display for Overload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Overload::InFlight => "too many requests in flight",
+            Overload::BodyBytes => "too many request body bytes held in memory",
+        })
+    }
 }
 
 impl ResponseError for ApiError {
@@ -48,7 +69,9 @@ impl ResponseError for ApiError {
             ApiError::Unavailable {
                 retry_after_secs, ..
             }
-            | ApiError::Overloaded { retry_after_secs } => {
+            | ApiError::Overloaded {
+                retry_after_secs, ..
+            } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             ApiError::MethodNotAllowed { allowed, .. } => {

@@ -15,6 +15,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{SecondsFormat, SubsecRound, Utc};
 use futures_util::StreamExt;
+use tokio::sync::SemaphorePermit;
 use tracing_actix_web::RequestId;
 
 use callstream_schemas::raw as h;
@@ -22,7 +23,7 @@ use callstream_schemas::{Context, NormalizeError, Provider, RawRequest, Route, S
 
 use crate::auth::{redact_query, Auth};
 use crate::deliver::{DeliverError, Deliverer, Stored};
-use crate::error::ApiError;
+use crate::error::{ApiError, Overload};
 use crate::metrics::{Metrics, Outcome, SourceMetrics};
 use crate::publish::{header, HeaderPair, OutRecord};
 
@@ -40,6 +41,12 @@ pub struct Ingest {
     pub deliverer: Arc<Deliverer>,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    /// Body bytes held across all requests, one permit a byte (see
+    /// `max_buffered_body_bytes`): taken as bytes arrive, never from a
+    /// declared length, and given back when the request ends.
+    pub body_budget: tokio::sync::Semaphore,
+    /// The budget's size, for the gauge.
+    pub body_budget_bytes: usize,
     pub body_read_timeout: Duration,
     /// Bounds the requests being processed; over it, 503 at once.
     pub in_flight: tokio::sync::Semaphore,
@@ -80,6 +87,7 @@ pub async fn handle(
         }
         Err(_) => Err(ApiError::Overloaded {
             retry_after_secs: ingest.retry_after_secs,
+            reason: Overload::InFlight,
         }),
     };
     let outcome = match &result {
@@ -111,6 +119,15 @@ struct Answer<'a> {
 }
 
 impl Ingest {
+    /// Refreshes the gauges read at scrape time.
+    pub fn update_gauges(&self) {
+        let held = self.body_budget_bytes - self.body_budget.available_permits();
+        self.metrics.body_bytes_held.set(held as i64);
+        if let Some(spool) = self.deliverer.spool() {
+            spool.update_gauges();
+        }
+    }
+
     async fn accept(
         &self,
         req: &HttpRequest,
@@ -128,7 +145,9 @@ impl Ingest {
             );
             return Err(ApiError::Unauthorized);
         }
-        let body = tokio::time::timeout(self.body_read_timeout, self.read_body(req, body))
+        // `_held` keeps the body's share of the budget until the answer:
+        // the body, and the records made from it, live until then.
+        let (body, _held) = tokio::time::timeout(self.body_read_timeout, self.read_body(req, body))
             .await
             .map_err(|_| ApiError::BodyTimeout {
                 timeout_ms: self.body_read_timeout.as_millis() as u64,
@@ -235,12 +254,14 @@ impl Ingest {
     }
 
     /// Reads the body, refusing early on a declared length over the limit and
-    /// stopping as soon as the streamed body passes it.
+    /// stopping as soon as the streamed body passes it. Memory is taken for
+    /// bytes that arrived, never for a length the client declared, and
+    /// only within the shared budget: past it, 503 at once.
     async fn read_body(
         &self,
         req: &HttpRequest,
         mut body: web::Payload,
-    ) -> Result<web::Bytes, ApiError> {
+    ) -> Result<(web::Bytes, Option<SemaphorePermit<'_>>), ApiError> {
         let limit = self.max_body_bytes;
         let declared = req
             .headers()
@@ -250,15 +271,96 @@ impl Ingest {
         if declared.is_some_and(|len| len > limit) {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        let mut buf = web::BytesMut::with_capacity(declared.unwrap_or(0));
+        let mut held: Option<SemaphorePermit<'_>> = None;
+        let mut take = |bytes: usize| -> Result<(), ApiError> {
+            let more = u32::try_from(bytes).unwrap_or(u32::MAX);
+            let permit =
+                self.body_budget
+                    .try_acquire_many(more)
+                    .map_err(|_| ApiError::Overloaded {
+                        retry_after_secs: self.retry_after_secs,
+                        reason: Overload::BodyBytes,
+                    })?;
+            match held.as_mut() {
+                Some(held) => held.merge(permit),
+                None => held = Some(permit),
+            }
+            Ok(())
+        };
+        let mut body_bytes = BodyBytes::default();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            if buf.len() + chunk.len() > limit {
+            if body_bytes.len + chunk.len() > limit {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
-            buf.extend_from_slice(&chunk);
+            body_bytes.push(chunk, limit, &mut take)?;
         }
-        Ok(buf.freeze())
+        Ok((body_bytes.into_bytes(), held))
+    }
+}
+
+/// A body as it arrives, in memory the budget pays for.
+///
+/// A large chunk is kept as the HTTP server read it, not copied: copying
+/// would hold its bytes twice, since the server keeps the read buffer they
+/// came in for the connection's life. A small chunk is copied: kept as it
+/// is, it could pin a read buffer many times its size, and a client
+/// trickling bytes would hold far more memory than the budget counts.
+#[derive(Default)]
+struct BodyBytes {
+    parts: Vec<web::Bytes>,
+    /// Small chunks gathered; paid for by its capacity.
+    small: Vec<u8>,
+    len: usize,
+}
+
+/// At or above the HTTP server's read size (8 KiB), a chunk fills most of
+/// the buffer it was read into.
+const KEEP_CHUNK_BYTES: usize = 8 * 1024;
+
+impl BodyBytes {
+    fn push(
+        &mut self,
+        chunk: web::Bytes,
+        limit: usize,
+        take: &mut impl FnMut(usize) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        self.len += chunk.len();
+        if chunk.len() >= KEEP_CHUNK_BYTES {
+            take(chunk.len())?;
+            if !self.small.is_empty() {
+                self.parts.push(std::mem::take(&mut self.small).into());
+            }
+            self.parts.push(chunk);
+            return Ok(());
+        }
+        let needed = self.small.len() + chunk.len();
+        if needed > self.small.capacity() {
+            // Grown by doubling (within the limit), paid for up front.
+            let grown = needed.max(self.small.capacity() * 2).min(limit);
+            take(grown - self.small.capacity())?;
+            self.small.reserve_exact(grown - self.small.len());
+        }
+        self.small.extend_from_slice(&chunk);
+        Ok(())
+    }
+
+    /// The whole body, contiguous (copied only when it came in pieces).
+    fn into_bytes(mut self) -> web::Bytes {
+        if self.parts.is_empty() {
+            return self.small.into();
+        }
+        if !self.small.is_empty() {
+            self.parts.push(self.small.into());
+        }
+        if self.parts.len() == 1 {
+            return self.parts.pop().expect("one part");
+        }
+        let mut whole = Vec::with_capacity(self.len);
+        for part in &self.parts {
+            whole.extend_from_slice(part);
+        }
+        whole.into()
     }
 }
 

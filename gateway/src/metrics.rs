@@ -74,6 +74,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub in_flight: IntGauge,
+    pub body_bytes_held: IntGauge,
     pub auth_failures: IntCounterVec,
     pub dlq_records: IntCounterVec,
     pub produce_duration: HistogramVec,
@@ -174,6 +175,10 @@ impl Metrics {
             "callstream_gateway_requests_in_flight",
             "Webhook requests being processed.",
         );
+        let body_bytes_held = int_gauge(
+            "callstream_gateway_body_bytes_held",
+            "Request body bytes held in memory, against max_buffered_body_bytes.",
+        );
         let spool_records = int_gauge(
             "callstream_gateway_spool_records",
             "Deliveries waiting in the local spool for Kafka.",
@@ -231,6 +236,7 @@ impl Metrics {
             requests,
             request_duration,
             in_flight,
+            body_bytes_held,
             auth_failures,
             dlq_records,
             produce_duration,

@@ -84,6 +84,8 @@ impl Application {
             deliverer: deliverer.clone(),
             metrics: metrics.clone(),
             max_body_bytes: settings.max_body_bytes,
+            body_budget: tokio::sync::Semaphore::new(settings.max_buffered_body_bytes),
+            body_budget_bytes: settings.max_buffered_body_bytes,
             body_read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
             in_flight: tokio::sync::Semaphore::new(settings.max_in_flight),
             retry_after_secs: 5,
@@ -330,9 +332,7 @@ async fn readyz(ingest: web::Data<Ingest>, kafka: web::Data<KafkaCheck>) -> Http
 }
 
 async fn metrics_text(ingest: web::Data<Ingest>) -> HttpResponse {
-    if let Some(spool) = ingest.deliverer.spool() {
-        spool.update_gauges();
-    }
+    ingest.update_gauges();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(ingest.metrics.render())
