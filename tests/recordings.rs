@@ -209,6 +209,14 @@ fn onoff(id: &str, recording: Option<&str>, voicemail: Option<&str>, notes: &str
     normalize(ProviderId::Onoff, "cdr", &body)
 }
 
+/// A Xarios post-call webhook of tenant `tenant-1` with recording ids.
+fn xarios(session: &str, recording_ids: &[&str]) -> Event {
+    let body = json!({"triggerId": "t-1", "tenantId": "tenant-1",
+                      "cdr": {"id": session, "start": "2024-05-29T09:37:35+01:00", "ans": 1,
+                              "recordingIds": recording_ids}});
+    normalize(ProviderId::Xarios, "postcall", &body)
+}
+
 fn topic(t: Topic) -> &'static str {
     t.default_name()
 }
@@ -966,13 +974,7 @@ async fn templates_fill_in_secrets_that_are_never_published_or_logged() {
                 "status": "answered", "direction": "outbound", "time": 1650630551178_u64,
                 "answeredsec": 6, "record": true, "filename": file_name}),
     );
-    let xarios = normalize(
-        ProviderId::Xarios,
-        "postcall",
-        &json!({"triggerId": "t-1", "tenantId": "tenant-1",
-                "cdr": {"id": "sess-1", "start": "2024-05-29T09:37:35+01:00", "ans": 1,
-                        "recordingIds": ["rec-1", "rec-2"]}}),
-    );
+    let xarios = xarios("sess-1", &["rec-1", "rec-2"]);
     kafka.publish(&[(&telecmi, 1), (&xarios, 1)]).await;
 
     let env = [
@@ -1131,13 +1133,7 @@ async fn private_templates_reach_the_pbx_while_payload_urls_stay_guarded() {
         [Reply::Audio(audio(11, 800), "audio/wav")],
     );
     media.script("/x.mp3", [Reply::Audio(audio(12, 100), "audio/mpeg")]);
-    let xarios = normalize(
-        ProviderId::Xarios,
-        "postcall",
-        &json!({"triggerId": "t-1", "tenantId": "tenant-1",
-                "cdr": {"id": "sess-1", "start": "2024-05-29T09:37:35+01:00", "ans": 1,
-                        "recordingIds": ["rec-1"]}}),
-    );
+    let xarios = xarios("sess-1", &["rec-1"]);
     let payload_url = media.url("/x.mp3");
     let onoff = onoff("ssrf-payload", Some(&payload_url), None, "");
     kafka.publish(&[(&xarios, 1), (&onoff, 1)]).await;
@@ -1233,13 +1229,7 @@ async fn dot_segment_ids_are_dead_lettered_without_a_request() {
         [Reply::Audio(audio(13, 700), "audio/wav")],
     );
     media.script("/api/", [Reply::Audio(audio(14, 700), "audio/wav")]);
-    let xarios = normalize(
-        ProviderId::Xarios,
-        "postcall",
-        &json!({"triggerId": "t-1", "tenantId": "tenant-1",
-                "cdr": {"id": "sess-dots", "start": "2024-05-29T09:37:35+01:00", "ans": 1,
-                        "recordingIds": ["..", "%2e%2e", "rec-ok"]}}),
-    );
+    let xarios = xarios("sess-dots", &["..", "%2e%2e", "rec-ok"]);
     kafka.publish(&[(&xarios, 1)]).await;
 
     let template = media.url("/api/rec/{id}?tenant={tenant}&key={secret}");
