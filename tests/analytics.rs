@@ -3,11 +3,13 @@
 //! what the produced calls add up to, computed from the test's own
 //! description of them (`callstream_testkit::expected::expected`).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use prometheus::Registry;
 
 use callstream_consumers::analytics::AnalyticsWriter;
+use callstream_consumers::runtime::MetricsServer;
 use callstream_testkit::count_records;
 use callstream_testkit::expected::{actual, assert_kpis, expected, Kpi};
 use callstream_testkit::sinks::{produce, setup, start_sink, wait_caught_up};
@@ -50,7 +52,7 @@ async fn kpis_are_exact_with_resends_updates_and_uncounted_events() {
     );
     produce(&bootstrap, &records, None).await;
     let registry = Registry::new();
-    let writer = AnalyticsWriter::new(&registry).expect("metrics register");
+    let writer = AnalyticsWriter::new(&registry, &[]).expect("metrics register");
     let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer).await;
     let end = count_records(&bootstrap, unique_topic());
     wait_caught_up(&client, GROUP, end, CATCH_UP).await;
@@ -165,7 +167,7 @@ async fn late_events_land_in_their_own_interval() {
         at("2024-06-03T12:00:00Z"),
     );
     produce(&bootstrap, &on_time, None).await;
-    let writer = AnalyticsWriter::new(&Registry::new()).expect("metrics register");
+    let writer = AnalyticsWriter::new(&Registry::new(), &[]).expect("metrics register");
     let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer).await;
     wait_caught_up(&client, GROUP, on_time.len() as i64, CATCH_UP).await;
     let before = actual(&client).await;
@@ -211,7 +213,7 @@ async fn restarts_and_a_full_replay_never_count_twice() {
     let received = at("2024-06-03T12:00:00Z");
     let wave1 = scenario("r1", 200, base, received);
     produce(&bootstrap, &wave1, None).await;
-    let writer = AnalyticsWriter::new(&Registry::new()).expect("metrics register");
+    let writer = AnalyticsWriter::new(&Registry::new(), &[]).expect("metrics register");
     let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-1", writer).await;
     wait_caught_up(&client, GROUP, wave1.len() as i64, CATCH_UP).await;
     sink.stop().await;
@@ -238,7 +240,7 @@ async fn restarts_and_a_full_replay_never_count_twice() {
 
     // A fresh Kafka group would start at the beginning: the stored
     // positions decide.
-    let writer = AnalyticsWriter::new(&Registry::new()).expect("metrics register");
+    let writer = AnalyticsWriter::new(&Registry::new(), &[]).expect("metrics register");
     let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-2", writer).await;
     let end = count_records(&bootstrap, unique_topic());
     wait_caught_up(&client, GROUP, end, CATCH_UP).await;
@@ -248,11 +250,98 @@ async fn restarts_and_a_full_replay_never_count_twice() {
 
     // Positions lost (a new group): the whole topic again into the same
     // tables. Every event is already counted at its revision: nothing moves.
-    let writer = AnalyticsWriter::new(&Registry::new()).expect("metrics register");
+    let writer = AnalyticsWriter::new(&Registry::new(), &[]).expect("metrics register");
     let replay = start_sink(&bootstrap, &db.url, "replay", "kafka-3", writer).await;
     wait_caught_up(&client, "replay", end, CATCH_UP).await;
     replay.stop().await;
     assert_kpis(&actual(&client).await, &want);
+}
+
+/// The `tenant` label values of the analytics series in a `/metrics` page.
+fn tenant_labels(page: &str) -> BTreeSet<String> {
+    page.lines()
+        .filter(|line| line.starts_with("callstream_analytics_"))
+        .filter_map(|line| {
+            let value = &line[line.find("tenant=\"")? + "tenant=\"".len()..];
+            Some(value[..value.find('"')?].to_string())
+        })
+        .collect()
+}
+
+/// Tenants come from payloads (Xarios `tenantId`, TeleCMI `appid`): 500
+/// of them once made 500 label values each. Only the tenants of
+/// `analytics.metric_tenants` (and the gateway's `default`) keep their own
+/// label; every other one is counted as `other`. The KPI tables stay exact
+/// per tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_tenant_labels_are_bounded_while_the_tables_stay_exact() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let base = at("2024-06-03T10:00:00Z");
+    let records: Vec<Revision> = (0..500)
+        .filter_map(|i| {
+            let mut spec = spec("mt", i, base);
+            match &mut spec {
+                Spec::Call(c) => c.tenant = format!("tenant-{i}"),
+                Spec::Sms(s) => s.tenant = format!("tenant-{i}"),
+                Spec::Progress { .. } | Spec::AgentLeg { .. } => return None,
+            }
+            Some(Revision {
+                spec,
+                revision: 1,
+                received_at: at("2024-06-03T12:30:00Z"),
+            })
+        })
+        .collect();
+    let want = expected(&records);
+    let tenants: BTreeSet<&str> = want.keys().map(|k| k.1.as_str()).collect();
+    assert!(tenants.len() > 400, "{} tenants", tenants.len());
+    let configured: Vec<String> = tenants.iter().take(2).map(|t| t.to_string()).collect();
+    produce(&bootstrap, &records, None).await;
+    let registry = Registry::new();
+    let writer = AnalyticsWriter::new(&registry, &configured).expect("metrics register");
+    let metrics = MetricsServer::bind("127.0.0.1:0", registry.clone()).expect("binds");
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", metrics.port);
+    let metrics = metrics.spawn();
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer).await;
+    wait_caught_up(&client, GROUP, records.len() as i64, CATCH_UP).await;
+
+    let page = reqwest::get(&metrics_url)
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("a text page");
+    let labels = tenant_labels(&page);
+    let mut allowed: BTreeSet<String> = configured.iter().cloned().collect();
+    allowed.insert("other".into());
+    assert_eq!(
+        labels, allowed,
+        "at most the configured tenants and `other`"
+    );
+    let counted = |tenant: &str| -> f64 {
+        let pattern = format!("tenant=\"{tenant}\"");
+        page.lines()
+            .filter(|l| l.starts_with("callstream_analytics_events_counted_total{"))
+            .filter(|l| l.contains(&pattern))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for tenant in &configured {
+        assert_eq!(counted(tenant), 1.0, "{tenant} keeps its label");
+    }
+    let all = metric_sum(&registry, "callstream_analytics_events_counted_total");
+    assert_eq!(all, records.len() as f64);
+    assert_eq!(counted("other"), all - configured.len() as f64);
+
+    assert_kpis(&actual(&client).await, &want);
+    assert_eq!(
+        count(&client, "SELECT count(DISTINCT tenant) FROM kpi_rollups").await,
+        tenants.len() as i64,
+        "the tables keep every tenant"
+    );
+    sink.stop().await;
+    metrics.stop(true).await;
 }
 
 /// A record PostgreSQL refuses (here an agent id holding a NUL character,
@@ -276,7 +365,7 @@ async fn a_record_postgresql_refuses_is_set_aside_and_the_rest_counted() {
     poisoned.agent = "21\u{0}0".into();
     produce(&bootstrap, &records, Some(0)).await;
     let registry = Registry::new();
-    let writer = AnalyticsWriter::new(&registry).expect("metrics register");
+    let writer = AnalyticsWriter::new(&registry, &[]).expect("metrics register");
     let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer).await;
     wait_caught_up(&client, GROUP, records.len() as i64, CATCH_UP).await;
 

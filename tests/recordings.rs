@@ -209,6 +209,14 @@ fn onoff(id: &str, recording: Option<&str>, voicemail: Option<&str>, notes: &str
     normalize(ProviderId::Onoff, "cdr", &body)
 }
 
+/// A Xarios post-call webhook of tenant `tenant-1` with recording ids.
+fn xarios(session: &str, recording_ids: &[&str]) -> Event {
+    let body = json!({"triggerId": "t-1", "tenantId": "tenant-1",
+                      "cdr": {"id": session, "start": "2024-05-29T09:37:35+01:00", "ans": 1,
+                              "recordingIds": recording_ids}});
+    normalize(ProviderId::Xarios, "postcall", &body)
+}
+
 fn topic(t: Topic) -> &'static str {
     t.default_name()
 }
@@ -966,13 +974,7 @@ async fn templates_fill_in_secrets_that_are_never_published_or_logged() {
                 "status": "answered", "direction": "outbound", "time": 1650630551178_u64,
                 "answeredsec": 6, "record": true, "filename": file_name}),
     );
-    let xarios = normalize(
-        ProviderId::Xarios,
-        "postcall",
-        &json!({"triggerId": "t-1", "tenantId": "tenant-1",
-                "cdr": {"id": "sess-1", "start": "2024-05-29T09:37:35+01:00", "ans": 1,
-                        "recordingIds": ["rec-1", "rec-2"]}}),
-    );
+    let xarios = xarios("sess-1", &["rec-1", "rec-2"]);
     kafka.publish(&[(&telecmi, 1), (&xarios, 1)]).await;
 
     let env = [
@@ -1131,13 +1133,7 @@ async fn private_templates_reach_the_pbx_while_payload_urls_stay_guarded() {
         [Reply::Audio(audio(11, 800), "audio/wav")],
     );
     media.script("/x.mp3", [Reply::Audio(audio(12, 100), "audio/mpeg")]);
-    let xarios = normalize(
-        ProviderId::Xarios,
-        "postcall",
-        &json!({"triggerId": "t-1", "tenantId": "tenant-1",
-                "cdr": {"id": "sess-1", "start": "2024-05-29T09:37:35+01:00", "ans": 1,
-                        "recordingIds": ["rec-1"]}}),
-    );
+    let xarios = xarios("sess-1", &["rec-1"]);
     let payload_url = media.url("/x.mp3");
     let onoff = onoff("ssrf-payload", Some(&payload_url), None, "");
     kafka.publish(&[(&xarios, 1), (&onoff, 1)]).await;
@@ -1219,4 +1215,63 @@ async fn private_targets_and_other_schemes_are_refused_without_connecting() {
         let error = letter.header(ERROR_HEADER).unwrap();
         assert!(error.starts_with("recording[0]: refused: "), "{error}");
     }
+}
+
+/// A Xarios `recordingIds: [".."]` once made the archiver request the
+/// folder above the template's path, the template's secret attached. Ids
+/// that are dot-segments, plainly or percent-encoded, are dead-lettered
+/// with the reason, with no request; the event's good id is archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segment_ids_are_dead_lettered_without_a_request() {
+    let (kafka, media, dir) = setup().await;
+    media.script(
+        "/api/rec/rec-ok",
+        [Reply::Audio(audio(13, 700), "audio/wav")],
+    );
+    media.script("/api/", [Reply::Audio(audio(14, 700), "audio/wav")]);
+    let xarios = xarios("sess-dots", &["..", "%2e%2e", "rec-ok"]);
+    kafka.publish(&[(&xarios, 1)]).await;
+
+    let template = media.url("/api/rec/{id}?tenant={tenant}&key={secret}");
+    let archiver = start(&settings(&kafka, dir.path(), |f| {
+        f.merge(("recordings.not_ready_retry_secs", 0))
+            .merge(("recordings.templates.xarios.url_template", template))
+            .merge(("recordings.templates.xarios.secret", XARIOS_SECRET))
+    }));
+    kafka
+        .wait_for(Topic::RecordingsDlq, 1, "the bad ids dead-lettered")
+        .await;
+    let refused = archiver.metric(
+        "callstream_recordings_failures_total",
+        r#"reason="invalid_value""#,
+    );
+    let archived = archiver.recordings("archived");
+    archiver.stop().await;
+
+    let requests = media.state.lock().unwrap().requests.clone();
+    let targets: Vec<&str> = requests.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        targets,
+        [format!(
+            "/api/rec/rec-ok?tenant=tenant-1&key={XARIOS_SECRET}"
+        )],
+        "only the good id is requested"
+    );
+    assert_eq!(refused, 2.0);
+    assert_eq!(archived, 1.0);
+    assert_eq!(kafka.count(Topic::Recordings), 1);
+    let letters = kafka.read(Topic::RecordingsDlq);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].key_str(), xarios.identity);
+    let dot_segment = "is a dot-segment (`.` or `..`, maybe percent-encoded)";
+    assert_eq!(
+        letters[0].header(ERROR_HEADER),
+        Some(
+            format!(
+                "recording[0]: the value for {{id}} {dot_segment}; \
+                 recording[1]: the value for {{id}} {dot_segment}"
+            )
+            .as_str()
+        )
+    );
 }

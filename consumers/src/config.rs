@@ -30,7 +30,7 @@ pub struct Settings {
     /// `callstream-store`: unique events into the `events` table.
     pub store: BatchSettings,
     /// `callstream-analytics`: unique events into the KPI tables.
-    pub analytics: BatchSettings,
+    pub analytics: AnalyticsSettings,
     pub crm: crate::crm::CrmSettings,
     /// `callstream-recordings`: recordings and voicemails into object storage.
     pub recordings: crate::recordings::RecordingsSettings,
@@ -137,6 +137,64 @@ pub struct BatchSettings {
     pub connections: usize,
 }
 
+/// `callstream-analytics`: the batching of [`BatchSettings`] (same
+/// meaning), and which tenants its live metrics name.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsSettings {
+    /// As [`BatchSettings::group_id`].
+    pub group_id: String,
+    /// As [`BatchSettings::batch_max`].
+    pub batch_max: usize,
+    /// As [`BatchSettings::batch_linger_ms`].
+    pub batch_linger_ms: u64,
+    /// Must be 1: every partition adds into the same KPI rows.
+    pub connections: usize,
+    /// Tenants whose own name is the `tenant` label of the live metrics;
+    /// every other tenant (they come from payloads: Xarios `tenantId`,
+    /// TeleCMI `appid`) is counted as `other`, so a flood of tenants cannot
+    /// grow `/metrics` without bound. The gateway's default tenant,
+    /// `default`, keeps its name too. The KPI tables are exact per tenant
+    /// whatever this says. Numbers are taken as names (TeleCMI app ids
+    /// are numbers); quote one with leading zeros.
+    #[serde(deserialize_with = "tenant_names")]
+    pub metric_tenants: Vec<String>,
+}
+
+/// A list of tenant names, each a string or a number (the environment
+/// reads `[2222223]` as a number).
+fn tenant_names<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Name {
+        Text(String),
+        Number(u64),
+    }
+    let names = Vec::<Name>::deserialize(deserializer)?;
+    Ok(names
+        .into_iter()
+        .map(|name| match name {
+            Name::Text(text) => text,
+            Name::Number(n) => n.to_string(),
+        })
+        .collect())
+}
+
+impl AnalyticsSettings {
+    /// The batching part, for [`crate::pg_consumer::run`].
+    pub fn batch(&self) -> BatchSettings {
+        BatchSettings {
+            group_id: self.group_id.clone(),
+            batch_max: self.batch_max,
+            batch_linger_ms: self.batch_linger_ms,
+            connections: self.connections,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Defaults {
     log_format: LogFormat,
@@ -145,7 +203,7 @@ struct Defaults {
     topics: TopicNames,
     dedup: DedupSettings,
     store: BatchSettings,
-    analytics: BatchSettings,
+    analytics: AnalyticsSettings,
     crm: crate::crm::CrmSettings,
     recordings: crate::recordings::RecordingsSettings,
 }
@@ -178,11 +236,12 @@ fn defaults() -> Defaults {
             batch_linger_ms: 50,
             connections: 4,
         },
-        analytics: BatchSettings {
+        analytics: AnalyticsSettings {
             group_id: "callstream-analytics".into(),
             batch_max: 2000,
             batch_linger_ms: 50,
             connections: 1,
+            metric_tenants: Vec::new(),
         },
         crm: crate::crm::CrmSettings::default(),
         recordings: crate::recordings::RecordingsSettings::default(),
@@ -234,7 +293,10 @@ impl Settings {
                 "is required (set KAFKA_BOOTSTRAP_SERVERS; the gateway logs the embedded broker's address)",
             ));
         }
-        for (name, b) in [("store", &self.store), ("analytics", &self.analytics)] {
+        for (name, b) in [
+            ("store", &self.store),
+            ("analytics", &self.analytics.batch()),
+        ] {
             if b.batch_max == 0 {
                 return Err(invalid(format!("{name}.batch_max"), "must be at least 1"));
             }
@@ -246,6 +308,17 @@ impl Settings {
             return Err(invalid(
                 "analytics.connections",
                 "must be 1: every partition adds into the same KPI rows, so analytics writes through one connection",
+            ));
+        }
+        if let Some(other) = self
+            .analytics
+            .metric_tenants
+            .iter()
+            .find(|t| *t == crate::analytics::OTHER_TENANTS)
+        {
+            return Err(invalid(
+                "analytics.metric_tenants",
+                format!("must not name `{other}`: it is the label of every tenant not listed"),
             ));
         }
         if self.dedup.batch_max == 0 {
@@ -333,6 +406,24 @@ mod tests {
             err.contains("`topics.events_unique` must differ from `topics.events`"),
             "{err}"
         );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type.
+    fn metric_tenants_come_as_a_list_and_may_not_name_other() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092");
+            jail.set_env("CALLSTREAM_ANALYTICS__METRIC_TENANTS", "[acme, 2222223]");
+            let s = Settings::load(None).expect("valid");
+            assert_eq!(s.analytics.metric_tenants, ["acme", "2222223"]);
+            jail.set_env("CALLSTREAM_ANALYTICS__METRIC_TENANTS", "[acme, other]");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("`analytics.metric_tenants` must not name `other`"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

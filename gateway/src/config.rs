@@ -196,6 +196,10 @@ impl TopicNames {
     }
 }
 
+/// `sources.<provider>.tenant` unless configured: the tenant of events
+/// whose payload and source name none.
+pub const DEFAULT_TENANT: &str = "default";
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceSettings {
@@ -216,7 +220,7 @@ impl Default for SourceSettings {
     fn default() -> Self {
         SourceSettings {
             enabled: true,
-            tenant: "default".into(),
+            tenant: DEFAULT_TENANT.into(),
             api_keys: Vec::new(),
             auth_header: None,
             paths: BTreeMap::new(),

@@ -39,13 +39,18 @@
 //!   without one count for the whole centre only.
 //!
 //! Prometheus counters carry bounded labels only (tenant, provider,
-//! direction, status), never an agent or a number. They count first
-//! countings after commit; a counter cannot go down, so an update that
-//! changes a status moves the tables but not the counters.
+//! direction, status), never an agent or a number. Tenants come from
+//! payloads, so the `tenant` label names only the tenants configured in
+//! `analytics.metric_tenants` and the gateway's `default`; every other
+//! tenant counts as [`OTHER_TENANTS`] (the tables keep every tenant). They
+//! count first countings after commit; a counter cannot go down, so an
+//! update that changes a status moves the tables but not the counters.
 //!
 //! What would break it: changing these rules without rebuilding the tables
 //! (old events keep their old contributions), or writing the tables outside
 //! the transaction the sink hands over.
+
+use std::collections::HashSet;
 
 use prometheus::{CounterVec, IntCounter, IntCounterVec, Opts, Registry};
 use tokio_postgres::Transaction;
@@ -63,11 +68,34 @@ pub use rules::{agent_of, bucket_start, number_of, Counters, INTERVALS_MINUTES};
 use rules::Contribution;
 use tables::{Rollup, Statements};
 
+/// The `tenant` label of every tenant not named in
+/// `analytics.metric_tenants`.
+pub const OTHER_TENANTS: &str = "other";
+
+/// The tenants that keep their own `tenant` label.
+struct TenantLabels(HashSet<String>);
+
+impl TenantLabels {
+    fn new(metric_tenants: &[String]) -> TenantLabels {
+        let default = callstream_gateway::config::DEFAULT_TENANT.to_string();
+        TenantLabels(metric_tenants.iter().cloned().chain([default]).collect())
+    }
+
+    fn label<'a>(&self, tenant: &'a str) -> &'a str {
+        if self.0.contains(tenant) {
+            tenant
+        } else {
+            OTHER_TENANTS
+        }
+    }
+}
+
 /// Live counters for operations; bounded labels only.
 struct LiveMetrics {
     events: IntCounterVec,
     talk_seconds: CounterVec,
     recounted: IntCounter,
+    tenants: TenantLabels,
 }
 
 /// A first counting, for the live counters.
@@ -90,7 +118,12 @@ pub struct AnalyticsWriter {
 }
 
 impl AnalyticsWriter {
-    pub fn new(registry: &Registry) -> prometheus::Result<AnalyticsWriter> {
+    /// `metric_tenants`: `analytics.metric_tenants`, the tenants the live
+    /// metrics name (every other one is [`OTHER_TENANTS`]).
+    pub fn new(
+        registry: &Registry,
+        metric_tenants: &[String],
+    ) -> prometheus::Result<AnalyticsWriter> {
         let events = IntCounterVec::new(
             Opts::new(
                 "callstream_analytics_events_counted_total",
@@ -118,6 +151,7 @@ impl AnalyticsWriter {
                 events,
                 talk_seconds,
                 recounted,
+                tenants: TenantLabels::new(metric_tenants),
             },
         })
     }
@@ -176,6 +210,7 @@ impl PgWriter for AnalyticsWriter {
     fn committed(&self, pending: Pending) {
         for first in &pending.counted {
             let [tenant, provider, direction, status] = &first.labels;
+            let tenant = self.metrics.tenants.label(tenant);
             self.metrics
                 .events
                 .with_label_values(&[tenant, provider, direction, status])
@@ -188,5 +223,20 @@ impl PgWriter for AnalyticsWriter {
             }
         }
         self.metrics.recounted.inc_by(pending.recounted);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_tenants_and_the_default_keep_their_label() {
+        let labels = TenantLabels::new(&["acme".to_string()]);
+        assert_eq!(labels.label("acme"), "acme");
+        assert_eq!(labels.label("default"), "default");
+        assert_eq!(labels.label("globex"), OTHER_TENANTS);
+        assert_eq!(labels.label("Acme"), OTHER_TENANTS);
+        assert_eq!(labels.label(""), OTHER_TENANTS);
     }
 }

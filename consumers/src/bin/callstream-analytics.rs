@@ -17,11 +17,11 @@ async fn main() -> anyhow::Result<()> {
         "callstream analytics: call-centre KPIs per tenant, interval, agent and number.",
     )?;
     let registry = Registry::new();
-    let writer = AnalyticsWriter::new(&registry)?;
+    let writer = AnalyticsWriter::new(&registry, &settings.analytics.metric_tenants)?;
     pg_consumer::run(
         &settings,
         "analytics",
-        &settings.analytics,
+        &settings.analytics.batch(),
         registry,
         writer,
     )

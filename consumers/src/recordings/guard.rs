@@ -61,8 +61,9 @@ pub fn check_url(url: &Url, allow_private: bool) -> Result<(), Refused> {
 /// unspecified, broadcast, multicast, documentation, benchmarking and
 /// reserved IPv4 ranges; IPv6 loopback, unspecified, multicast,
 /// unique-local (fc00::/7), link- and site-local, documentation, Teredo;
-/// and IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64,
-/// 6to4) when that address is refused.
+/// and IPv6 forms that embed an IPv4 address (mapped, translated,
+/// compatible, NAT64, 6to4) when that address is refused; local-use NAT64
+/// always.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => public_v4(v4),
@@ -95,8 +96,13 @@ fn public_v6(ip: Ipv6Addr) -> bool {
     if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
         return false;
     }
-    // IPv4-compatible (::a.b.c.d, deprecated) and NAT64 (64:ff9b::/96).
-    if s[..6] == [0; 6] || (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4]) {
+    // The last 32 bits are an IPv4 address in IPv4-compatible (::a.b.c.d,
+    // deprecated), IPv4-translated (::ffff:0:a.b.c.d, RFC 2765/6052: a
+    // stack may send it to a.b.c.d) and well-known NAT64 (64:ff9b::/96).
+    let compatible = s[..6] == [0; 6];
+    let translated = s[..6] == [0, 0, 0, 0, 0xffff, 0];
+    let nat64 = s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4];
+    if compatible || translated || nat64 {
         return public_v4(embedded(s[6], s[7]));
     }
     // 6to4 (2002::/16) carries the IPv4 address in bits 16..48.
@@ -108,7 +114,10 @@ fn public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfec0 // site-local
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x2001 && s[1] == 0) // Teredo
-        || (s[0] == 0x64 && s[1] == 0xff9b)) // local-use NAT64
+        // The rest of 64:ff9b::/32, local-use NAT64 (64:ff9b:1::/48) among
+        // it: the IPv4 address sits where the operator's prefix length puts
+        // it, so it cannot be checked.
+        || (s[0] == 0x64 && s[1] == 0xff9b))
 }
 
 /// Resolves host names and keeps only the addresses the guard allows.
@@ -220,6 +229,43 @@ mod tests {
         ] {
             assert!(is_public(ip(text)), "{text} should pass");
         }
+    }
+
+    /// Each IPv6 form that carries an IPv4 address, with a non-public one
+    /// (refused) and a public one (allowed, except local-use NAT64).
+    #[test]
+    fn ipv6_forms_embedding_ipv4_are_judged_by_the_ipv4_address() {
+        let forms = [
+            ("mapped", "::ffff:127.0.0.1", "::ffff:8.8.8.8"),
+            ("translated", "::ffff:0:127.0.0.1", "::ffff:0:8.8.8.8"),
+            ("translated", "::ffff:0:a9fe:a9fe", "::ffff:0:5db8:d822"),
+            ("translated", "::ffff:0:a00:1", "::ffff:0:808:808"),
+            ("compatible", "::127.0.0.1", "::8.8.8.8"),
+            ("compatible", "::192.168.1.1", "::1.1.1.1"),
+            ("NAT64", "64:ff9b::127.0.0.1", "64:ff9b::8.8.8.8"),
+            ("NAT64", "64:ff9b::a9fe:a9fe", "64:ff9b::5db8:d822"),
+            ("6to4", "2002:7f00:1::1", "2002:808:808::1"),
+            ("6to4", "2002:a9fe:a9fe::1", "2002:5db8:d822::1"),
+        ];
+        for (form, private, public) in forms {
+            assert!(
+                !is_public(ip(private)),
+                "{form} {private} should be refused"
+            );
+            assert!(is_public(ip(public)), "{form} {public} should pass");
+        }
+        for local_use in [
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:808:808::",
+            "64:ff9b:1::808:808",
+        ] {
+            assert!(!is_public(ip(local_use)), "local-use NAT64 {local_use}");
+        }
+        let url = Url::parse("http://[::ffff:0:127.0.0.1]:8080/api/").unwrap();
+        assert_eq!(
+            check_url(&url, false),
+            Err(Refused::Address(ip("::ffff:0:7f00:1")))
+        );
     }
 
     #[test]

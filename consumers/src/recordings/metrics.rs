@@ -42,7 +42,7 @@ impl MediaOutcome {
 }
 
 /// Reasons of `callstream_recordings_failures_total` (one per failed handle).
-pub const FAILURE_REASONS: [&str; 14] = [
+pub const FAILURE_REASONS: [&str; 15] = [
     "not_ready",
     "http_status",
     "timeout",
@@ -54,6 +54,7 @@ pub const FAILURE_REASONS: [&str; 14] = [
     "empty",
     "storage",
     "invalid_url",
+    "invalid_value",
     "config",
     "too_many_media",
     "undecodable",

@@ -28,6 +28,78 @@ fn encode(value: &str) -> String {
     out
 }
 
+/// Why a value from a payload may not go into a URL. Percent-encoding
+/// keeps it inside its segment only until something decodes it: a `..`
+/// is left as is (and the URL parser resolves it one folder up, secret
+/// attached), and a media server or a proxy in front of it may decode
+/// `%2e%2e` or `%2F` once more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    #[error("is empty")]
+    Empty,
+    #[error("is a dot-segment (`.` or `..`, maybe percent-encoded)")]
+    DotSegment,
+    #[error("holds `/`, `\\`, `?`, `#`, `;` or a control character (maybe percent-encoded)")]
+    Delimiter,
+    #[error("is percent-encoded more than {MAX_DECODINGS} times")]
+    Encoded,
+}
+
+/// Layers of percent-encoding looked through.
+const MAX_DECODINGS: usize = 3;
+
+/// Refuses a value that is empty, a dot-segment or holds a delimiter, as
+/// given or after up to [`MAX_DECODINGS`] percent-decodings.
+fn check_value(value: &str) -> Result<(), BadValue> {
+    if value.trim().is_empty() {
+        return Err(BadValue::Empty);
+    }
+    let mut layer = value.to_string();
+    for _ in 0..=MAX_DECODINGS {
+        let trimmed = layer.trim();
+        if !trimmed.is_empty() && trimmed.bytes().all(|b| b == b'.') {
+            return Err(BadValue::DotSegment);
+        }
+        if layer
+            .chars()
+            .any(|c| "/\\?#;".contains(c) || c.is_control())
+        {
+            return Err(BadValue::Delimiter);
+        }
+        let decoded = percent_decode(&layer);
+        if decoded == layer {
+            return Ok(());
+        }
+        layer = decoded;
+    }
+    Err(BadValue::Encoded)
+}
+
+/// One round of percent-decoding; a `%` not followed by two hex digits
+/// stays as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let pair = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match pair {
+            Some((hi, lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Placeholder {
     FileName,
@@ -132,6 +204,24 @@ impl Template {
         a.is_some() && a == origin("b")
     }
 
+    /// [`Template::fill`], once every value a payload brings (file name,
+    /// id, tenant) that the template uses passed [`check_value`].
+    fn fill_checked(&self, values: &Values<'_>) -> Result<String, ResolveError> {
+        for part in &self.parts {
+            let (placeholder, value) = match part {
+                Part::Value(Placeholder::FileName) => ("file_name", values.handle),
+                Part::Value(Placeholder::Id) => ("id", values.handle),
+                Part::Value(Placeholder::Tenant) => ("tenant", values.tenant),
+                _ => continue,
+            };
+            check_value(value).map_err(|problem| ResolveError::Value {
+                placeholder,
+                problem,
+            })?;
+        }
+        Ok(self.fill(values))
+    }
+
     fn fill(&self, values: &Values<'_>) -> String {
         let mut out = String::new();
         for part in &self.parts {
@@ -159,6 +249,11 @@ pub enum ResolveError {
     Refused(#[from] guard::Refused),
     #[error("no {{secret}} configured for tenant `{0}`")]
     NoSecret(String),
+    #[error("the value for {{{placeholder}}} {problem}")]
+    Value {
+        placeholder: &'static str,
+        problem: BadValue,
+    },
 }
 
 impl ResolveError {
@@ -168,6 +263,7 @@ impl ResolveError {
             ResolveError::NotAUrl => "invalid_url",
             ResolveError::Refused(_) => "refused",
             ResolveError::NoSecret(_) => "config",
+            ResolveError::Value { .. } => "invalid_value",
         }
     }
 }
@@ -245,13 +341,13 @@ impl Resolver {
                     }
                     None => "",
                 };
-                let url = t.template.fill(&Values {
+                let url = t.template.fill_checked(&Values {
                     handle: value,
                     tenant: &event.tenant,
                     media: item.media.as_str(),
                     event_id: &event.event_id.to_string(),
                     secret,
-                });
+                })?;
                 (url, t.private_ok)
             }
         };
@@ -328,6 +424,84 @@ mod tests {
         assert!(Template::parse("https://h.example/{nope}/{id}").is_err());
         assert!(Template::parse("ftp://h.example/{id}").is_err());
         assert!(Template::parse("https://h.example/{id").is_err());
+    }
+
+    #[test]
+    fn values_that_could_change_the_path_are_refused() {
+        let refused = [
+            ("", BadValue::Empty),
+            ("  ", BadValue::Empty),
+            (".", BadValue::DotSegment),
+            ("..", BadValue::DotSegment),
+            ("...", BadValue::DotSegment),
+            (" .. ", BadValue::DotSegment),
+            ("%2e%2e", BadValue::DotSegment),
+            ("%2E%2E", BadValue::DotSegment),
+            (".%2E", BadValue::DotSegment),
+            ("%2e.", BadValue::DotSegment),
+            ("%2e", BadValue::DotSegment),
+            ("%252e%252e", BadValue::DotSegment),
+            ("%25252e%25252e", BadValue::DotSegment),
+            ("../admin", BadValue::Delimiter),
+            ("a/b", BadValue::Delimiter),
+            ("a\\b", BadValue::Delimiter),
+            ("..%2Fadmin", BadValue::Delimiter),
+            ("%5C..", BadValue::Delimiter),
+            ("a?key=x", BadValue::Delimiter),
+            ("a%3Fkey=x", BadValue::Delimiter),
+            ("a#frag", BadValue::Delimiter),
+            ("a%23frag", BadValue::Delimiter),
+            ("..;x", BadValue::Delimiter),
+            ("a%00b", BadValue::Delimiter),
+            ("a\nb", BadValue::Delimiter),
+            ("%2525252e", BadValue::Encoded),
+        ];
+        for (value, problem) in refused {
+            assert_eq!(check_value(value), Err(problem), "{value:?}");
+        }
+        for fine in [
+            "00000000-0000-0000-0000-000000000000",
+            "157018440105699392452463833_1111113.mp3",
+            "rec-1",
+            "a..b",
+            ".hidden",
+            "100%",
+            "%zz",
+            "2222223",
+        ] {
+            assert_eq!(check_value(fine), Ok(()), "{fine:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_value_gives_no_url() {
+        let t =
+            Template::parse("https://h.example/api/rec/{id}?tenant={tenant}&key={secret}").unwrap();
+        let values = |handle, tenant| Values {
+            handle,
+            tenant,
+            media: "recording",
+            event_id: "e",
+            secret: "s3cret",
+        };
+        let err = t.fill_checked(&values("..", "acme")).unwrap_err();
+        assert_eq!(err.reason(), "invalid_value");
+        assert_eq!(
+            err.to_string(),
+            "the value for {id} is a dot-segment (`.` or `..`, maybe percent-encoded)"
+        );
+        let err = t.fill_checked(&values("rec-1", "%2e%2e")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("the value for {tenant} "),
+            "{err}"
+        );
+        assert_eq!(
+            t.fill_checked(&values("rec-1", "acme")).unwrap(),
+            "https://h.example/api/rec/rec-1?tenant=acme&key=s3cret"
+        );
+        // Unused placeholders are not checked: the tenant is not in the URL.
+        let t = Template::parse("https://h.example/play?file={file_name}").unwrap();
+        assert!(t.fill_checked(&values("f.mp3", "")).is_ok());
     }
 
     #[test]
