@@ -882,20 +882,9 @@ async fn a_full_spool_answers_503_never_drops() {
     gw.stop().await;
 }
 
-/// Opens a raw TCP connection to the gateway, writes `head`, and returns
-/// what the gateway answers (or an empty string if it just closes).
 async fn raw_exchange(gw: &TestGateway, head: &str, wait: Duration) -> (String, Duration) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = gw.address.trim_start_matches("http://").to_string();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let started = std::time::Instant::now();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
-    (
-        String::from_utf8_lossy(&answer).to_string(),
-        started.elapsed(),
-    )
+    let addr = gw.address.trim_start_matches("http://");
+    callstream_testkit::raw_exchange(addr, head.as_bytes(), wait).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -281,6 +281,23 @@ pub fn assert_valid_event(event: &serde_json::Value) {
     );
 }
 
+/// Opens a raw TCP connection to `addr` (`127.0.0.1:port`), writes `head`,
+/// and returns what the server answers within `wait` (or an empty string if
+/// it just closes) and how long that took.
+pub async fn raw_exchange(addr: &str, head: &[u8], wait: Duration) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A server may answer and close before it has read everything.
+    let _ = stream.write_all(head).await;
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    (
+        String::from_utf8_lossy(&answer).to_string(),
+        started.elapsed(),
+    )
+}
+
 /// One of our binaries running as a child process, for crash tests.
 pub struct ServiceProcess {
     child: std::process::Child,
