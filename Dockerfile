@@ -23,9 +23,10 @@ USER callstream
 # gateway) and `recordings.store.dir` (the archiver) land on the volumes.
 # Only settings every binary takes belong in ENV: each refuses settings it
 # does not know (tests/deploy.rs holds this file and docker-compose.yml to
-# that).
+# that); the plain GATEWAY_* variables are read by the gateway alone. In a
+# container, every binary's /metrics is on :9090, the port published or not.
 WORKDIR /var/lib/callstream
-ENV GATEWAY_LISTEN=0.0.0.0:8080 METRICS_LISTEN=0.0.0.0:9090 CALLSTREAM_LOG_FORMAT=json
+ENV GATEWAY_LISTEN=0.0.0.0:8080 GATEWAY_ADMIN_LISTEN=0.0.0.0:9090 METRICS_LISTEN=0.0.0.0:9090 CALLSTREAM_LOG_FORMAT=json
 VOLUME /var/lib/callstream/spool /var/lib/callstream/recordings
 EXPOSE 8080 9090
 CMD ["/usr/local/bin/callstream-gateway"]

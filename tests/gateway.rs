@@ -882,20 +882,9 @@ async fn a_full_spool_answers_503_never_drops() {
     gw.stop().await;
 }
 
-/// Opens a raw TCP connection to the gateway, writes `head`, and returns
-/// what the gateway answers (or an empty string if it just closes).
 async fn raw_exchange(gw: &TestGateway, head: &str, wait: Duration) -> (String, Duration) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = gw.address.trim_start_matches("http://").to_string();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let started = std::time::Instant::now();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
-    (
-        String::from_utf8_lossy(&answer).to_string(),
-        started.elapsed(),
-    )
+    let addr = gw.address.trim_start_matches("http://");
+    callstream_testkit::raw_exchange(addr, head.as_bytes(), wait).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -933,24 +922,29 @@ async fn slow_clients_are_cut_off() {
     gw.stop().await;
 }
 
-/// With `admin_listen`, `/metrics`, `/healthz` and `/readyz` leave the
+/// With `admin_listen` (the test kit sets it), `/metrics` leaves the
 /// webhook port (which providers, and so the internet, reach) for a
-/// listener of their own; webhooks are not served there. `/readyz` reuses
-/// its Kafka answer for a second, so probes cannot turn into a metadata
-/// request each.
+/// listener of its own; `/healthz` and `/readyz` stay on the webhook port
+/// for load balancers and are on the admin listener too; webhooks are not
+/// served there. `/readyz` reuses its Kafka answer for a second, so probes
+/// cannot turn into a metadata request each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_endpoints_move_to_their_own_listener() {
-    let gw = spawn_gateway(|f| f.merge(("admin_listen", "127.0.0.1:0"))).await;
+async fn metrics_move_to_their_own_listener() {
+    let gw = spawn_gateway(|f| f).await;
     assert_ne!(gw.admin_address, gw.address);
     assert_eq!(
         post_json(&gw, "/v1/onoff/sms", ONOFF_SMS).await.status(),
         StatusCode::OK
     );
+    let on_webhooks = gw.client.get(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(on_webhooks.status(), StatusCode::NOT_FOUND);
     for path in ["/metrics", "/healthz", "/readyz"] {
-        let on_webhooks = gw.client.get(gw.url(path)).send().await.unwrap();
-        assert_eq!(on_webhooks.status(), StatusCode::NOT_FOUND, "{path}");
         let on_admin = gw.client.get(gw.admin_url(path)).send().await.unwrap();
         assert_eq!(on_admin.status(), StatusCode::OK, "{path}");
+    }
+    for path in ["/healthz", "/readyz"] {
+        let on_webhooks = gw.client.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(on_webhooks.status(), StatusCode::OK, "{path}");
     }
     assert!(gw
         .metrics()
@@ -982,5 +976,24 @@ async fn admin_endpoints_move_to_their_own_listener() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(ready(&gw).await, "degraded");
     gw.broker.cluster().broker_up(-1).unwrap();
+    gw.stop().await;
+}
+
+/// Probes that want only the status send HEAD: `/healthz`, `/readyz` and
+/// `/metrics` answer it 200 with no body, and other methods still 405
+/// with `Allow`. With `admin_listen` empty, `/metrics` is on the webhook
+/// port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_probes_get_200_without_a_body() {
+    let gw = spawn_gateway(|f| f.merge(("admin_listen", ""))).await;
+    assert_eq!(gw.admin_address, gw.address);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let head = gw.client.head(gw.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK, "HEAD {path}");
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path}");
+        let delete = gw.client.delete(gw.url(path)).send().await.unwrap();
+        assert_eq!(delete.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(delete.headers()["allow"], "GET, HEAD", "{path}");
+    }
     gw.stop().await;
 }

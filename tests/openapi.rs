@@ -16,7 +16,14 @@ use serde_json::Value;
 const KEY: &str = "k-openapi-7c1e";
 
 /// The endpoints every gateway serves besides the provider routes.
-const FIXED: [(&str, &str); 3] = [("/metrics", "GET"), ("/healthz", "GET"), ("/readyz", "GET")];
+const FIXED: [(&str, &str); 6] = [
+    ("/metrics", "GET"),
+    ("/metrics", "HEAD"),
+    ("/healthz", "GET"),
+    ("/healthz", "HEAD"),
+    ("/readyz", "GET"),
+    ("/readyz", "HEAD"),
+];
 
 /// Methods probed on every documented path.
 const PROBED: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
@@ -100,7 +107,12 @@ async fn body_matches(doc: &Value, name: &str, response: reqwest::Response, what
 /// body (dead-lettered, still 200), nothing for a GET.
 fn harmless(gw: &TestGateway, method: &str, path: &str) -> reqwest::RequestBuilder {
     let method = Method::from_bytes(method.as_bytes()).expect("an HTTP method");
-    let request = gw.client.request(method.clone(), gw.url(path));
+    let url = if is_webhook(path) {
+        gw.url(path)
+    } else {
+        gw.admin_url(path)
+    };
+    let request = gw.client.request(method.clone(), url);
     if method == Method::POST || method == Method::PUT || method == Method::PATCH {
         request
             .header("content-type", "application/json")
@@ -169,14 +181,18 @@ async fn the_running_gateway_serves_the_documented_operations_and_refuses_other_
                 status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
                 "{what} is documented but answered {status}"
             );
-            match path.as_str() {
-                "/metrics" => {
+            match (path.as_str(), method.as_str()) {
+                (_, "HEAD") => {
+                    assert_eq!(status, StatusCode::OK, "{what}");
+                    assert!(response.bytes().await.expect("no body").is_empty());
+                }
+                ("/metrics", _) => {
                     assert_eq!(status, StatusCode::OK, "{what}");
                     let text = response.text().await.expect("metrics text");
                     assert!(text.contains("callstream_gateway_"), "{what}");
                 }
-                "/healthz" => body_matches(&doc, "Alive", response, &what).await,
-                "/readyz" => {
+                ("/healthz", _) => body_matches(&doc, "Alive", response, &what).await,
+                ("/readyz", _) => {
                     assert_eq!(status, StatusCode::OK, "{what}");
                     body_matches(&doc, "Ready", response, &what).await
                 }

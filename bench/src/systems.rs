@@ -249,6 +249,8 @@ impl Server {
         let keys = format!("[{KEY}]");
         let mut env = vec![
             ("GATEWAY_LISTEN", "127.0.0.1:0".to_string()),
+            // `/metrics` on the webhook port, where the scrapes go.
+            ("GATEWAY_ADMIN_LISTEN", String::new()),
             ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.to_string()),
             ("CALLSTREAM_SPOOL__DIR", "spool".to_string()),
             // 8 GiB instead of the default 1 GiB, so 20 s at full speed with

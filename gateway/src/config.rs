@@ -25,11 +25,14 @@ const MAX_LINGER_MS: f64 = 1_000.0;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Address the HTTP server binds (`GATEWAY_LISTEN`).
+    /// Address the HTTP server binds (`GATEWAY_LISTEN`). Empty: `0.0.0.0:8080`
+    /// with a Kafka cluster, `127.0.0.1:8080` with the embedded broker, whose
+    /// records are not safe to accept from real providers.
     pub listen: String,
-    /// Address for `/metrics`, `/healthz` and `/readyz` on a listener of
-    /// their own (`GATEWAY_ADMIN_LISTEN`), off the webhook port that
-    /// providers reach. Empty: served on `listen` with the webhooks.
+    /// Address of the listener for `/metrics` (`GATEWAY_ADMIN_LISTEN`), off
+    /// the webhook port that providers, and so the internet, reach; it
+    /// serves `/healthz` and `/readyz` too. Empty: `/metrics` is served on
+    /// `listen` with the webhooks.
     pub admin_listen: String,
     /// Largest accepted request body; bigger bodies get 413.
     pub max_body_bytes: usize,
@@ -250,8 +253,8 @@ struct Defaults {
 
 fn defaults() -> Defaults {
     Defaults {
-        listen: "0.0.0.0:8080",
-        admin_listen: "",
+        listen: "",
+        admin_listen: "127.0.0.1:8081",
         max_body_bytes: 1024 * 1024,
         max_buffered_body_bytes: 32 * 1024 * 1024,
         shutdown_timeout_secs: 30,
@@ -343,7 +346,15 @@ impl Settings {
     }
 
     pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        if settings.listen.is_empty() {
+            settings.listen = if settings.embedded_broker() {
+                "127.0.0.1:8080"
+            } else {
+                "0.0.0.0:8080"
+            }
+            .into();
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -570,8 +581,14 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_serve_every_provider() {
         let s = load(|f| f).unwrap();
-        assert_eq!(s.listen, "0.0.0.0:8080");
         assert!(s.embedded_broker());
+        assert_eq!(
+            s.listen, "127.0.0.1:8080",
+            "the embedded broker is for this host only"
+        );
+        let with_kafka = load(|f| f.merge(("kafka.bootstrap_servers", "kafka:9092"))).unwrap();
+        assert_eq!(with_kafka.listen, "0.0.0.0:8080");
+        assert_eq!(s.admin_listen, "127.0.0.1:8081");
         assert_eq!(s.max_body_bytes, 1024 * 1024);
         assert!(s.kafka.publish_timeout_ms <= MAX_PUBLISH_TIMEOUT_MS);
         assert_eq!(s.topics.name(Topic::Raw), "callstream.raw.v1");

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 use callstream_gateway::config::Settings;
 use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_gateway::metrics::Metrics;
 use callstream_gateway::startup::Application;
 use callstream_gateway::telemetry;
 
@@ -35,13 +36,16 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(settings.log_format);
 
     // Kept alive for the whole process: dropping it stops the broker.
-    let embedded = if settings.embedded_broker() || matches!(cli.command, Some(Command::Broker)) {
+    let mut embedded = if settings.embedded_broker() || matches!(cli.command, Some(Command::Broker))
+    {
         let broker = EmbeddedBroker::start(settings.kafka.embedded_partitions, &settings.topics)
             .context("could not start the embedded broker")?;
         settings.kafka.bootstrap_servers = broker.bootstrap_servers();
         tracing::warn!(
             bootstrap_servers = %settings.kafka.bootstrap_servers,
-            "embedded Kafka-protocol broker started: IN-MEMORY, data is lost on exit; for trying things out only \
+            "embedded Kafka-protocol broker started, for trying things out only: IN-MEMORY, it keeps about \
+             5 MiB or 100,000 batches per partition and discards older records, even acknowledged ones; \
+             everything is lost on exit; the gateway listens on loopback unless GATEWAY_LISTEN says otherwise \
              (set KAFKA_BOOTSTRAP_SERVERS for a real cluster)"
         );
         Some(broker)
@@ -50,13 +54,31 @@ async fn main() -> anyhow::Result<()> {
     };
 
     if let Some(Command::Broker) = cli.command {
+        if let Some(broker) = embedded.as_mut() {
+            // Nothing serves metrics here: the warnings are the signal.
+            broker
+                .watch_discards(Metrics::new().embedded_broker_discarded)
+                .context("could not watch the embedded broker")?;
+        }
         shutdown_signal().await?;
         drop(embedded);
         return Ok(());
     }
 
     let app = Application::build(&settings)?;
-    tracing::info!(listen = %settings.listen, port = app.port(), admin_port = app.admin_port(), "gateway listening");
+    if let Some(broker) = embedded.as_mut() {
+        let discarded = app.metrics().embedded_broker_discarded.clone();
+        broker
+            .watch_discards(discarded)
+            .context("could not watch the embedded broker")?;
+    }
+    tracing::info!(
+        listen = %settings.listen,
+        port = app.port(),
+        admin_listen = %settings.admin_listen,
+        admin_port = app.admin_port(),
+        "gateway listening"
+    );
     app.run_until_stopped().await?;
     drop(embedded);
     Ok(())

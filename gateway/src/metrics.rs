@@ -80,6 +80,7 @@ pub struct Metrics {
     pub produce_duration: HistogramVec,
     pub produce_errors: IntCounterVec,
     pub records_published: IntCounterVec,
+    pub embedded_broker_discarded: IntCounterVec,
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
     pub spool_oldest_age: Gauge,
@@ -155,6 +156,11 @@ impl Metrics {
         let records_published = counter(
             "callstream_gateway_records_published_total",
             "Records acknowledged by Kafka, by topic.",
+            &["topic"],
+        );
+        let embedded_broker_discarded = counter(
+            "callstream_gateway_embedded_broker_discarded_records_total",
+            "Records the embedded broker discarded to stay within its memory bound, by topic (only with the embedded broker).",
             &["topic"],
         );
         let int_gauge = |name: &str, help: &str| {
@@ -242,6 +248,7 @@ impl Metrics {
             produce_duration,
             produce_errors,
             records_published,
+            embedded_broker_discarded,
             spool_records,
             spool_bytes,
             spool_oldest_age,

@@ -1,6 +1,8 @@
 //! Builds the HTTP application: one resource per enabled provider route, all
-//! served by [`crate::ingest::handle`], plus `/metrics`, `/healthz`, `/readyz`
-//! (on the same listener, or on `admin_listen`'s own).
+//! served by [`crate::ingest::handle`], plus `/healthz` and `/readyz` (for
+//! load balancers) and `/metrics`, which is on `admin_listen`'s own listener
+//! unless that is empty: the webhook port is reachable by whoever providers
+//! reach it from.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ pub struct Application {
     server: Server,
     /// `/metrics`, `/healthz` and `/readyz` when `admin_listen` is set.
     admin: Option<(u16, Server)>,
+    metrics: Metrics,
     deliverer: Arc<Deliverer>,
 }
 
@@ -108,7 +111,8 @@ impl Application {
                 App::new()
                     .app_data(ingest.clone())
                     .app_data(kafka_check.clone())
-                    .configure(admin_routes)
+                    .configure(health_routes)
+                    .configure(metrics_route)
                     .default_service(web::to(not_found))
             })
             .workers(1)
@@ -118,14 +122,15 @@ impl Application {
             .run();
             Some((port, server))
         };
-        let admin_here = admin.is_none();
+        let metrics_here = admin.is_none();
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .wrap(TracingLogger::<RedactingRootSpan>::new())
                 .app_data(ingest.clone())
-                .app_data(kafka_check.clone());
-            if admin_here {
-                app = app.configure(admin_routes);
+                .app_data(kafka_check.clone())
+                .configure(health_routes);
+            if metrics_here {
+                app = app.configure(metrics_route);
             }
             for (path, route) in routes.iter() {
                 app = app.service(route_resource(path, route.clone()));
@@ -150,6 +155,7 @@ impl Application {
             port,
             server,
             admin,
+            metrics,
             deliverer,
         })
     }
@@ -158,10 +164,16 @@ impl Application {
         self.port
     }
 
-    /// The port of `/metrics`, `/healthz` and `/readyz`: `admin_listen`'s,
-    /// or the webhook port when that is empty.
+    /// The port of `/metrics`: `admin_listen`'s, or the webhook port when
+    /// that is empty.
     pub fn admin_port(&self) -> u16 {
         self.admin.as_ref().map_or(self.port, |(port, _)| *port)
+    }
+
+    /// The metrics `/metrics` serves, for parts that run beside the
+    /// application (the embedded broker's watcher).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Stops the server gracefully when called (tests; signals do it in production).
@@ -274,20 +286,28 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(req.path().to_string()))
 }
 
-fn admin_routes(config: &mut web::ServiceConfig) {
+fn health_routes(config: &mut web::ServiceConfig) {
     config
-        .service(refuse_other_methods(
-            web::resource("/healthz").get(healthz),
-            "GET",
-        ))
-        .service(refuse_other_methods(
-            web::resource("/readyz").get(readyz),
-            "GET",
-        ))
-        .service(refuse_other_methods(
-            web::resource("/metrics").get(metrics_text),
-            "GET",
-        ));
+        .service(probe("/healthz", healthz))
+        .service(probe("/readyz", readyz));
+}
+
+fn metrics_route(config: &mut web::ServiceConfig) {
+    config.service(probe("/metrics", metrics_text));
+}
+
+/// GET, and HEAD for probes that want the status only (the server sends
+/// no body); other methods 405.
+fn probe<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    let resource = web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler));
+    refuse_other_methods(resource, "GET, HEAD")
 }
 
 /// The last Kafka reachability answer and when it was asked; one check at a

@@ -401,6 +401,7 @@ async fn api_keys_never_reach_the_logs_even_at_debug_level() {
         BINARY,
         &[
             ("GATEWAY_LISTEN", "127.0.0.1:0".to_string()),
+            ("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
             ("RUST_LOG", "debug".to_string()),
             ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
             ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
@@ -437,14 +438,7 @@ async fn api_keys_never_reach_the_logs_even_at_debug_level() {
         statuses.push(request.send().await.unwrap().status().as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 200, 401, 401]);
-    let metrics = client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let logs = gw.logs();
     assert!(gw.terminate().success());
     let logs = logs.lock().unwrap().clone();
@@ -499,4 +493,57 @@ async fn workers_sets_the_http_worker_threads_and_defaults_to_one_per_cpu() {
         );
         assert!(gw.terminate().success());
     }
+}
+
+/// Requests the HTTP server cannot parse are answered (400, 431) and
+/// closed before they reach the gateway, and anyone can send them: they
+/// must not be logged at ERROR, or anyone could flood the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_not_logged_as_errors() {
+    let spool = tempfile::tempdir().unwrap();
+    let gw = ServiceProcess::gateway(
+        BINARY,
+        &[("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string())],
+    );
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let too_large = format!(
+        "GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let malformed = [
+        ("GARBAGE\r\n\r\n".to_string(), "HTTP/1.1 400"),
+        (
+            "GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n".to_string(),
+            "HTTP/1.1 400",
+        ),
+        ("GET /healthz HTTP/9.9\r\n\r\n".to_string(), "HTTP/1.1 400"),
+        (too_large, "HTTP/1.1 431"),
+    ];
+    for _ in 0..10 {
+        for (request, expected) in &malformed {
+            let (answer, _) =
+                callstream_testkit::raw_exchange(&addr, request.as_bytes(), Duration::from_secs(5))
+                    .await;
+            assert!(answer.starts_with(expected), "{answer:?}");
+        }
+    }
+    let logs = gw.logs();
+    assert!(gw.terminate().success());
+    // Every connection has ended once shutdown completed; wait for its line.
+    let complete = callstream_testkit::eventually(Duration::from_secs(10), || {
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("shutdown complete"))
+    })
+    .await;
+    assert!(complete, "no shutdown line");
+    let errors: Vec<String> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(r#""level":"ERROR""#))
+        .cloned()
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }

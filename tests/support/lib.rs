@@ -26,8 +26,8 @@ pub const PARTITIONS: i32 = 3;
 /// A running gateway and the broker it publishes to.
 pub struct TestGateway {
     pub address: String,
-    /// Where `/metrics`, `/healthz` and `/readyz` are: `address` unless
-    /// `admin_listen` is set.
+    /// Where `/metrics` is (with `/healthz` and `/readyz`): `address` when
+    /// `admin_listen` is empty.
     pub admin_address: String,
     pub client: reqwest::Client,
     pub settings: Settings,
@@ -44,6 +44,7 @@ pub async fn spawn_gateway(configure: impl FnOnce(Figment) -> Figment) -> TestGa
     let figment = configure(
         Settings::defaults()
             .merge(("listen", "127.0.0.1:0"))
+            .merge(("admin_listen", "127.0.0.1:0"))
             .merge(("spool.dir", spool_dir.path())),
     );
     let mut settings = Settings::from_figment(figment).expect("test settings are valid");
@@ -133,9 +134,7 @@ impl TestGateway {
     /// Value of an unlabelled metric, e.g. `callstream_gateway_spool_records`.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} not found in\n{text}"))
+        metric_value(&text, name).unwrap_or_else(|| panic!("metric {name} not found in\n{text}"))
     }
 
     pub async fn metrics(&self) -> String {
@@ -152,6 +151,13 @@ impl TestGateway {
     pub async fn stop(self) {
         self.handle.stop(true).await;
     }
+}
+
+/// The value of the series `name` (with its labels, as exposed:
+/// `m{topic="raw"}`) in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn consumer(bootstrap: &str) -> BaseConsumer {
@@ -281,11 +287,30 @@ pub fn assert_valid_event(event: &serde_json::Value) {
     );
 }
 
+/// Opens a raw TCP connection to `addr` (`127.0.0.1:port`), writes `head`,
+/// and returns what the server answers within `wait` (or an empty string if
+/// it just closes) and how long that took.
+pub async fn raw_exchange(addr: &str, head: &[u8], wait: Duration) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A server may answer and close before it has read everything.
+    let _ = stream.write_all(head).await;
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    (
+        String::from_utf8_lossy(&answer).to_string(),
+        started.elapsed(),
+    )
+}
+
 /// One of our binaries running as a child process, for crash tests.
 pub struct ServiceProcess {
     child: std::process::Child,
     /// The port it reported in its ready log line.
     pub port: u16,
+    /// The `admin_port` of its ready log line, or `port` when it has none.
+    pub admin_port: u16,
     logs: LogLines,
 }
 
@@ -298,9 +323,13 @@ pub const GATEWAY_READY: &str = "gateway listening";
 pub const CONSUMER_READY: &str = "consumer running";
 
 impl ServiceProcess {
-    /// Starts the gateway binary on 127.0.0.1:0 with `env`.
+    /// Starts the gateway binary on 127.0.0.1:0, its `/metrics` on another
+    /// 127.0.0.1:0, with `env`.
     pub fn gateway(binary: &str, env: &[(&str, String)]) -> ServiceProcess {
-        let mut all = vec![("GATEWAY_LISTEN", "127.0.0.1:0".to_string())];
+        let mut all = vec![
+            ("GATEWAY_LISTEN", "127.0.0.1:0".to_string()),
+            ("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ];
         all.extend(env.iter().cloned());
         Self::start(binary, &all, GATEWAY_READY)
     }
@@ -349,14 +378,20 @@ impl ServiceProcess {
                 }
                 if log["message"] == ready.as_str() {
                     let port = log["port"].as_u64().expect("port in the ready line");
-                    let _ = tx.send(port as u16);
+                    let admin_port = log["admin_port"].as_u64().unwrap_or(port);
+                    let _ = tx.send((port as u16, admin_port as u16));
                 }
             }
         });
-        let port = rx
+        let (port, admin_port) = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("{binary} did not log its ready line within 30 s"));
-        ServiceProcess { child, port, logs }
+        ServiceProcess {
+            child,
+            port,
+            admin_port,
+            logs,
+        }
     }
 
     /// Its stdout lines, as a handle that outlives the process.
@@ -366,6 +401,21 @@ impl ServiceProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// `path` on the admin port (the gateway's `/metrics`).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     pub fn pid(&self) -> u32 {
