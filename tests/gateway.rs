@@ -694,11 +694,10 @@ async fn a_record_kafka_refuses_does_not_send_the_others_to_the_spool() {
 /// `rejected/` directory, and the deliveries behind it drain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spooled_delivery_kafka_refuses_is_set_aside_and_the_rest_drains() {
-    use callstream_gateway::spool::format::{decode, encode};
+    use callstream_gateway::spool::format::{encode_segment, scan};
     let dir = tempfile::tempdir().unwrap();
     let (big, small) = (spooled_raw("big", 300_000), spooled_raw("small", 100));
-    let mut segment = encode(&big);
-    segment.extend(encode(&small));
+    let segment = encode_segment(&[big.clone(), small]);
     std::fs::write(dir.path().join(format!("{:020}.seg", 1)), segment).unwrap();
 
     let gw = spawn_gateway(|f| {
@@ -713,7 +712,7 @@ async fn a_spooled_delivery_kafka_refuses_is_set_aside_and_the_rest_drains() {
         .join("rejected")
         .join(format!("{:020}-{:06}.seg", 1, 0));
     let kept = std::fs::read(&aside).expect("the refused delivery is kept on disk");
-    assert_eq!(decode(&kept).unwrap().0, big, "byte for byte");
+    assert_eq!(scan(&kept).deliveries, vec![big], "byte for byte");
     assert_eq!(
         gw.metric("callstream_gateway_spool_set_aside_records_total")
             .await,
@@ -757,10 +756,9 @@ async fn a_spooled_delivery_kafka_refuses_is_set_aside_and_the_rest_drains() {
 /// counted as drained twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_delivery_that_cannot_be_set_aside_is_retried_alone() {
-    use callstream_gateway::spool::format::encode;
+    use callstream_gateway::spool::format::encode_segment;
     let dir = tempfile::tempdir().unwrap();
-    let mut segment = encode(&spooled_raw("big", 300_000));
-    segment.extend(encode(&spooled_raw("small", 100)));
+    let segment = encode_segment(&[spooled_raw("big", 300_000), spooled_raw("small", 100)]);
     std::fs::write(dir.path().join(format!("{:020}.seg", 1)), segment).unwrap();
     let in_the_way = dir.path().join("rejected");
     std::fs::write(&in_the_way, b"not a directory").unwrap();

@@ -133,10 +133,18 @@ impl Encoded {
 
 /// One complete frame for a delivery standing first in its file.
 pub fn encode(delivery: &Delivery) -> Vec<u8> {
-    let encoded = Encoded::new(delivery);
-    let mut frame = Vec::with_capacity(encoded.frame_len());
-    encoded.write_at(0, 0, &mut frame);
-    frame
+    encode_segment(std::slice::from_ref(delivery))
+}
+
+/// A whole segment holding `deliveries`, in order. (Frames are bound to
+/// their place: frames encoded one by one do not concatenate into one.)
+pub fn encode_segment(deliveries: &[Delivery]) -> Vec<u8> {
+    let mut segment = Vec::new();
+    for (index, delivery) in deliveries.iter().enumerate() {
+        let offset = segment.len() as u64;
+        Encoded::new(delivery).write_at(offset, index as u32, &mut segment);
+    }
+    segment
 }
 
 fn header_crc(len: u32, index: u32, offset: u64) -> u32 {
@@ -460,14 +468,16 @@ mod tests {
 
     /// A segment as the writer lays it out, and where each frame starts.
     fn segment(deliveries: &[Delivery]) -> (Vec<u8>, Vec<Range<usize>>) {
-        let mut seg = Vec::new();
-        let mut frames = Vec::new();
-        for (i, d) in deliveries.iter().enumerate() {
-            let start = seg.len();
-            Encoded::new(d).write_at(start as u64, i as u32, &mut seg);
-            frames.push(start..seg.len());
-        }
-        (seg, frames)
+        let mut start = 0;
+        let frames = deliveries
+            .iter()
+            .map(|d| {
+                let len = Encoded::new(d).frame_len();
+                start += len;
+                start - len..start
+            })
+            .collect();
+        (encode_segment(deliveries), frames)
     }
 
     fn numbered(n: u8) -> Vec<Delivery> {

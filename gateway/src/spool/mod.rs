@@ -445,7 +445,8 @@ mod tests {
     use crate::publish::header;
     use callstream_schemas::Topic;
 
-    fn records(key: &str, n: usize) -> Vec<OutRecord> {
+    /// One raw record for `key`, its body and request id numbered `n`.
+    pub(super) fn records(key: &str, n: usize) -> Vec<OutRecord> {
         vec![OutRecord {
             topic: Topic::Raw,
             key: key.to_string(),

@@ -177,23 +177,13 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::{header, OutRecord};
+    use crate::spool::tests::records;
     use crate::spool::Spool;
-    use callstream_schemas::Topic;
-
-    fn records(n: usize) -> Vec<OutRecord> {
-        vec![OutRecord {
-            topic: Topic::Raw,
-            key: format!("k{n}"),
-            payload: format!("body-{n}").into_bytes(),
-            headers: vec![header("cs_request_id", format!("req-{n}"))],
-        }]
-    }
 
     async fn fill(dir: &Path, n: usize) {
         let spool = Spool::open(dir, 1 << 20, 1 << 20, Metrics::new()).unwrap();
         for i in 0..n {
-            spool.append(&records(i)).await.unwrap();
+            spool.append(&records(&format!("k{i}"), i)).await.unwrap();
         }
     }
 

@@ -185,19 +185,9 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::publish::{header, OutRecord};
     use crate::spool::format::{self, Delivery};
+    use crate::spool::tests::records;
     use crate::spool::{key_hash, reserve};
-    use callstream_schemas::Topic;
-
-    fn records(key: &str, n: usize) -> Vec<OutRecord> {
-        vec![OutRecord {
-            topic: Topic::Raw,
-            key: key.to_string(),
-            payload: format!("body-{n}").into_bytes(),
-            headers: vec![header("cs_request_id", format!("req-{n}"))],
-        }]
-    }
 
     /// The writer over `file` as segment 1 of `dir`, and its state.
     fn writer_over(dir: &Path, file: File) -> (Writer, Arc<Mutex<State>>) {
