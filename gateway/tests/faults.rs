@@ -470,6 +470,8 @@ async fn workers_sets_the_http_worker_threads_and_defaults_to_one_per_cpu() {
         let mut env = vec![
             ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
             ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
+            // No admin listener: its own worker thread would be counted.
+            ("GATEWAY_ADMIN_LISTEN", String::new()),
         ];
         if let Some(n) = workers {
             env.push(("CALLSTREAM_WORKERS", n.to_string()));
