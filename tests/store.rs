@@ -49,7 +49,7 @@ async fn one_row_per_event_holding_its_newest_revision() {
     assert_eq!(sink.metrics.fenced.get(), 0);
 
     // The typed columns of one answered inbound Xarios call, looked up by
-    // identity through the primary key as the README shows.
+    // identity through the primary key as docs/consumers.md shows.
     client
         .batch_execute(r#"CREATE EXTENSION IF NOT EXISTS "uuid-ossp""#)
         .await

@@ -1,6 +1,6 @@
 //! Fault tests: a Kafka outage under load, kill -9 of the gateway process
 //! under load (with and without Kafka), and overload. Each is bounded in
-//! requests and time. The figures they print are quoted in the README.
+//! requests and time. The figures they print are quoted in docs/operations.md.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -373,7 +373,7 @@ impl std::ops::Deref for Sealed {
 mod tests {
     use super::*;
 
-    /// The namespace is published (schema, README, the store's migration):
+    /// The namespace is published (schema, docs/topics.md, the store's migration):
     /// data teams compute `event_id` from an identity with it.
     #[test]
     fn the_event_id_namespace_is_the_documented_one() {
