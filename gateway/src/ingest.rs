@@ -22,6 +22,7 @@ use callstream_schemas::raw as h;
 use callstream_schemas::{Context, NormalizeError, Provider, RawRequest, Route, Sealed, Topic};
 
 use crate::auth::{redact_query, Auth};
+use crate::body::{Body, OverBudget};
 use crate::deliver::{DeliverError, Deliverer, Stored};
 use crate::error::{ApiError, Overload};
 use crate::metrics::{Metrics, Outcome, SourceMetrics};
@@ -271,96 +272,20 @@ impl Ingest {
         if declared.is_some_and(|len| len > limit) {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        let mut held: Option<SemaphorePermit<'_>> = None;
-        let mut take = |bytes: usize| -> Result<(), ApiError> {
-            let more = u32::try_from(bytes).unwrap_or(u32::MAX);
-            let permit =
-                self.body_budget
-                    .try_acquire_many(more)
-                    .map_err(|_| ApiError::Overloaded {
-                        retry_after_secs: self.retry_after_secs,
-                        reason: Overload::BodyBytes,
-                    })?;
-            match held.as_mut() {
-                Some(held) => held.merge(permit),
-                None => held = Some(permit),
-            }
-            Ok(())
-        };
-        let mut body_bytes = BodyBytes::default();
+        let mut bytes = Body::new(&self.body_budget, limit);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            if body_bytes.len + chunk.len() > limit {
+            if bytes.len() + chunk.len() > limit {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
-            body_bytes.push(chunk, limit, &mut take)?;
+            bytes
+                .push(chunk)
+                .map_err(|OverBudget| ApiError::Overloaded {
+                    retry_after_secs: self.retry_after_secs,
+                    reason: Overload::BodyBytes,
+                })?;
         }
-        Ok((body_bytes.into_bytes(), held))
-    }
-}
-
-/// A body as it arrives, in memory the budget pays for.
-///
-/// A large chunk is kept as the HTTP server read it, not copied: copying
-/// would hold its bytes twice, since the server keeps the read buffer they
-/// came in for the connection's life. A small chunk is copied: kept as it
-/// is, it could pin a read buffer many times its size, and a client
-/// trickling bytes would hold far more memory than the budget counts.
-#[derive(Default)]
-struct BodyBytes {
-    parts: Vec<web::Bytes>,
-    /// Small chunks gathered; paid for by its capacity.
-    small: Vec<u8>,
-    len: usize,
-}
-
-/// At or above the HTTP server's read size (8 KiB), a chunk fills most of
-/// the buffer it was read into.
-const KEEP_CHUNK_BYTES: usize = 8 * 1024;
-
-impl BodyBytes {
-    fn push(
-        &mut self,
-        chunk: web::Bytes,
-        limit: usize,
-        take: &mut impl FnMut(usize) -> Result<(), ApiError>,
-    ) -> Result<(), ApiError> {
-        self.len += chunk.len();
-        if chunk.len() >= KEEP_CHUNK_BYTES {
-            take(chunk.len())?;
-            if !self.small.is_empty() {
-                self.parts.push(std::mem::take(&mut self.small).into());
-            }
-            self.parts.push(chunk);
-            return Ok(());
-        }
-        let needed = self.small.len() + chunk.len();
-        if needed > self.small.capacity() {
-            // Grown by doubling (within the limit), paid for up front.
-            let grown = needed.max(self.small.capacity() * 2).min(limit);
-            take(grown - self.small.capacity())?;
-            self.small.reserve_exact(grown - self.small.len());
-        }
-        self.small.extend_from_slice(&chunk);
-        Ok(())
-    }
-
-    /// The whole body, contiguous (copied only when it came in pieces).
-    fn into_bytes(mut self) -> web::Bytes {
-        if self.parts.is_empty() {
-            return self.small.into();
-        }
-        if !self.small.is_empty() {
-            self.parts.push(self.small.into());
-        }
-        if self.parts.len() == 1 {
-            return self.parts.pop().expect("one part");
-        }
-        let mut whole = Vec::with_capacity(self.len);
-        for part in &self.parts {
-            whole.extend_from_slice(part);
-        }
-        whole.into()
+        Ok(bytes.finish())
     }
 }
 

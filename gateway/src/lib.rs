@@ -7,6 +7,7 @@
 //! provider's payload means lives in `callstream_schemas::providers`.
 
 pub mod auth;
+mod body;
 pub mod config;
 pub mod deliver;
 pub mod embedded;
