@@ -680,41 +680,33 @@ mod tests {
             damages in proptest::collection::vec(damage(), 0..4),
         ) {
             let (mut seg, frames) = segment(&deliveries);
-            let written = seg.len();
-            let mut touched = vec![false; frames.len()];
-            let hit = |range: Range<usize>, touched: &mut Vec<bool>| {
-                for (i, f) in frames.iter().enumerate() {
-                    if range.start < f.end && f.start < range.end {
-                        touched[i] = true;
-                    }
-                }
-            };
+            let written = seg.clone();
             for d in &damages {
                 match d {
                     Damage::Set { at, byte } if !seg.is_empty() => {
                         let i = at.index(seg.len());
-                        if seg[i] != *byte {
-                            seg[i] = *byte;
-                            hit(i..i + 1, &mut touched);
-                        }
+                        seg[i] = *byte;
                     }
                     Damage::Zero { at, len } if !seg.is_empty() => {
                         let i = at.index(seg.len());
                         let end = (i + len).min(seg.len());
-                        if seg[i..end].iter().any(|b| *b != 0) {
-                            seg[i..end].fill(0);
-                            hit(i..end, &mut touched);
-                        }
+                        seg[i..end].fill(0);
                     }
                     Damage::Cut { keep } => {
                         let keep = keep.index(seg.len() + 1);
-                        hit(keep.min(written)..written, &mut touched);
                         seg.truncate(keep);
                     }
                     Damage::Append { garbage } => seg.extend_from_slice(garbage),
                     _ => {}
                 }
             }
+            // A frame is touched when any of its bytes is not what was
+            // written (judged at the end: a later damage may undo an
+            // earlier one, and garbage may refill a cut tail).
+            let touched: Vec<bool> = frames
+                .iter()
+                .map(|f| seg.get(f.clone()) != Some(&written[f.clone()]))
+                .collect();
             let s = scan(&seg);
             let intact: Vec<Delivery> = deliveries
                 .iter()
