@@ -9,7 +9,7 @@ use std::time::Duration;
 use prometheus::Registry;
 
 use callstream_consumers::analytics::AnalyticsWriter;
-use callstream_consumers::runtime::MetricsServer;
+use callstream_runtime::server::MetricsServer;
 use callstream_testkit::count_records;
 use callstream_testkit::expected::{actual, assert_kpis, expected, Kpi};
 use callstream_testkit::sinks::{produce, setup, start_sink, wait_caught_up};

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use callstream_consumers::config::Settings;
 use callstream_consumers::crm::redeliver::{redeliver, RedeliverOptions};
 use callstream_consumers::crm::{CrmConsumer, CrmError};
-use callstream_gateway::config::TopicNames;
-use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_kafka::embedded::EmbeddedBroker;
+use callstream_kafka::TopicNames;
 use callstream_schemas::Topic;
 use callstream_testkit::{count_records, eventually, read_all, Record, PARTITIONS};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use callstream_consumers::config::Settings;
 use callstream_consumers::dedup::{Dedup, DedupMetrics};
-use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_schemas::Topic;
 use callstream_testkit::{
     eventually, onoff_call_event, produce, read_committed_to_end, Record, PARTITIONS,

@@ -17,7 +17,7 @@ use callstream_consumers::dedup::{Dedup, DedupMetrics};
 use callstream_consumers::replay::range::Bound;
 use callstream_consumers::replay::report::{Outcome, Report, Verdict};
 use callstream_consumers::replay::{self, ReplayError, ReplayOptions, Source};
-use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_schemas::Topic;
 use callstream_testkit::{
     eventually, read_all, read_committed_to_end, spawn_gateway, Record, TestGateway, PARTITIONS,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use callstream_gateway::auth::redact_query;
-use callstream_gateway::ingest::event_record;
+use callstream_kafka::wire::event_record;
 use callstream_schemas::{providers, Context, RawRequest, Topic};
 use callstream_testkit::postgres::{Durability, TestCluster};
 use rdkafka::config::ClientConfig;
@@ -40,7 +40,7 @@ pub struct ConsumerRun {
 }
 
 /// Normalizes workload request `i` the way the gateway does.
-pub fn event_of(run: &str, i: u64) -> anyhow::Result<callstream_gateway::publish::OutRecord> {
+pub fn event_of(run: &str, i: u64) -> anyhow::Result<callstream_kafka::publish::OutRecord> {
     let req = workload::request(run, i);
     let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
     let (provider, route) = providers::all()

@@ -262,7 +262,7 @@ fn machine() -> String {
 }
 
 fn broker(partitions: i32) -> anyhow::Result<()> {
-    use callstream_gateway::embedded::EmbeddedBroker;
+    use callstream_kafka::embedded::EmbeddedBroker;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -22,6 +22,6 @@ pub fn start(name: &'static str, about: &'static str) -> anyhow::Result<Settings
     let matches = Cli::command().name(name).about(about).get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
     let settings = Settings::load(cli.config.as_deref())?;
-    callstream_gateway::telemetry::init(settings.log_format);
+    callstream_runtime::telemetry::init(settings.log_format);
     Ok(settings)
 }

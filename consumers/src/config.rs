@@ -4,7 +4,6 @@
 //! `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL` and `METRICS_LISTEN`.
 //! Each binary reads the sections it needs and validates them at start-up.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -13,7 +12,9 @@ use figment::Figment;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use callstream_gateway::config::{layered, LogFormat};
+pub use callstream_kafka::{ClientSettings, TopicNames};
+use callstream_runtime::config::layered;
+pub use callstream_runtime::config::{invalid, ConfigError, LogFormat};
 use callstream_schemas::Topic;
 
 #[derive(Debug, Deserialize)]
@@ -24,7 +25,7 @@ pub struct Settings {
     pub metrics_listen: String,
     /// PostgreSQL URL (`DATABASE_URL`); needed by store and analytics.
     pub database_url: Option<SecretString>,
-    pub kafka: KafkaSettings,
+    pub kafka: ClientSettings,
     pub topics: TopicNames,
     pub dedup: DedupSettings,
     /// `callstream-store`: unique events into the `events` table.
@@ -34,74 +35,6 @@ pub struct Settings {
     pub crm: crate::crm::CrmSettings,
     /// `callstream-recordings`: recordings and voicemails into object storage.
     pub recordings: crate::recordings::RecordingsSettings,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSettings {
-    /// Comma-separated brokers (`KAFKA_BOOTSTRAP_SERVERS`). Required.
-    pub bootstrap_servers: String,
-    /// Extra librdkafka properties for every client (security, SASL, ...).
-    /// Nested levels join with dots, as in the gateway.
-    #[serde(deserialize_with = "callstream_gateway::config::dotted_properties")]
-    pub properties: BTreeMap<String, String>,
-    /// Over `properties`, for the process's consumers only (group, fetch and
-    /// session settings), so its producers do not warn about them.
-    #[serde(
-        default,
-        deserialize_with = "callstream_gateway::config::dotted_properties"
-    )]
-    pub consumer_properties: BTreeMap<String, String>,
-    /// Over `properties`, for the process's producers only (dedup's output,
-    /// dead letters, recordings events, replay).
-    #[serde(
-        default,
-        deserialize_with = "callstream_gateway::config::dotted_properties"
-    )]
-    pub producer_properties: BTreeMap<String, String>,
-}
-
-impl KafkaSettings {
-    /// `properties`, then the role's own (which win).
-    pub fn properties_for(
-        &self,
-        role: crate::kafka::Role,
-    ) -> impl Iterator<Item = (&String, &String)> {
-        let own = match role {
-            crate::kafka::Role::Consumer => &self.consumer_properties,
-            crate::kafka::Role::Producer => &self.producer_properties,
-        };
-        self.properties.iter().chain(own)
-    }
-}
-
-/// Topic names; see `callstream_schemas::Topic` for what each carries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicNames {
-    pub raw: String,
-    pub events: String,
-    pub dlq: String,
-    pub events_unique: String,
-    pub dedup_state: String,
-    pub crm_dlq: String,
-    pub recordings: String,
-    pub recordings_dlq: String,
-}
-
-impl TopicNames {
-    pub fn name(&self, topic: Topic) -> &str {
-        match topic {
-            Topic::Raw => &self.raw,
-            Topic::Events => &self.events,
-            Topic::Dlq => &self.dlq,
-            Topic::EventsUnique => &self.events_unique,
-            Topic::DedupState => &self.dedup_state,
-            Topic::CrmDlq => &self.crm_dlq,
-            Topic::Recordings => &self.recordings,
-            Topic::RecordingsDlq => &self.recordings_dlq,
-        }
-    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -199,7 +132,7 @@ impl AnalyticsSettings {
 struct Defaults {
     log_format: LogFormat,
     metrics_listen: &'static str,
-    kafka: KafkaSettings,
+    kafka: ClientSettings,
     topics: TopicNames,
     dedup: DedupSettings,
     store: BatchSettings,
@@ -212,17 +145,8 @@ fn defaults() -> Defaults {
     Defaults {
         log_format: LogFormat::Auto,
         metrics_listen: "0.0.0.0:9090",
-        kafka: KafkaSettings::default(),
-        topics: TopicNames {
-            raw: Topic::Raw.default_name().into(),
-            events: Topic::Events.default_name().into(),
-            dlq: Topic::Dlq.default_name().into(),
-            events_unique: Topic::EventsUnique.default_name().into(),
-            dedup_state: Topic::DedupState.default_name().into(),
-            crm_dlq: Topic::CrmDlq.default_name().into(),
-            recordings: Topic::Recordings.default_name().into(),
-            recordings_dlq: Topic::RecordingsDlq.default_name().into(),
-        },
+        kafka: ClientSettings::default(),
+        topics: TopicNames::default(),
         dedup: DedupSettings {
             group_id: "callstream-dedup".into(),
             transactional_id: "callstream-dedup-0".into(),
@@ -245,21 +169,6 @@ fn defaults() -> Defaults {
         },
         crm: crate::crm::CrmSettings::default(),
         recordings: crate::recordings::RecordingsSettings::default(),
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("invalid configuration: `{setting}` {problem}")]
-    Invalid { setting: String, problem: String },
-}
-
-pub fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting: setting.into(),
-        problem: problem.into(),
     }
 }
 
@@ -327,16 +236,7 @@ impl Settings {
         if self.dedup.window_secs == 0 {
             return Err(invalid("dedup.window_secs", "must be greater than 0"));
         }
-        let topics: Vec<(&str, &str)> = Topic::ALL
-            .iter()
-            .map(|t| (t.label(), self.topics.name(*t)))
-            .collect();
-        if let Some((first, second)) = callstream_gateway::config::shared_topic(&topics) {
-            return Err(invalid(
-                format!("topics.{second}"),
-                format!("must differ from `topics.{first}`: each topic carries one kind of record"),
-            ));
-        }
+        self.topics.validate(&Topic::ALL)?;
         self.recordings.validate()?;
         self.crm.validate()
     }

@@ -51,7 +51,7 @@ use tokio::sync::watch;
 use callstream_schemas::{Event, Topic};
 
 use crate::config::{invalid, ConfigError, Settings};
-use crate::runtime::wait_for;
+use callstream_runtime::shutdown::wait_for;
 use deliver::Deliverer;
 use metrics::CrmMetrics;
 use settings::{TargetKind, TargetSettings};
@@ -103,9 +103,10 @@ impl CrmConsumer {
         let crm = &settings.crm;
         crm.require_targets()?;
         let metrics = CrmMetrics::register(registry)?;
-        let producer: FutureProducer = crate::kafka::durable_producer_config(&settings.kafka)
-            .create()
-            .map_err(CrmError::Producer)?;
+        let producer: FutureProducer =
+            callstream_kafka::client::durable_producer_config(&settings.kafka)
+                .create()
+                .map_err(CrmError::Producer)?;
         let mut targets = Vec::with_capacity(crm.targets.len());
         for (name, target) in &crm.targets {
             let group = crm.group_id(name);
@@ -113,7 +114,7 @@ impl CrmConsumer {
                 target: name.clone(),
                 source,
             };
-            let consumer = crate::kafka::slow_record_consumer_config(
+            let consumer = callstream_kafka::client::slow_record_consumer_config(
                 &settings.kafka,
                 &group,
                 target.worst_case_record(),

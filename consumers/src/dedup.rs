@@ -35,18 +35,18 @@ use std::time::{Duration, Instant};
 use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use callstream_schemas::event::REVISION_HEADER;
 use callstream_schemas::Topic;
 
-use crate::config::{KafkaSettings, Settings};
-use crate::kafka::{client_config, client_config_with, consumer_config, Role, TrackingContext};
+use crate::config::{ClientSettings, Settings};
+use callstream_kafka::client::{client_config, client_config_with, consumer_config, Role};
+use callstream_kafka::consume::TrackingContext;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Changelog key of a partition's position record; no identity starts with NUL.
@@ -305,7 +305,7 @@ pub struct Dedup {
     input: String,
     output: String,
     changelog: String,
-    kafka: KafkaSettings,
+    kafka: ClientSettings,
     window_ms: i64,
     batch_max: usize,
     linger: Duration,
@@ -379,12 +379,15 @@ impl Dedup {
     /// Runs until `shutdown`; the batch in hand is committed first.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         self.consumer.subscribe(&[&self.input])?;
-        let lag = crate::kafka::LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
+        let lag = callstream_kafka::lag::LagReporter::spawn(
+            self.consumer.clone(),
+            self.metrics.lag.clone(),
+        );
         while !*shutdown.borrow() {
             let batch = tokio::select! {
                 // Records are detached (copied) so a batch can be held across awaits.
-                batch = crate::kafka::next_batch(&self.consumer, self.batch_max, self.linger, |m| m.detach()) => batch?,
-                _ = crate::runtime::wait_for(&mut shutdown) => break,
+                batch = callstream_kafka::consume::next_batch(&self.consumer, self.batch_max, self.linger, |m| m.detach()) => batch?,
+                _ = callstream_runtime::shutdown::wait_for(&mut shutdown) => break,
             };
             self.apply_assignment_changes().await?;
             if let Err(err) = self.process(&batch).await {
@@ -589,18 +592,8 @@ fn forward(
     msg: &OwnedMessage,
     revision: u32,
 ) -> Result<(), KafkaError> {
-    let revision = revision.to_string();
-    let mut headers = OwnedHeaders::new();
-    if let Some(hs) = msg.headers() {
-        for h in hs.iter().filter(|h| h.key != REVISION_HEADER) {
-            headers = headers.insert(h);
-        }
-    }
-    headers = headers.insert(Header {
-        key: REVISION_HEADER,
-        value: Some(revision.as_bytes()),
-    });
-    let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+        .headers(callstream_kafka::wire::unique_headers(msg, revision));
     if let Some(key) = msg.key() {
         record = record.key(key);
     }
@@ -730,7 +723,7 @@ impl rdkafka::consumer::ConsumerContext for RestoreContext {}
 /// Rebuilds the state and position of `partitions` by reading their
 /// changelog partitions from the beginning to the end (committed records only).
 pub async fn restore(
-    kafka: &KafkaSettings,
+    kafka: &ClientSettings,
     changelog: &str,
     partitions: &[i32],
 ) -> anyhow::Result<HashMap<i32, Restored>> {

@@ -21,10 +21,13 @@ use tokio_postgres::Client;
 use callstream_schemas::Topic;
 
 use crate::config::{BatchSettings, Settings};
-use crate::kafka::{consumer_config, TrackingContext};
 use crate::pg;
 use crate::pg_sink::{PgSink, PgWriter, SinkMetrics};
-use crate::runtime::{error_chain, pause, shutdown_on_signal, MetricsServer};
+use callstream_kafka::client::consumer_config;
+use callstream_kafka::consume::TrackingContext;
+use callstream_runtime::error_chain;
+use callstream_runtime::server::MetricsServer;
+use callstream_runtime::shutdown::{on_signal, pause};
 
 /// Runs `writer` over `callstream.events.unique.v1` until SIGTERM/SIGINT.
 /// `name` prefixes the metrics (`callstream_<name>_...`); `batch` is the
@@ -42,7 +45,7 @@ pub async fn run<W: PgWriter>(
     let metrics_port = metrics_server.port;
     let metrics_handle = metrics_server.spawn();
 
-    let shutdown = shutdown_on_signal()?;
+    let shutdown = on_signal()?;
     let metrics = SinkMetrics::new(&registry, name);
     let Some(mut clients) = connect_all(
         database_url,

@@ -48,8 +48,9 @@ use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 
-use crate::kafka::{decode_unique, TrackingContext, UniqueEvent};
 use crate::pg;
+use callstream_kafka::consume::TrackingContext;
+use callstream_kafka::wire::{decode_unique, UniqueEvent};
 
 /// What a PostgreSQL consumer does with a batch, inside the transaction.
 pub trait PgWriter: Send + Sync {
@@ -181,11 +182,14 @@ impl<W: PgWriter> PgSink<W> {
         self.consumer.subscribe(&[&self.topic])?;
         // Partition → stored next offset; absent = not read from the database yet.
         let mut positions: HashMap<i32, Option<i64>> = HashMap::new();
-        let lag = crate::kafka::LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
+        let lag = callstream_kafka::lag::LagReporter::spawn(
+            self.consumer.clone(),
+            self.metrics.lag.clone(),
+        );
         while !*shutdown.borrow() {
             let batch = tokio::select! {
-                batch = crate::kafka::next_batch(&self.consumer, self.batch_max, self.linger, received) => batch?,
-                _ = crate::runtime::wait_for(&mut shutdown) => break,
+                batch = callstream_kafka::consume::next_batch(&self.consumer, self.batch_max, self.linger, received) => batch?,
+                _ = callstream_runtime::shutdown::wait_for(&mut shutdown) => break,
             };
             let changes = self.consumer.context().take_changes();
             for p in changes.assigned.iter().chain(&changes.revoked) {
@@ -448,7 +452,7 @@ impl Retry<'_> {
         };
         tokio::select! {
             _ = wait => !*self.shutdown.borrow(),
-            _ = crate::runtime::wait_for(&mut shutdown) => false,
+            _ = callstream_runtime::shutdown::wait_for(&mut shutdown) => false,
         }
     }
 }

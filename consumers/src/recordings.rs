@@ -121,14 +121,14 @@ impl RecordingsConsumer {
         let archive = Archive::open(&recordings.store)?;
         let location = archive.describe();
         let downloader = Downloader::new(recordings, archive, metrics.clone(), redactor.clone())?;
-        let consumer = crate::kafka::slow_record_consumer_config(
+        let consumer = callstream_kafka::client::slow_record_consumer_config(
             &settings.kafka,
             &recordings.group_id,
             recordings.worst_case_record(),
         )
         .create()?;
         let producer: FutureProducer =
-            crate::kafka::durable_producer_config(&settings.kafka).create()?;
+            callstream_kafka::client::durable_producer_config(&settings.kafka).create()?;
         Ok(RecordingsConsumer {
             archive_loop: ArchiveLoop {
                 group: recordings.group_id.clone(),

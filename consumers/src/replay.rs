@@ -8,7 +8,7 @@
 //! becomes the request the gateway saw, with the original `cs_received_at`
 //! and `cs_request_id` ([`rebuild`]), is normalized by the current code, and
 //! is published to `callstream.events.v1` by the gateway's own record builder
-//! ([`callstream_gateway::ingest::event_record`]: same key, value and
+//! ([`callstream_kafka::wire::event_record`]: same key, value and
 //! CloudEvents headers) and publisher (idempotent, `acks=all`, the same
 //! partitioner, so an identity stays on its partition).
 //!
@@ -58,13 +58,16 @@ use chrono::{DateTime, Utc};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 
-use callstream_gateway::ingest::event_record;
-use callstream_gateway::publish::{OutRecord, PublishError, Publisher};
+use callstream_kafka::client::{client_config, Role};
+use callstream_kafka::publish::{
+    OutRecord, PublishError, PublishMetrics, PublishOptions, Publisher,
+};
+use callstream_kafka::wire::event_record;
 use callstream_schemas::raw::H_REQUEST_ID;
 use callstream_schemas::Topic;
 
 use crate::config::Settings;
-use crate::kafka::header;
+use callstream_kafka::wire::header_str as header;
 use range::{Bound, Lookup};
 use reader::RangeReader;
 use rebuild::Renormalizer;
@@ -338,33 +341,32 @@ impl Originals {
     }
 }
 
-/// The gateway's publisher, configured for a replay.
+/// The durable publisher, configured for a replay. Its metrics are never
+/// exported: the report is the output.
 fn publisher(settings: &Settings) -> Result<Publisher, ReplayError> {
-    let kafka = &settings.kafka;
-    let properties = kafka
-        .properties_for(crate::kafka::Role::Producer)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let kafka = callstream_gateway::config::KafkaSettings {
-        bootstrap_servers: kafka.bootstrap_servers.clone(),
-        publish_timeout_ms: PUBLISH_TIMEOUT_MS,
-        linger_ms: 5.0,
-        // Only the embedded broker reads it; a replay never starts one.
-        embedded_partitions: 1,
-        properties,
+    let metric = |name: &str, labels: &[&str]| {
+        prometheus::IntCounterVec::new(prometheus::Opts::new(name, name), labels)
+            .expect("a valid metric")
     };
-    let topics = callstream_gateway::config::TopicNames {
-        raw: settings.topics.name(Topic::Raw).to_string(),
-        events: settings.topics.name(Topic::Events).to_string(),
-        dlq: settings.topics.name(Topic::Dlq).to_string(),
+    let metrics = PublishMetrics {
+        produce_duration: prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new("produce_duration_seconds", "-"),
+            &["topic"],
+        )
+        .expect("a valid metric"),
+        records_published: metric("records_published", &["topic"]),
+        produce_errors: metric("produce_errors", &["topic", "kind"]),
     };
     Publisher::new(
-        &kafka,
-        &kafka.bootstrap_servers,
-        topics,
-        MAX_RECORD_BYTES,
-        // The gateway's metrics, never exported: the report is the output.
-        callstream_gateway::metrics::Metrics::new(),
+        client_config(&settings.kafka, Role::Producer),
+        PublishOptions {
+            timeout_ms: PUBLISH_TIMEOUT_MS,
+            linger_ms: 5.0,
+            max_body_bytes: MAX_RECORD_BYTES,
+        },
+        settings.topics.clone(),
+        &[Topic::Events, Topic::Dlq],
+        metrics,
     )
     .map_err(ReplayError::kafka("creating the producer"))
 }

@@ -22,9 +22,9 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
-use crate::kafka::UniqueEvent;
 use crate::pg_sink::PgWriter;
 use crate::unique::{direction_str, latest_revisions, status_str};
+use callstream_kafka::wire::UniqueEvent;
 
 /// Columns written from a record, with their array types for `unnest`.
 /// `stored_at` is left to its default.

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use callstream_schemas::{Direction, Status};
 
-use crate::kafka::UniqueEvent;
+use callstream_kafka::wire::UniqueEvent;
 
 /// The highest revision of each `event_id` in `batch`, in first-seen order.
 ///

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_testkit::expected::{actual, assert_kpis, assert_newest_revisions, expected};
 use callstream_testkit::postgres::TestDatabase;
 use callstream_testkit::sinks::{broker, produce, stored_position, wait_caught_up};

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_schemas::Topic;
 use callstream_testkit::{
     onoff_call_event, produce, read_committed_to_end, ServiceProcess, PARTITIONS,

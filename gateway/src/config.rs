@@ -8,12 +8,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::Serialized;
 use figment::Figment;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use callstream_schemas::{providers, Topic};
+pub use callstream_kafka::TopicNames;
+use callstream_runtime::config::{dotted_properties, invalid, layered};
+pub use callstream_runtime::config::{ConfigError, LogFormat};
+use callstream_schemas::providers;
 
 /// Providers give up after 10 s. A publish may take its deadline plus up to
 /// 2 s (librdkafka's timeout scan and our safety margin) and a spool write
@@ -64,14 +67,6 @@ pub struct Settings {
     pub sources: BTreeMap<String, SourceSettings>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Auto,
-    Json,
-    Pretty,
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
@@ -93,55 +88,6 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
 }
 
-/// librdkafka properties, their names joined with dots wherever the
-/// configuration nested them: `CALLSTREAM_KAFKA__PROPERTIES__SASL__USERNAME`
-/// (the environment cannot spell a dot) and a TOML `[kafka.properties.sasl]`
-/// table both give `sasl.username`, as the quoted TOML key
-/// `"sasl.username"` does. Values may be strings, numbers or booleans
-/// (the environment reads `6000` as a number). Given both ways, the nested
-/// spelling wins: it is the one the environment, the top layer, writes.
-pub fn dotted_properties<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Node {
-        Text(String),
-        Integer(i64),
-        Float(f64),
-        Flag(bool),
-        Table(BTreeMap<String, Node>),
-    }
-    fn flatten(prefix: &str, table: BTreeMap<String, Node>, out: &mut BTreeMap<String, String>) {
-        // Leaves first, so a nested value overwrites a quoted dotted key.
-        let (leaves, tables): (Vec<_>, Vec<_>) = table
-            .into_iter()
-            .partition(|(_, node)| !matches!(node, Node::Table(_)));
-        for (key, node) in leaves.into_iter().chain(tables) {
-            let name = if prefix.is_empty() {
-                key
-            } else {
-                format!("{prefix}.{key}")
-            };
-            let value = match node {
-                Node::Text(s) => s,
-                Node::Integer(n) => n.to_string(),
-                Node::Float(x) => x.to_string(),
-                Node::Flag(b) => b.to_string(),
-                Node::Table(inner) => {
-                    flatten(&name, inner, out);
-                    continue;
-                }
-            };
-            out.insert(name, value);
-        }
-    }
-    let mut out = BTreeMap::new();
-    flatten("", BTreeMap::deserialize(deserializer)?, &mut out);
-    Ok(out)
-}
-
 /// The local write-ahead spool that takes deliveries while Kafka cannot.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,52 +102,7 @@ pub struct SpoolSettings {
     pub segment_bytes: u64,
 }
 
-/// Topic names; see `callstream_schemas::Topic` for what each carries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicNames {
-    pub raw: String,
-    pub events: String,
-    pub dlq: String,
-}
-
-impl Default for TopicNames {
-    fn default() -> Self {
-        TopicNames {
-            raw: Topic::Raw.default_name().into(),
-            events: Topic::Events.default_name().into(),
-            dlq: Topic::Dlq.default_name().into(),
-        }
-    }
-}
-
-/// The first two settings of `topics` (setting, name) that name the same
-/// topic. Records of two kinds in one topic break its schema for every
-/// subscriber (and a consumer reading its own output loops), so the
-/// gateway and the consumers refuse that at start-up.
-pub fn shared_topic<'a>(topics: &[(&'a str, &str)]) -> Option<(&'a str, &'a str)> {
-    topics.iter().enumerate().find_map(|(i, (first, name))| {
-        topics[i + 1..]
-            .iter()
-            .find(|(_, other)| other.trim() == name.trim())
-            .map(|(second, _)| (*first, *second))
-    })
-}
-
-impl TopicNames {
-    pub fn name(&self, topic: Topic) -> &str {
-        match topic {
-            Topic::Raw => &self.raw,
-            Topic::Events => &self.events,
-            Topic::Dlq => &self.dlq,
-            other => other.default_name(),
-        }
-    }
-}
-
-/// `sources.<provider>.tenant` unless configured: the tenant of events
-/// whose payload and source name none.
-pub const DEFAULT_TENANT: &str = "default";
+pub use callstream_schemas::DEFAULT_TENANT;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -282,43 +183,6 @@ fn defaults() -> Defaults {
             .iter()
             .map(|p| (p.id().as_str().to_string(), BTreeMap::new()))
             .collect(),
-    }
-}
-
-/// The layering every callstream binary uses, over `defaults`: the TOML
-/// `file`, then `CALLSTREAM_*` variables (`__` between levels), then the
-/// plain variables `KAFKA_BOOTSTRAP_SERVERS` and `plain` (variable, setting).
-pub fn layered(defaults: Figment, file: Option<&Path>, plain: &[(&str, &str)]) -> Figment {
-    let mut figment = defaults;
-    if let Some(file) = file {
-        figment = figment.merge(Toml::file_exact(file));
-    }
-    // CALLSTREAM_CONFIG names the file itself; it is not a setting.
-    figment = figment.merge(Env::prefixed("CALLSTREAM_").ignore(&["config"]).split("__"));
-    let bootstrap = [("KAFKA_BOOTSTRAP_SERVERS", "kafka.bootstrap_servers")];
-    for (variable, setting) in bootstrap.iter().chain(plain) {
-        let setting = setting.to_string();
-        figment = figment.merge(
-            Env::raw()
-                .only(&[variable])
-                .map(move |_| setting.clone().into()),
-        );
-    }
-    figment
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("invalid configuration: `{setting}` {problem}")]
-    Invalid { setting: String, problem: String },
-}
-
-fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting: setting.into(),
-        problem: problem.into(),
     }
 }
 
@@ -427,7 +291,7 @@ impl Settings {
         if k.embedded_partitions < 1 {
             return Err(invalid("kafka.embedded_partitions", "must be at least 1"));
         }
-        for fixed in ["acks", "enable.idempotence", "bootstrap.servers"] {
+        for fixed in callstream_kafka::client::FIXED_PROPERTIES {
             if k.properties.contains_key(fixed) {
                 return Err(invalid(
                     format!("kafka.properties.{fixed}"),
@@ -435,25 +299,7 @@ impl Settings {
                 ));
             }
         }
-        for (name, topic) in [
-            ("raw", &self.topics.raw),
-            ("events", &self.topics.events),
-            ("dlq", &self.topics.dlq),
-        ] {
-            if topic.trim().is_empty() {
-                return Err(invalid(format!("topics.{name}"), "must not be empty"));
-            }
-        }
-        if let Some((first, second)) = shared_topic(&[
-            ("raw", &self.topics.raw),
-            ("events", &self.topics.events),
-            ("dlq", &self.topics.dlq),
-        ]) {
-            return Err(invalid(
-                format!("topics.{second}"),
-                format!("must differ from `topics.{first}`: each topic carries one kind of record"),
-            ));
-        }
+        self.topics.validate(&crate::deliver::PUBLISHED_TOPICS)?;
         let known = providers::all();
         let mut seen_paths = BTreeMap::new();
         for (source, cfg) in &self.sources {
@@ -522,6 +368,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use callstream_schemas::Topic;
 
     fn load(f: impl FnOnce(Figment) -> Figment) -> Result<Settings, ConfigError> {
         Settings::from_figment(f(Settings::defaults()))

@@ -8,25 +8,26 @@
 //! normalized still gets 200 once it is in the DLQ: a 4xx would only make the
 //! provider retry the same bytes and then drop them.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{SecondsFormat, SubsecRound, Utc};
+use chrono::{SubsecRound, Utc};
 use futures_util::StreamExt;
 use tokio::sync::SemaphorePermit;
 use tracing_actix_web::RequestId;
 
 use callstream_schemas::raw as h;
-use callstream_schemas::{Context, NormalizeError, Provider, RawRequest, Route, Sealed, Topic};
+use callstream_schemas::{Context, NormalizeError, Provider, RawRequest, Route, Topic};
 
 use crate::auth::{redact_query, Auth};
 use crate::body::{Body, OverBudget};
 use crate::deliver::{DeliverError, Deliverer, Stored};
 use crate::error::{ApiError, Overload};
 use crate::metrics::{Metrics, Outcome, SourceMetrics};
-use crate::publish::{header, HeaderPair, OutRecord};
+use callstream_kafka::wire::{dlq_record, event_record, raw_record, Delivery};
 
 /// Everything a provider route needs, attached to its actix resource.
 pub struct SourceRoute {
@@ -174,23 +175,19 @@ impl Ingest {
             request_id,
             raw_topic: self.deliverer.publisher().topics().name(Topic::Raw),
         };
-        let mut raw_headers = vec![
-            header(h::H_REQUEST_ID, request_id),
-            header(h::H_SOURCE, source_name),
-            header(h::H_ROUTE, source.route.name),
-            header(h::H_METHOD, raw.method),
-            header(h::H_PATH, req.path()),
-            header(h::H_QUERY, query.as_str()),
-            header(
-                h::H_RECEIVED_AT,
-                received_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-            ),
-            header(h::H_SOURCE_TENANT, source.tenant.as_str()),
-        ];
-        if let Some(ct) = content_type {
-            raw_headers.push(header(h::H_CONTENT_TYPE, ct));
+        let raw_headers = Delivery {
+            request_id: request_id.into(),
+            source: source_name.into(),
+            route: source.route.name.into(),
+            method: raw.method.into(),
+            path: req.path().into(),
+            query: query.as_str().into(),
+            content_type: content_type.map(Into::into),
+            received_at,
+            source_tenant: Some(source.tenant.as_str().into()),
+            copied: copied_headers(req).collect(),
         }
-        raw_headers.extend(copied_headers(req));
+        .headers();
 
         let limit = self.deliverer.publisher().max_record_bytes();
         let normalized = source.provider.normalize(&raw, &ctx).and_then(|event| {
@@ -210,13 +207,8 @@ impl Ingest {
         });
         let (outcome, records) = match normalized {
             Ok(event_record) => {
-                let raw_record = OutRecord {
-                    topic: Topic::Raw,
-                    key: event_record.key.clone(),
-                    // The read buffer itself: not copied.
-                    payload: Vec::from(body),
-                    headers: raw_headers,
-                };
+                // The read buffer itself: not copied.
+                let raw_record = raw_record(event_record.key.clone(), Vec::from(body), raw_headers);
                 (Outcome::Published, [raw_record, event_record])
             }
             Err(err) => {
@@ -225,13 +217,14 @@ impl Ingest {
                     .dlq_records
                     .with_label_values(&[source_name, err.code()])
                     .inc();
-                let dlq_record = dlq_record(request_id, &body, &raw_headers, &err);
-                let raw_record = OutRecord {
-                    topic: Topic::Raw,
-                    key: request_id.to_string(),
-                    payload: body.to_vec(),
-                    headers: raw_headers,
-                };
+                let dlq_record = dlq_record(
+                    request_id,
+                    &body,
+                    &raw_headers,
+                    err.code(),
+                    &err.to_string(),
+                );
+                let raw_record = raw_record(request_id.to_string(), body.to_vec(), raw_headers);
                 (Outcome::DeadLettered, [raw_record, dlq_record])
             }
         };
@@ -289,57 +282,10 @@ impl Ingest {
     }
 }
 
-fn copied_headers(req: &HttpRequest) -> impl Iterator<Item = HeaderPair> + '_ {
-    h::COPIED_HEADERS
-        .iter()
-        .filter_map(|(name, key)| req.headers().get(*name).map(|v| header(key, v.as_bytes())))
-}
-
-/// The normalized record: the sealed event's JSON, keyed by identity so
-/// every resend of one event lands on one partition, with CloudEvents
-/// Kafka-binding headers.
-/// `ce_id` is the fingerprint: equal `ce_id` means an exact resend.
-/// `callstream-replay` publishes re-derived events with it too, so a replayed
-/// event is the very record the gateway would have published.
-pub fn event_record(event: Sealed) -> OutRecord {
-    let (event, payload) = event.into_parts();
-    let time = event.started_at.unwrap_or(event.received_at);
-    OutRecord {
-        topic: Topic::Events,
-        headers: vec![
-            header("ce_specversion", "1.0"),
-            header("ce_id", event.fingerprint.as_str()),
-            header(
-                "ce_source",
-                format!("/callstream/{}/{}", event.provider.as_str(), event.tenant),
-            ),
-            header(
-                "ce_type",
-                format!("io.callstream.{}.v1", event.kind.as_str()),
-            ),
-            header("ce_subject", event.identity.as_str()),
-            header("ce_time", time.to_rfc3339_opts(SecondsFormat::Millis, true)),
-            header("content-type", "application/json"),
-            header(h::H_REQUEST_ID, event.raw.request_id.as_str()),
-        ],
-        key: event.identity,
-        payload,
-    }
-}
-
-fn dlq_record(
-    request_id: &str,
-    body: &[u8],
-    raw_headers: &[HeaderPair],
-    err: &NormalizeError,
-) -> OutRecord {
-    let mut headers = raw_headers.to_vec();
-    headers.push(header(h::H_DLQ_REASON, err.code()));
-    headers.push(header(h::H_DLQ_DETAIL, err.to_string()));
-    OutRecord {
-        topic: Topic::Dlq,
-        key: request_id.to_string(),
-        payload: body.to_vec(),
-        headers,
-    }
+fn copied_headers(req: &HttpRequest) -> impl Iterator<Item = (&'static str, Cow<'_, [u8]>)> + '_ {
+    h::COPIED_HEADERS.iter().filter_map(|(name, key)| {
+        req.headers()
+            .get(*name)
+            .map(|v| (*key, Cow::Borrowed(v.as_bytes())))
+    })
 }

@@ -3,19 +3,17 @@
 //!
 //! Reading order for a newcomer: [`startup`] (routes) → [`ingest`] (the one
 //! handler) → [`deliver`] (Kafka, or the local [`spool`] when Kafka cannot)
-//! → [`publish`] (Kafka, and the durability guarantee). What each
+//! → `callstream_kafka::publish` (Kafka, and the durability guarantee). What each
 //! provider's payload means lives in `callstream_schemas::providers`.
 
 pub mod auth;
 mod body;
 pub mod config;
 pub mod deliver;
-pub mod embedded;
 pub mod error;
 pub mod ingest;
 mod keylock;
 pub mod metrics;
-pub mod publish;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;

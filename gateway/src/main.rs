@@ -4,10 +4,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use callstream_gateway::config::Settings;
-use callstream_gateway::embedded::EmbeddedBroker;
 use callstream_gateway::metrics::Metrics;
 use callstream_gateway::startup::Application;
-use callstream_gateway::telemetry;
+use callstream_kafka::embedded::EmbeddedBroker;
+use callstream_runtime::telemetry;
 
 /// callstream webhook gateway: provider webhooks in, durable Kafka records out.
 #[global_allocator]

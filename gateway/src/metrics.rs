@@ -2,6 +2,7 @@
 //! only (source, outcome, topic label, error kind): never an id, a number,
 //! a key or a raw error message.
 
+use callstream_kafka::publish::PublishMetrics;
 use callstream_schemas::NormalizeError;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -77,9 +78,8 @@ pub struct Metrics {
     pub body_bytes_held: IntGauge,
     pub auth_failures: IntCounterVec,
     pub dlq_records: IntCounterVec,
-    pub produce_duration: HistogramVec,
-    pub produce_errors: IntCounterVec,
-    pub records_published: IntCounterVec,
+    /// Kafka's answers to the publisher, by topic.
+    pub publish: PublishMetrics,
     pub embedded_broker_discarded: IntCounterVec,
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
@@ -94,10 +94,6 @@ pub struct Metrics {
     pub spool_undeleted: IntGauge,
     pub kafka_degraded: IntGauge,
 }
-
-/// The `kind` label of `callstream_gateway_kafka_produce_errors_total`
-/// ([`crate::publish::classify`], or no answer in time).
-pub const PRODUCE_ERROR_KINDS: [&str; 3] = ["timeout", "retriable", "fatal"];
 
 /// Latency buckets in seconds, dense below 10 ms where the gateway should live.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -245,9 +241,11 @@ impl Metrics {
             body_bytes_held,
             auth_failures,
             dlq_records,
-            produce_duration,
-            produce_errors,
-            records_published,
+            publish: PublishMetrics {
+                produce_duration,
+                records_published,
+                produce_errors,
+            },
             embedded_broker_discarded,
             spool_records,
             spool_bytes,
@@ -287,14 +285,7 @@ impl Metrics {
                 self.dlq_records.with_label_values(&[source, reason]);
             }
         }
-        for topic in crate::publish::PUBLISHED_TOPICS {
-            let label = topic.label();
-            self.produce_duration.with_label_values(&[label]);
-            self.records_published.with_label_values(&[label]);
-            for kind in PRODUCE_ERROR_KINDS {
-                self.produce_errors.with_label_values(&[label, kind]);
-            }
-        }
+        self.publish.prepare(&crate::deliver::PUBLISHED_TOPICS);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -14,16 +14,17 @@ use actix_web::http::Method as HttpMethod;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use tracing_actix_web::TracingLogger;
 
+use callstream_kafka::publish::{PublishOptions, Publisher};
 use callstream_schemas::provider::Method;
 use callstream_schemas::providers;
+use rdkafka::ClientConfig;
 
 use crate::auth::Auth;
 use crate::config::Settings;
-use crate::deliver::Deliverer;
+use crate::deliver::{Deliverer, PUBLISHED_TOPICS};
 use crate::error::ApiError;
 use crate::ingest::{self, Ingest, SourceRoute};
 use crate::metrics::Metrics;
-use crate::publish::Publisher;
 use crate::spool::Spool;
 use crate::telemetry::RedactingRootSpan;
 
@@ -58,12 +59,21 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new();
+        let mut client = ClientConfig::new();
+        for (key, value) in &settings.kafka.properties {
+            client.set(key, value);
+        }
+        client.set("bootstrap.servers", &settings.kafka.bootstrap_servers);
         let publisher = Publisher::new(
-            &settings.kafka,
-            &settings.kafka.bootstrap_servers,
+            client,
+            PublishOptions {
+                timeout_ms: settings.kafka.publish_timeout_ms,
+                linger_ms: settings.kafka.linger_ms,
+                max_body_bytes: settings.max_body_bytes,
+            },
             settings.topics.clone(),
-            settings.max_body_bytes,
-            metrics.clone(),
+            &PUBLISHED_TOPICS,
+            metrics.publish.clone(),
         )
         .map_err(|e| anyhow::anyhow!("invalid Kafka producer configuration (kafka.*): {e}"))?;
         let spool = if settings.spool.enabled {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use callstream_gateway::config::{Settings, TopicNames};
-use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_schemas::Topic;
 use callstream_testkit::{read_all, spawn_gateway, ServiceProcess, PARTITIONS};
 use futures_util::future::join_all;

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use callstream_gateway::config::Settings;
-use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_schemas::Topic;
 use callstream_testkit::{read_all, ServiceProcess, PARTITIONS};
 use futures_util::future::join_all;

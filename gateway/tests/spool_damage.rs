@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use callstream_gateway::config::Settings;
-use callstream_gateway::embedded::EmbeddedBroker;
 use callstream_gateway::spool::format;
+use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_schemas::Topic;
 use callstream_testkit::{read_all, ServiceProcess, PARTITIONS};
 use reqwest::StatusCode;

@@ -21,7 +21,7 @@ pub mod recording;
 pub mod topics;
 
 pub use event::{Direction, Event, Kind, MediaRef, Party, ProviderId, Sealed, Status, Tag};
-pub use provider::{Context, NormalizeError, Provider, RawRequest, Route};
+pub use provider::{Context, NormalizeError, Provider, RawRequest, Route, DEFAULT_TENANT};
 pub use topics::Topic;
 
 /// Every JSON Schema document this crate publishes: (file name, schema).

@@ -52,6 +52,10 @@ pub struct RawRequest<'a> {
     pub body: &'a [u8],
 }
 
+/// A source's tenant unless configured (`sources.<provider>.tenant`): the
+/// tenant of events whose payload and source name none.
+pub const DEFAULT_TENANT: &str = "default";
+
 /// What the gateway knows about the delivery besides the request itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {

@@ -142,7 +142,7 @@ async fn after_an_outage_steady_traffic_goes_back_to_kafka_while_the_spool_drain
 fn spooled_raw(key: &str, bytes: usize) -> callstream_gateway::spool::format::Delivery {
     callstream_gateway::spool::format::Delivery {
         spooled_at_ms: 1_700_000_000_000,
-        records: vec![callstream_gateway::publish::OutRecord {
+        records: vec![callstream_kafka::publish::OutRecord {
             topic: Topic::Raw,
             key: key.to_string(),
             payload: vec![b'x'; bytes],

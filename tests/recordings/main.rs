@@ -14,8 +14,8 @@ use callstream_consumers::config::Settings;
 use callstream_consumers::recordings::{
     RecordingsConsumer, RecordingsError, ATTEMPTS_HEADER, ERROR_HEADER,
 };
-use callstream_gateway::config::TopicNames;
-use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_kafka::embedded::EmbeddedBroker;
+use callstream_kafka::TopicNames;
 use callstream_schemas::{Context, Event, ProviderId, RawRequest, Topic};
 use callstream_testkit::sinks::produce_events;
 use callstream_testkit::{count_records, eventually, read_all, Record, PARTITIONS};

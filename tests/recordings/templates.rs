@@ -172,7 +172,7 @@ async fn child_archiver_from_the_environment() {
         return;
     }
     let settings = Settings::load(None).expect("settings from the environment");
-    callstream_gateway::telemetry::init(settings.log_format);
+    callstream_runtime::telemetry::init(settings.log_format);
     let archiver =
         RecordingsConsumer::build(&settings, &prometheus::Registry::new()).expect("builds");
     let (_stop, stopped) = watch::channel(false);

@@ -17,8 +17,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use callstream_gateway::config::Settings;
-use callstream_gateway::embedded::EmbeddedBroker;
 use callstream_gateway::startup::Application;
+use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_schemas::Topic;
 
 pub const PARTITIONS: i32 = 3;

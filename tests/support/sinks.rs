@@ -10,11 +10,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
 
-use callstream_consumers::config::KafkaSettings;
-use callstream_consumers::kafka::{consumer_config, TrackingContext};
 use callstream_consumers::pg_sink::{PgSink, PgWriter, SinkMetrics};
 use callstream_gateway::config::Settings;
-use callstream_gateway::embedded::EmbeddedBroker;
+use callstream_kafka::client::consumer_config;
+use callstream_kafka::consume::TrackingContext;
+use callstream_kafka::embedded::EmbeddedBroker;
+use callstream_kafka::ClientSettings;
 use callstream_schemas::event::REVISION_HEADER;
 use callstream_schemas::Event;
 
@@ -144,7 +145,7 @@ pub async fn start_sink<W: PgWriter + 'static>(
     } else {
         1
     };
-    let kafka = KafkaSettings {
+    let kafka = ClientSettings {
         bootstrap_servers: bootstrap.to_string(),
         ..Default::default()
     };

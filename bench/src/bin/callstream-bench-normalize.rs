@@ -17,7 +17,7 @@ use chrono::Utc;
 use clap::Parser;
 
 use callstream_gateway::auth::redact_query;
-use callstream_gateway::ingest::event_record;
+use callstream_kafka::wire::event_record;
 use callstream_schemas::{providers, Context, Provider, RawRequest, Route};
 
 #[path = "../workload.rs"]

@@ -56,9 +56,9 @@ use prometheus::{CounterVec, IntCounter, IntCounterVec, Opts, Registry};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
-use crate::kafka::UniqueEvent;
 use crate::pg_sink::PgWriter;
 use crate::unique::latest_revisions;
+use callstream_kafka::wire::UniqueEvent;
 
 mod rules;
 mod tables;
@@ -77,7 +77,7 @@ struct TenantLabels(HashSet<String>);
 
 impl TenantLabels {
     fn new(metric_tenants: &[String]) -> TenantLabels {
-        let default = callstream_gateway::config::DEFAULT_TENANT.to_string();
+        let default = callstream_schemas::DEFAULT_TENANT.to_string();
         TenantLabels(metric_tenants.iter().cloned().chain([default]).collect())
     }
 

@@ -8,7 +8,8 @@ use prometheus::Registry;
 
 use callstream_consumers::cli;
 use callstream_consumers::crm::CrmConsumer;
-use callstream_consumers::runtime::{shutdown_on_signal, MetricsServer};
+use callstream_runtime::server::MetricsServer;
+use callstream_runtime::shutdown::on_signal;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -23,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics_handle = metrics_server.spawn();
     let targets: Vec<_> = settings.crm.targets.keys().collect();
     tracing::info!(port, ?targets, "consumer running");
-    let result = crm.run(shutdown_on_signal()?).await;
+    let result = crm.run(on_signal()?).await;
     metrics_handle.stop(true).await;
     tracing::info!("consumer stopped");
     Ok(result?)

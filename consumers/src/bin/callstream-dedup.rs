@@ -8,7 +8,8 @@ use prometheus::Registry;
 
 use callstream_consumers::cli;
 use callstream_consumers::dedup::{Dedup, DedupMetrics};
-use callstream_consumers::runtime::{shutdown_on_signal, MetricsServer};
+use callstream_runtime::server::MetricsServer;
+use callstream_runtime::shutdown::on_signal;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -22,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let port = metrics_server.port;
     let metrics_handle = metrics_server.spawn();
     tracing::info!(port, group = %settings.dedup.group_id, "consumer running");
-    let result = dedup.run(shutdown_on_signal()?).await;
+    let result = dedup.run(on_signal()?).await;
     metrics_handle.stop(true).await;
     tracing::info!("consumer stopped");
     result

@@ -9,7 +9,8 @@ use prometheus::Registry;
 
 use callstream_consumers::cli;
 use callstream_consumers::recordings::RecordingsConsumer;
-use callstream_consumers::runtime::{shutdown_on_signal, MetricsServer};
+use callstream_runtime::server::MetricsServer;
+use callstream_runtime::shutdown::on_signal;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -24,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics_handle = metrics_server.spawn();
     let store = archiver.location().to_string();
     tracing::info!(port, %store, "consumer running");
-    let result = archiver.run(shutdown_on_signal()?).await;
+    let result = archiver.run(on_signal()?).await;
     metrics_handle.stop(true).await;
     tracing::info!("consumer stopped");
     Ok(result?)

@@ -93,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     // Stdout is the report; logs (Kafka's complaints, say, while a broker
     // cannot be reached) go to stderr.
-    callstream_gateway::telemetry::init_stderr(settings.log_format);
+    callstream_runtime::telemetry::init_stderr(settings.log_format);
     let (source, from, common) = match cli.command {
         Command::Raw { from, common } => (Source::Raw, Some(from), common),
         Command::Dlq { from, common } => (Source::Dlq, from, common),
@@ -148,7 +148,7 @@ async fn crm(settings: &Settings, options: &RedeliverOptions) -> anyhow::Result<
         dry_run = options.dry_run,
         "CRM redelivery starting"
     );
-    let shutdown = callstream_consumers::runtime::shutdown_on_signal()?;
+    let shutdown = callstream_runtime::shutdown::on_signal()?;
     let report = redeliver::redeliver(settings, options, shutdown, |letter| {
         let _ = writeln!(std::io::stdout(), "{letter}");
     })

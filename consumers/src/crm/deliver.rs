@@ -17,7 +17,7 @@ use callstream_schemas::Event;
 use super::metrics::TargetMetrics;
 use super::settings::{IdempotencyKey, TargetSettings};
 use super::{Mapping, Outgoing};
-use crate::runtime::wait_for;
+use callstream_runtime::shutdown::wait_for;
 
 /// Longest excerpt of an error response kept for the dead letter.
 const EXCERPT_CHARS: usize = 200;
@@ -118,7 +118,7 @@ impl AttemptError {
         }
         let connect = error.is_connect();
         // The URL may carry a credential in its query: leave it out.
-        let text = crate::runtime::error_chain(&error.without_url());
+        let text = callstream_runtime::error_chain(&error.without_url());
         if connect {
             AttemptError::Connect(text)
         } else {

@@ -26,10 +26,10 @@ use super::deliver::{Deliverer, Delivery};
 use super::metrics::CrmMetrics;
 use super::{mapping, TARGET_HEADER};
 use crate::config::{ConfigError, Settings};
-use crate::kafka::{decode_unique, header};
 use crate::replay::range::{self, Bound, Lookup, PartitionRange};
 use crate::replay::reader::RangeReader;
 use crate::replay::ReplayError;
+use callstream_kafka::wire::{decode_unique, header_str as header};
 
 #[derive(Debug, Clone)]
 pub struct RedeliverOptions {

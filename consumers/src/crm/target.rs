@@ -14,8 +14,9 @@ use callstream_schemas::Kind;
 
 use super::deliver::{Deliverer, Delivery};
 use super::metrics::{EventOutcome, TargetMetrics};
-use crate::kafka::{decode_unique, LagReporter};
-use crate::runtime::{pause, wait_for};
+use callstream_kafka::lag::LagReporter;
+use callstream_kafka::wire::decode_unique;
+use callstream_runtime::shutdown::{pause, wait_for};
 
 /// Headers added to a dead letter, besides the original ones.
 pub const TARGET_HEADER: &str = "cs_crm_target";
@@ -114,7 +115,7 @@ impl TargetLoop {
     }
 
     /// Copies the record to the dead-letter topic with why it failed; see
-    /// [`crate::kafka::dead_letter`]. `None` if shutdown came first.
+    /// [`callstream_kafka::dead_letter::dead_letter`]. `None` if shutdown came first.
     async fn dead_letter(
         &self,
         msg: &BorrowedMessage<'_>,
@@ -128,7 +129,7 @@ impl TargetLoop {
             (ERROR_HEADER, error),
             (ATTEMPTS_HEADER, attempts.as_str()),
         ];
-        let acked = crate::kafka::dead_letter(
+        let acked = callstream_kafka::dead_letter::dead_letter(
             &self.producer,
             &self.dlq_topic,
             msg,
@@ -142,12 +143,12 @@ impl TargetLoop {
     }
 
     fn store(&self, msg: &BorrowedMessage<'_>) {
-        crate::kafka::commit_after(&self.consumer, msg);
+        callstream_kafka::consume::commit_after(&self.consumer, msg);
     }
 
     async fn close(self) {
         let name = self.name;
-        crate::kafka::commit_and_close(self.consumer).await;
+        callstream_kafka::consume::commit_and_close(self.consumer).await;
         tracing::info!(crm_target = %name, "CRM target stopped");
     }
 }

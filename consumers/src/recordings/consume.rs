@@ -25,8 +25,9 @@ use super::metrics::{MediaOutcome, Metrics};
 use super::settings::MAX_MEDIA_PER_EVENT;
 use super::source;
 use super::template::{Redactor, Resolver};
-use crate::kafka::{decode_unique, LagFrom, LagReporter};
-use crate::runtime::{pause, wait_for};
+use callstream_kafka::lag::{LagFrom, LagReporter};
+use callstream_kafka::wire::decode_unique;
+use callstream_runtime::shutdown::{pause, wait_for};
 
 /// Headers added to a dead letter, besides the original ones.
 pub const ERROR_HEADER: &str = "cs_recordings_error";
@@ -330,7 +331,7 @@ impl ArchiveLoop {
     }
 
     /// Copies the record to the dead-letter topic with why it failed; see
-    /// [`crate::kafka::dead_letter`]. `None` if shutdown came first.
+    /// [`callstream_kafka::dead_letter::dead_letter`]. `None` if shutdown came first.
     async fn dead_letter(
         &self,
         msg: &OwnedMessage,
@@ -340,7 +341,7 @@ impl ArchiveLoop {
     ) -> Option<()> {
         let attempts = attempts.to_string();
         let extra = [(ERROR_HEADER, error), (ATTEMPTS_HEADER, attempts.as_str())];
-        let acked = crate::kafka::dead_letter(
+        let acked = callstream_kafka::dead_letter::dead_letter(
             &self.producer,
             &self.dlq_topic,
             msg,
@@ -354,7 +355,7 @@ impl ArchiveLoop {
     }
 
     async fn close(self) {
-        crate::kafka::commit_and_close(self.consumer).await;
+        callstream_kafka::consume::commit_and_close(self.consumer).await;
         tracing::info!("recordings archiver stopped");
     }
 }

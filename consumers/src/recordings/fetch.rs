@@ -21,7 +21,7 @@ use super::metrics::Metrics;
 use super::settings::RecordingsSettings;
 use super::source::{self, hex, Item};
 use super::template::Redactor;
-use crate::runtime::wait_for;
+use callstream_runtime::shutdown::wait_for;
 
 /// Upload part size: the smallest S3 accepts. At most this plus two parts
 /// in flight are held in memory per download.
@@ -106,7 +106,7 @@ impl ItemError {
             return ItemError::Timeout(timeout_ms);
         }
         let connect = error.is_connect();
-        let text = crate::runtime::error_chain(&error.without_url());
+        let text = callstream_runtime::error_chain(&error.without_url());
         if connect {
             ItemError::Connect(text)
         } else {

@@ -30,8 +30,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::ReplayError;
-use crate::config::KafkaSettings;
-use crate::kafka::client_config;
+use crate::config::ClientSettings;
+use callstream_kafka::client::client_config;
 
 /// How long one metadata, watermark or timestamp request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,8 +116,8 @@ pub(crate) struct Lookup {
 }
 
 impl Lookup {
-    pub fn new(kafka: &KafkaSettings, topic: &str) -> Result<Lookup, ReplayError> {
-        let consumer = client_config(kafka, crate::kafka::Role::Consumer)
+    pub fn new(kafka: &ClientSettings, topic: &str) -> Result<Lookup, ReplayError> {
+        let consumer = client_config(kafka, callstream_kafka::client::Role::Consumer)
             // librdkafka needs a group id to assign partitions; an assigned
             // consumer never joins the group, and nothing is committed.
             .set("group.id", super::CONSUMER_GROUP)

@@ -10,8 +10,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::range::PartitionRange;
 use super::ReplayError;
-use crate::config::KafkaSettings;
-use crate::kafka::client_config;
+use crate::config::ClientSettings;
+use callstream_kafka::client::client_config;
 
 /// A partition that delivers nothing for this long before its end is
 /// reported as stalled (the broker is gone, or the records were deleted).
@@ -37,21 +37,22 @@ pub(crate) struct RangeReader {
 
 impl RangeReader {
     pub fn new(
-        kafka: &KafkaSettings,
+        kafka: &ClientSettings,
         topic: &str,
         ranges: &[PartitionRange],
     ) -> Result<RangeReader, ReplayError> {
-        let consumer: StreamConsumer = client_config(kafka, crate::kafka::Role::Consumer)
-            // librdkafka needs a group id to assign partitions; an assigned
-            // consumer never joins the group, and nothing is committed.
-            .set("group.id", super::CONSUMER_GROUP)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            // Records deleted under a running replay: fail, never skip silently.
-            .set("auto.offset.reset", "error")
-            .create()
-            .map_err(ReplayError::kafka("creating a Kafka consumer"))?;
+        let consumer: StreamConsumer =
+            client_config(kafka, callstream_kafka::client::Role::Consumer)
+                // librdkafka needs a group id to assign partitions; an assigned
+                // consumer never joins the group, and nothing is committed.
+                .set("group.id", super::CONSUMER_GROUP)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "false")
+                // Records deleted under a running replay: fail, never skip silently.
+                .set("auto.offset.reset", "error")
+                .create()
+                .map_err(ReplayError::kafka("creating a Kafka consumer"))?;
         let mut tpl = TopicPartitionList::new();
         let mut remaining = BTreeMap::new();
         for r in ranges.iter().filter(|r| !r.is_empty()) {

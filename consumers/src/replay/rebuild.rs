@@ -13,18 +13,13 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 
-use callstream_schemas::raw as h;
-use callstream_schemas::{providers, Context, Provider, RawRequest, Sealed};
+use callstream_schemas::{providers, Context, Provider, RawRequest, Sealed, DEFAULT_TENANT};
 
 use super::ReplayError;
-use crate::kafka::header;
-
-/// The gateway's default `sources.<provider>.tenant`.
-pub const DEFAULT_TENANT: &str = "default";
+use callstream_kafka::wire::{Delivery, WireError};
 
 /// Why a record does not become an event (it is reported, never re-published).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,23 +74,15 @@ impl Renormalizer {
     }
 
     pub fn normalize(&self, msg: &BorrowedMessage<'_>) -> Result<Sealed, Failure> {
-        let required = |name: &'static str| {
-            header(msg, name)
-                .ok_or_else(|| Failure::new("missing_header", format!("no UTF-8 `{name}` header")))
-        };
-        let source = required(h::H_SOURCE)?;
-        let route = required(h::H_ROUTE)?;
-        let method = required(h::H_METHOD)?;
-        let request_id = required(h::H_REQUEST_ID)?;
-        let received_at = required(h::H_RECEIVED_AT)?;
-        let received_at = DateTime::parse_from_rfc3339(received_at)
-            .map_err(|e| {
-                Failure::new(
-                    "invalid_header",
-                    format!("`{}` is not RFC 3339: {e}", h::H_RECEIVED_AT),
-                )
-            })?
-            .with_timezone(&Utc);
+        let delivery = Delivery::decode(msg).map_err(|e| {
+            let reason = match e {
+                WireError::MissingHeader(_) => "missing_header",
+                _ => "invalid_header",
+            };
+            Failure::new(reason, e.to_string())
+        })?;
+        let source = delivery.source.as_ref();
+        let route = delivery.route.as_ref();
         let provider = self
             .providers
             .iter()
@@ -108,10 +95,10 @@ impl Renormalizer {
             ));
         }
         let raw = RawRequest {
-            method,
+            method: &delivery.method,
             route,
-            query: header(msg, h::H_QUERY).unwrap_or_default(),
-            content_type: header(msg, h::H_CONTENT_TYPE),
+            query: &delivery.query,
+            content_type: delivery.content_type.as_deref(),
             body: msg.payload().unwrap_or_default(),
         };
         let ctx = Context {
@@ -119,10 +106,10 @@ impl Renormalizer {
                 .overrides
                 .get(source)
                 .map(String::as_str)
-                .or_else(|| header(msg, h::H_SOURCE_TENANT))
+                .or(delivery.source_tenant.as_deref())
                 .unwrap_or(DEFAULT_TENANT),
-            received_at,
-            request_id,
+            received_at: delivery.received_at,
+            request_id: &delivery.request_id,
             raw_topic: &self.raw_topic,
         };
         provider

@@ -37,7 +37,7 @@ use std::ops::Range;
 
 use callstream_schemas::Topic;
 
-use crate::publish::OutRecord;
+use callstream_kafka::publish::OutRecord;
 
 const VERSION: u8 = 1;
 const MAGIC: [u8; 4] = [0xC5, 0x53, 0x50, 0xF2];
@@ -440,7 +440,7 @@ fn resync(buf: &[u8], from: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::header;
+    use callstream_kafka::publish::header;
     use proptest::prelude::*;
 
     fn delivery(n: u8) -> Delivery {

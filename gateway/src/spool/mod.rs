@@ -30,7 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::metrics::Metrics;
-use crate::publish::OutRecord;
+use callstream_kafka::publish::OutRecord;
 pub use format::Delivery;
 
 const SEGMENT_SUFFIX: &str = "seg";
@@ -442,7 +442,7 @@ fn discard_segment(dir: &Path, seq: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::header;
+    use callstream_kafka::publish::header;
     use callstream_schemas::Topic;
 
     /// One raw record for `key`, its body and request id numbered `n`.

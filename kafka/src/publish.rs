@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -29,8 +29,8 @@ use rdkafka::{ClientConfig, ClientContext};
 
 use callstream_schemas::Topic;
 
-use crate::config::{KafkaSettings, TopicNames};
-use crate::metrics::Metrics;
+use crate::client::durable;
+use crate::settings::TopicNames;
 
 /// A Kafka header: names are mostly constants, but records read back from
 /// the spool carry owned names.
@@ -65,34 +65,81 @@ pub fn header(name: &'static str, value: impl Into<Vec<u8>>) -> HeaderPair {
     (Cow::Borrowed(name), value.into())
 }
 
+/// Why a publish failed, sorted by what sending the same records again
+/// would do.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// No answer within the deadline: the cluster may take it later.
     #[error("Kafka did not acknowledge within {0:?}")]
     Timeout(Duration),
-    #[error("Kafka refused the record ({kind}): {source}")]
-    Kafka {
-        /// `retriable` (broker down, queue full, ...) or `fatal` (too large, not authorized, ...).
-        kind: &'static str,
-        #[source]
-        source: KafkaError,
-    },
+    /// The broker is away or busy: worth trying again later.
+    #[error("Kafka refused the record (retriable): {0}")]
+    Retriable(#[source] KafkaError),
+    /// Not until the cluster's configuration changes (authorization, an
+    /// unknown topic): the same records then go through.
+    #[error("Kafka refused the record (fatal): {0}")]
+    Misconfigured(#[source] KafkaError),
+    /// Kafka refuses this record itself (too large, invalid), whatever the
+    /// cluster's state: sending it again fails again.
+    #[error("Kafka refused the record (fatal): {0}")]
+    RecordRefused(#[source] KafkaError),
 }
 
 impl PublishError {
-    /// Kafka refused the record itself (too large, invalid), not the
-    /// moment: sending it again fails again, whatever the cluster's state.
-    /// Authorization and unknown topics are not among these: fixing the
-    /// cluster's configuration lets the same record through.
+    fn from_kafka(err: KafkaError) -> PublishError {
+        match kind_of(&err) {
+            ErrorKind::Retriable => PublishError::Retriable(err),
+            ErrorKind::Misconfigured => PublishError::Misconfigured(err),
+            ErrorKind::RecordRefused => PublishError::RecordRefused(err),
+        }
+    }
+
+    /// See [`PublishError::RecordRefused`].
     pub fn record_refused(&self) -> bool {
-        match self {
-            PublishError::Kafka { source, .. } => refuses_the_record(source),
-            PublishError::Timeout(_) => false,
+        matches!(self, PublishError::RecordRefused(_))
+    }
+}
+
+/// The metrics a publisher counts into, each by `topic` (its label) and
+/// errors by `kind` too ([`PRODUCE_ERROR_KINDS`]).
+#[derive(Clone)]
+pub struct PublishMetrics {
+    /// Time for Kafka to acknowledge one record.
+    pub produce_duration: HistogramVec,
+    /// Records acknowledged.
+    pub records_published: IntCounterVec,
+    /// Records not acknowledged.
+    pub produce_errors: IntCounterVec,
+}
+
+/// The `kind` label of produce errors: no answer in time, or
+/// [`classify`]'s.
+pub const PRODUCE_ERROR_KINDS: [&str; 3] = ["timeout", "retriable", "fatal"];
+
+impl PublishMetrics {
+    /// Creates every series of `topics`, so dashboards see them at 0.
+    pub fn prepare(&self, topics: &[Topic]) {
+        for topic in topics {
+            let label = topic.label();
+            self.produce_duration.with_label_values(&[label]);
+            self.records_published.with_label_values(&[label]);
+            for kind in PRODUCE_ERROR_KINDS {
+                self.produce_errors.with_label_values(&[label, kind]);
+            }
         }
     }
 }
 
-/// The topics the gateway writes.
-pub const PUBLISHED_TOPICS: [Topic; 3] = [Topic::Raw, Topic::Events, Topic::Dlq];
+/// How a [`Publisher`] waits and how large a record it sends.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishOptions {
+    /// librdkafka's `message.timeout.ms`: when a record has failed.
+    pub timeout_ms: u64,
+    /// Batching delay in milliseconds, fractions allowed.
+    pub linger_ms: f64,
+    /// The largest body a record carries; key and headers come on top.
+    pub max_body_bytes: usize,
+}
 
 #[derive(Clone)]
 pub struct Publisher {
@@ -111,47 +158,48 @@ const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 const SAFETY_MARGIN: Duration = Duration::from_millis(2_000);
 
 impl Publisher {
+    /// A durable publisher of `written` over `config` (brokers and the
+    /// configured properties; [`durable`] goes on top).
     pub fn new(
-        kafka: &KafkaSettings,
-        bootstrap_servers: &str,
+        mut config: ClientConfig,
+        options: PublishOptions,
         topics: TopicNames,
-        max_body_bytes: usize,
-        metrics: Metrics,
+        written: &[Topic],
+        metrics: PublishMetrics,
     ) -> Result<Publisher, KafkaError> {
-        let max_record_bytes = max_body_bytes + RECORD_OVERHEAD_BYTES;
-        let mut config = ClientConfig::new();
+        let max_record_bytes = options.max_body_bytes + RECORD_OVERHEAD_BYTES;
         // Events are JSON, several times smaller compressed, on the broker's
-        // disks and to every subscriber; `kafka.properties` may choose another.
-        config.set("compression.type", "lz4");
-        for (key, value) in &kafka.properties {
-            config.set(key, value);
+        // disks and to every subscriber; the properties may choose another.
+        if config.get("compression.type").is_none() {
+            config.set("compression.type", "lz4");
         }
-        config
-            .set("bootstrap.servers", bootstrap_servers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", kafka.linger_ms.to_string())
+        durable(&mut config)
+            .set("linger.ms", options.linger_ms.to_string())
             // Java clients' partitioner, so Kafka Streams / Java consumers
             // co-partition with us by key.
             .set("partitioner", "murmur2_random")
             .set("message.max.bytes", max_record_bytes.to_string())
             // librdkafka decides when a record has failed (see module docs).
-            .set("message.timeout.ms", kafka.publish_timeout_ms.to_string());
+            .set("message.timeout.ms", options.timeout_ms.to_string());
+        metrics.prepare(written);
         let context = Deliveries {
-            topics: PUBLISHED_TOPICS.map(|topic| PublishedTopic {
-                topic,
-                name: topics.name(topic).to_string(),
-                produce_duration: metrics.produce_duration.with_label_values(&[topic.label()]),
-                records_published: metrics
-                    .records_published
-                    .with_label_values(&[topic.label()]),
-            }),
+            topics: written
+                .iter()
+                .map(|&topic| PublishedTopic {
+                    topic,
+                    name: topics.name(topic).to_string(),
+                    produce_duration: metrics.produce_duration.with_label_values(&[topic.label()]),
+                    records_published: metrics
+                        .records_published
+                        .with_label_values(&[topic.label()]),
+                })
+                .collect(),
             metrics,
         };
         Ok(Publisher {
             producer: Arc::new(config.create_with_context(context)?),
             topics,
-            timeout: Duration::from_millis(kafka.publish_timeout_ms) + SAFETY_MARGIN,
+            timeout: Duration::from_millis(options.timeout_ms) + SAFETY_MARGIN,
             max_record_bytes,
         })
     }
@@ -195,10 +243,7 @@ impl Publisher {
         }
         match tokio::time::timeout(self.timeout, Settled(&batch)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(PublishError::Kafka {
-                kind: classify(&err),
-                source: err,
-            }),
+            Ok(Err(err)) => Err(PublishError::from_kafka(err)),
             Err(_) => {
                 let context = self.producer.context();
                 for r in records {
@@ -213,7 +258,7 @@ impl Publisher {
     /// `timeout` (one topic: a whole cluster's metadata can be large).
     pub async fn kafka_reachable(&self, timeout: Duration) -> bool {
         let producer = self.producer.clone();
-        let raw = self.topics.raw.clone();
+        let raw = self.topics.name(Topic::Raw).to_string();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -303,9 +348,9 @@ impl Future for Settled<'_> {
 /// The producer's context: takes each record's delivery report, counts it
 /// in the metrics and settles its delivery.
 struct Deliveries {
-    /// In [`PUBLISHED_TOPICS`] order.
-    topics: [PublishedTopic; 3],
-    metrics: Metrics,
+    /// The topics written, the first standing in for an unknown name.
+    topics: Vec<PublishedTopic>,
+    metrics: PublishMetrics,
 }
 
 /// A topic the gateway writes, with its metric children resolved once
@@ -357,34 +402,57 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Kafka refuses this record itself (too large, invalid), whatever the
-/// cluster's state; see [`PublishError::record_refused`].
-fn refuses_the_record(err: &KafkaError) -> bool {
+enum ErrorKind {
+    Retriable,
+    Misconfigured,
+    RecordRefused,
+}
+
+fn kind_of(err: &KafkaError) -> ErrorKind {
     use RDKafkaErrorCode::*;
-    matches!(
-        err.rdkafka_error_code(),
-        Some(MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord)
-    )
+    match err.rdkafka_error_code() {
+        Some(MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord) => {
+            ErrorKind::RecordRefused
+        }
+        Some(
+            TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | UnknownTopic
+            | InvalidTopic
+            | Fatal,
+        ) => ErrorKind::Misconfigured,
+        _ => ErrorKind::Retriable,
+    }
 }
 
 /// Sorts a produce error into `retriable` (worth trying again later: the
 /// broker is away or busy) or `fatal` (not until the record or the
-/// cluster's configuration changes).
+/// cluster's configuration changes): the `kind` label of produce errors.
 pub fn classify(err: &KafkaError) -> &'static str {
-    use RDKafkaErrorCode::*;
-    let configuration = matches!(
-        err.rdkafka_error_code(),
-        Some(
-            TopicAuthorizationFailed
-                | ClusterAuthorizationFailed
-                | UnknownTopic
-                | InvalidTopic
-                | Fatal
-        )
-    );
-    if configuration || refuses_the_record(err) {
-        "fatal"
-    } else {
-        "retriable"
+    match kind_of(err) {
+        ErrorKind::Retriable => "retriable",
+        ErrorKind::Misconfigured | ErrorKind::RecordRefused => "fatal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_sort_by_what_sending_again_would_do() {
+        use RDKafkaErrorCode::*;
+        let err = |code| KafkaError::MessageProduction(code);
+        assert!(PublishError::from_kafka(err(MessageSizeTooLarge)).record_refused());
+        assert!(matches!(
+            PublishError::from_kafka(err(TopicAuthorizationFailed)),
+            PublishError::Misconfigured(_)
+        ));
+        assert!(matches!(
+            PublishError::from_kafka(err(AllBrokersDown)),
+            PublishError::Retriable(_)
+        ));
+        assert_eq!(classify(&err(UnknownTopic)), "fatal");
+        assert_eq!(classify(&err(QueueFull)), "retriable");
     }
 }

@@ -21,7 +21,7 @@ use rdkafka::ClientConfig;
 
 use callstream_schemas::Topic;
 
-use crate::config::TopicNames;
+use crate::settings::TopicNames;
 
 /// How often the watcher asks for every partition's low watermark: a few
 /// requests to an in-process broker.
