@@ -892,8 +892,8 @@ async fn each_targets_lag_shows_what_it_has_left() {
         .kafka
         .properties
         .insert("queued.max.messages.kbytes".into(), "1".into());
-    // One key, so one partition: the stuck target's position there is
-    // right after its first event, and the other four are its lag.
+    // One key, so one partition: the stuck target has committed nothing
+    // there, and all five are its lag (the one it is stuck on included).
     for _ in 0..5 {
         let event = event("sms", "inbound", "completed");
         kafka
@@ -911,8 +911,8 @@ async fn each_targets_lag_shows_what_it_has_left() {
         healthy.delivered().len() == 5
     })
     .await;
-    wait("lag: 0 for the healthy target, 4 for the stuck one", || {
-        lag("healthy") == 0.0 && lag("stuck") == 4.0
+    wait("lag: 0 for the healthy target, 5 for the stuck one", || {
+        lag("healthy") == 0.0 && lag("stuck") == 5.0
     })
     .await;
 
@@ -931,8 +931,8 @@ async fn each_targets_lag_shows_what_it_has_left() {
     })
     .await;
     wait(
-        "lag: 0 for the healthy target, 10 for the stuck one",
-        || lag("healthy") == 0.0 && lag("stuck") == 10.0,
+        "lag: 0 for the healthy target, 11 for the stuck one",
+        || lag("healthy") == 0.0 && lag("stuck") == 11.0,
     )
     .await;
     crm.stop().await;

@@ -51,11 +51,13 @@ use tokio::sync::watch;
 use callstream_schemas::{Event, Topic};
 
 use crate::config::{invalid, ConfigError, Settings};
+use callstream_kafka::consume::TrackingContext;
+use callstream_kafka::per_record::PerRecordLoop;
 use callstream_runtime::shutdown::wait_for;
 use deliver::Deliverer;
 use metrics::CrmMetrics;
 use settings::{TargetKind, TargetSettings};
-use target::TargetLoop;
+use target::TargetHandler;
 
 pub use settings::CrmSettings;
 pub use target::{ATTEMPTS_HEADER, ERROR_HEADER, TARGET_HEADER};
@@ -91,9 +93,13 @@ pub enum CrmError {
     Task(String),
 }
 
+/// Unique events a target reads ahead of the one it delivers, at most; a
+/// few MB. Past it, its partitions are paused (and still polled).
+const QUEUED_PER_TARGET: usize = 256;
+
 /// Every configured target, ready to run.
 pub struct CrmConsumer {
-    targets: Vec<TargetLoop>,
+    targets: Vec<PerRecordLoop<TargetHandler>>,
 }
 
 impl CrmConsumer {
@@ -114,28 +120,32 @@ impl CrmConsumer {
                 target: name.clone(),
                 source,
             };
-            let consumer = callstream_kafka::client::slow_record_consumer_config(
-                &settings.kafka,
-                &group,
-                target.worst_case_record(),
-            )
-            .create()
-            .map_err(kafka_error)?;
+            let consumer = callstream_kafka::client::consumer_config(&settings.kafka, &group)
+                .create_with_context(TrackingContext::committing_on_revoke())
+                .map_err(kafka_error)?;
             let deliverer = Deliverer::new(target, mapping(name, target)?, metrics.target(name))
                 .map_err(|source| CrmError::Http {
                     target: name.clone(),
                     source,
                 })?;
-            targets.push(TargetLoop {
-                name: name.clone(),
-                group,
+            let metrics = metrics.target(name);
+            targets.push(PerRecordLoop {
+                name: format!("crm target {name} (group {group})"),
                 consumer: Arc::new(consumer),
                 topic: settings.topics.name(Topic::EventsUnique).to_string(),
-                dlq_topic: settings.topics.name(Topic::CrmDlq).to_string(),
-                producer: producer.clone(),
-                deliverer,
-                kinds: target.kinds.clone(),
-                metrics: metrics.target(name),
+                // In order: one record at a time.
+                concurrency: 1,
+                max_queued: QUEUED_PER_TARGET,
+                lag: metrics.lag.clone(),
+                in_progress: None,
+                handler: TargetHandler {
+                    name: name.clone(),
+                    dlq_topic: settings.topics.name(Topic::CrmDlq).to_string(),
+                    producer: producer.clone(),
+                    deliverer,
+                    kinds: target.kinds.clone(),
+                    metrics,
+                },
             });
         }
         Ok(CrmConsumer { targets })
@@ -148,7 +158,7 @@ impl CrmConsumer {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for target in self.targets {
-            let name = target.name.clone();
+            let name = target.handler.name.clone();
             let stopped = stopped.clone();
             tasks.spawn(async move { (name, target.run(stopped).await) });
         }

@@ -40,9 +40,11 @@
 //! archived before their links expire. A partition's offset is committed
 //! only below its oldest record in progress: after a crash, that record
 //! and the finished ones after it are processed again (and found already
-//! archived). When every slot holds a waiting record, nothing more is read
-//! until one finishes (`max.poll.interval.ms` is raised to cover the worst
-//! case).
+//! archived). When every slot holds a waiting record, records read ahead
+//! wait in a bounded queue; past it the partitions are paused, and still
+//! polled, so a rebalance never waits for a download
+//! (`callstream_kafka::per_record`). A revoked partition's downloads are
+//! cancelled.
 //!
 //! **Never fetched** ([`guard`]): other schemes than http(s), and
 //! loopback, private, link-local and other non-public addresses, unless
@@ -79,7 +81,9 @@ use callstream_schemas::Topic;
 
 use crate::config::{ConfigError, Settings};
 use archive::Archive;
-use consume::ArchiveLoop;
+use callstream_kafka::consume::TrackingContext;
+use callstream_kafka::per_record::PerRecordLoop;
+use consume::{ArchiveHandler, MAX_QUEUED};
 use fetch::Downloader;
 use metrics::Metrics;
 use template::{Redactor, Resolver};
@@ -103,7 +107,7 @@ pub enum RecordingsError {
 
 /// The archiver, ready to run.
 pub struct RecordingsConsumer {
-    archive_loop: ArchiveLoop,
+    archive_loop: PerRecordLoop<ArchiveHandler>,
     location: String,
 }
 
@@ -121,27 +125,29 @@ impl RecordingsConsumer {
         let archive = Archive::open(&recordings.store)?;
         let location = archive.describe();
         let downloader = Downloader::new(recordings, archive, metrics.clone(), redactor.clone())?;
-        let consumer = callstream_kafka::client::slow_record_consumer_config(
-            &settings.kafka,
-            &recordings.group_id,
-            recordings.worst_case_record(),
-        )
-        .create()?;
+        let consumer =
+            callstream_kafka::client::consumer_config(&settings.kafka, &recordings.group_id)
+                .create_with_context(TrackingContext::committing_on_revoke())?;
         let producer: FutureProducer =
             callstream_kafka::client::durable_producer_config(&settings.kafka).create()?;
         Ok(RecordingsConsumer {
-            archive_loop: ArchiveLoop {
-                group: recordings.group_id.clone(),
+            archive_loop: PerRecordLoop {
+                name: format!("recordings archiver (group {})", recordings.group_id),
                 consumer: Arc::new(consumer),
                 topic: settings.topics.name(Topic::EventsUnique).to_string(),
-                recordings_topic: settings.topics.name(Topic::Recordings).to_string(),
-                dlq_topic: settings.topics.name(Topic::RecordingsDlq).to_string(),
-                producer,
-                resolver,
-                downloader,
-                redactor,
-                metrics,
                 concurrency: recordings.concurrency,
+                max_queued: MAX_QUEUED,
+                lag: metrics.lag.clone(),
+                in_progress: Some(metrics.in_progress.clone()),
+                handler: ArchiveHandler {
+                    recordings_topic: settings.topics.name(Topic::Recordings).to_string(),
+                    dlq_topic: settings.topics.name(Topic::RecordingsDlq).to_string(),
+                    producer,
+                    resolver,
+                    downloader,
+                    redactor,
+                    metrics,
+                },
             },
             location,
         })

@@ -4,8 +4,6 @@
 //! publisher, dedup's transactional producer and every dead-letter
 //! producer take it from [`durable`].
 
-use std::time::Duration;
-
 use rdkafka::ClientConfig;
 
 use crate::settings::ClientSettings;
@@ -66,26 +64,6 @@ pub fn consumer_config(kafka: &ClientSettings, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false");
-    config
-}
-
-/// A consumer whose loop may hold one record for up to `worst_case` (long
-/// retries): `max.poll.interval.ms` is raised to cover it, unless the
-/// operator set it, so the group does not evict a member that is working.
-pub fn slow_record_consumer_config(
-    kafka: &ClientSettings,
-    group: &str,
-    worst_case: Duration,
-) -> ClientConfig {
-    const INTERVAL: &str = "max.poll.interval.ms";
-    let mut config = consumer_config(kafka, group);
-    if !kafka
-        .properties_for(Role::Consumer)
-        .any(|(k, _)| k == INTERVAL)
-    {
-        let worst_ms = worst_case.as_millis() as u64;
-        config.set(INTERVAL, (worst_ms + 60_000).max(300_000).to_string());
-    }
     config
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::ClientContext;
 
 /// Pause after a Kafka error event before waiting for records again.
@@ -90,16 +90,36 @@ impl AssignmentChanges {
 }
 
 /// Records partition assignments and revocations for the processing loop,
-/// which owns all state: the callbacks only note what happened.
+/// which owns all state: the callbacks only note what happened, and wake
+/// the loop.
 #[derive(Default)]
 pub struct TrackingContext {
     changes: Mutex<AssignmentChanges>,
+    changed: tokio::sync::Notify,
+    commit_on_revoke: bool,
 }
 
 impl TrackingContext {
+    /// For loops that commit offsets to Kafka: the offsets stored for
+    /// finished records are committed, synchronously, before a partition
+    /// is given up, so its next owner starts after them (the Java
+    /// client's `commitSync` in `onPartitionsRevoked`). An async commit
+    /// still on its way would otherwise be lost with the assignment.
+    pub fn committing_on_revoke() -> TrackingContext {
+        TrackingContext {
+            commit_on_revoke: true,
+            ..TrackingContext::default()
+        }
+    }
+
     /// Takes the changes noted since the last call.
     pub fn take_changes(&self) -> AssignmentChanges {
         std::mem::take(&mut *self.changes.lock().expect("assignment lock"))
+    }
+
+    /// Resolves once a rebalance changed something since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 }
 
@@ -108,16 +128,26 @@ impl ClientContext for TrackingContext {}
 impl ConsumerContext for TrackingContext {
     fn pre_rebalance(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &Rebalance<'_>,
     ) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(partitions = ?parts, "partitions revoked");
+            if self.commit_on_revoke {
+                use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+                match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "commit before giving partitions up failed")
+                    }
+                }
+            }
             self.changes
                 .lock()
                 .expect("assignment lock")
                 .note_revoked(&parts);
+            self.changed.notify_one();
         }
     }
 
@@ -133,23 +163,8 @@ impl ConsumerContext for TrackingContext {
                 .lock()
                 .expect("assignment lock")
                 .note_assigned(&parts);
+            self.changed.notify_one();
         }
-    }
-}
-
-/// Marks `msg` finished: stores the offset after it and commits in the
-/// background. A lost commit only means the record is handled again.
-pub fn commit_after<C: ConsumerContext + 'static>(
-    consumer: &rdkafka::consumer::StreamConsumer<C>,
-    msg: &BorrowedMessage<'_>,
-) {
-    let stored = consumer
-        .store_offset_from_message(msg)
-        .and_then(|()| consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async));
-    if let Err(e) = stored {
-        // After a rebalance took the partition away: its new owner starts
-        // from the last commit and handles the record again.
-        tracing::warn!(partition = msg.partition(), error = %e, "offset not committed");
     }
 }
 

@@ -17,6 +17,7 @@ pub mod consume;
 pub mod dead_letter;
 pub mod embedded;
 pub mod lag;
+pub mod per_record;
 pub mod publish;
 pub mod settings;
 pub mod wire;

@@ -89,8 +89,8 @@ impl CrmMetrics {
         let lag = IntGaugeVec::new(
             Opts::new(
                 "callstream_crm_lag_records",
-                "Records between the target's position and the end of its partitions \
-                 (asked of the brokers every 2 s).",
+                "Records between the target's committed offsets and the end of its \
+                 partitions (asked of the brokers every 2 s).",
             ),
             &["target"],
         )?;

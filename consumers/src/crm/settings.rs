@@ -17,9 +17,9 @@ use crate::config::{invalid, ConfigError};
 pub const HUBSPOT_API: &str = "https://api.hubapi.com";
 
 /// Longest a target may spend on one record (all attempts, back-off and
-/// rate-limit waits). The consumer must poll Kafka within
-/// `max.poll.interval.ms`, which is raised to cover this; beyond an hour a
-/// stuck record is better dead-lettered than held.
+/// rate-limit waits): it holds the target's later records, and beyond an
+/// hour a stuck record is better dead-lettered than held. (The consumer
+/// keeps polling Kafka meanwhile: `callstream_kafka::per_record`.)
 const MAX_RECORD_MS: u64 = 3_600_000;
 
 /// Headers the consumer sets itself on every request.

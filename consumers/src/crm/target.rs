@@ -1,12 +1,10 @@
-//! The loop of one target: its own consumer group, records in order, each
-//! committed only once it was delivered, dead-lettered, or skipped.
+//! One target's work on a record, in its own consumer group: records in
+//! order, each committed only once it was delivered, dead-lettered, or
+//! skipped (the loop is `callstream_kafka::per_record`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
@@ -14,23 +12,21 @@ use callstream_schemas::Kind;
 
 use super::deliver::{Deliverer, Delivery};
 use super::metrics::{EventOutcome, TargetMetrics};
-use callstream_kafka::lag::LagReporter;
+use callstream_kafka::per_record::RecordHandler;
 use callstream_kafka::wire::decode_unique;
-use callstream_runtime::shutdown::{pause, wait_for};
 
 /// Headers added to a dead letter, besides the original ones.
 pub const TARGET_HEADER: &str = "cs_crm_target";
 pub const ERROR_HEADER: &str = "cs_crm_error";
 pub const ATTEMPTS_HEADER: &str = "cs_crm_attempts";
 
-/// Pause after a Kafka error before trying again (consume or dead-letter).
+/// Pause after a Kafka error before trying again to dead-letter.
 const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-pub struct TargetLoop {
+/// One target's work on a record: deliver it, or dead-letter it. The loop
+/// around it is [`PerRecordLoop`].
+pub struct TargetHandler {
     pub name: String,
-    pub group: String,
-    pub consumer: Arc<StreamConsumer>,
-    pub topic: String,
     pub dlq_topic: String,
     pub producer: FutureProducer,
     pub deliverer: Deliverer,
@@ -38,49 +34,13 @@ pub struct TargetLoop {
     pub metrics: TargetMetrics,
 }
 
-impl TargetLoop {
-    /// Runs until `shutdown`; then commits what is finished and leaves the group.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
-        self.consumer.subscribe(&[&self.topic])?;
-        tracing::info!(crm_target = %self.name, group = %self.group, "CRM target consuming");
-        let lag = LagReporter::spawn(self.consumer.clone(), self.metrics.lag.clone());
-        loop {
-            let msg = tokio::select! {
-                biased;
-                _ = wait_for(&mut shutdown) => break,
-                msg = self.consumer.recv() => msg,
-            };
-            let msg = match msg {
-                Ok(msg) => msg,
-                Err(e) => {
-                    tracing::warn!(crm_target = %self.name, error = %e, "Kafka consume error");
-                    if pause(KAFKA_ERROR_PAUSE, &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let Some(outcome) = self.process(&msg, &shutdown).await else {
-                tracing::info!(
-                    crm_target = %self.name,
-                    partition = msg.partition(),
-                    offset = msg.offset(),
-                    "shutdown with an event unfinished: not committed, it is delivered after the restart"
-                );
-                break;
-            };
-            self.metrics.event(outcome);
-            self.store(&msg);
-        }
-        lag.stop().await;
-        self.close().await;
-        Ok(())
-    }
+impl RecordHandler for TargetHandler {
+    type Outcome = EventOutcome;
 
     /// Delivers or dead-letters one record; `None` if shutdown interrupted it.
-    async fn process(
+    async fn handle(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &OwnedMessage,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<EventOutcome> {
         let unique = match decode_unique(msg) {
@@ -114,11 +74,17 @@ impl TargetLoop {
         }
     }
 
+    fn finished(&self, outcome: EventOutcome) {
+        self.metrics.event(outcome);
+    }
+}
+
+impl TargetHandler {
     /// Copies the record to the dead-letter topic with why it failed; see
     /// [`callstream_kafka::dead_letter::dead_letter`]. `None` if shutdown came first.
     async fn dead_letter(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &OwnedMessage,
         error: &str,
         attempts: u32,
         shutdown: &watch::Receiver<bool>,
@@ -140,15 +106,5 @@ impl TargetLoop {
         )
         .await;
         acked.then_some(EventOutcome::DeadLettered)
-    }
-
-    fn store(&self, msg: &BorrowedMessage<'_>) {
-        callstream_kafka::consume::commit_after(&self.consumer, msg);
-    }
-
-    async fn close(self) {
-        let name = self.name;
-        callstream_kafka::consume::commit_and_close(self.consumer).await;
-        tracing::info!(crm_target = %name, "CRM target stopped");
     }
 }

@@ -17,10 +17,12 @@ use crate::config::{invalid, ConfigError};
 
 /// Most media handles archived per event (a Xarios call lists a few
 /// `recordingIds`); more are dead-lettered. It bounds how long one record
-/// can take, which the consumer's `max.poll.interval.ms` must cover.
+/// can take.
 pub const MAX_MEDIA_PER_EVENT: usize = 8;
 
-/// librdkafka's upper bound of `max.poll.interval.ms`, less a margin.
+/// Longest one record may take, about a day: it holds its key's later
+/// records (revisions of one event) until then, and its partition's
+/// commits. (The consumer keeps polling Kafka meanwhile.)
 const MAX_RECORD_MS: u64 = 86_400_000 - 60_000;
 
 #[derive(Debug, Serialize, Deserialize)]
