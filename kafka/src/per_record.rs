@@ -470,7 +470,7 @@ mod tests {
         assert_eq!(state.running.len(), 1);
         assert!(state.pending.is_empty(), "b's queued record is dropped");
         assert!(!state.busy.contains(&Some(b"b".to_vec())));
-        assert!(state.progress.partitions.get(&1).is_none());
+        assert!(!state.progress.partitions.contains_key(&1));
         let aborted: Vec<bool> = state
             .running
             .values()
