@@ -16,6 +16,7 @@ pub mod ingest;
 mod keylock;
 pub mod metrics;
 pub mod publish;
+mod server;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;
