@@ -1,15 +1,25 @@
 //! The HTTP server of both listeners: what actix-web's `HttpServer::listen`
-//! assembles (actix-server accepting, actix-http serving HTTP/1).
+//! assembles (actix-server accepting, actix-http serving HTTP/1), with each
+//! connection wrapped in [`answers::JsonAnswers`] so the answers actix-http
+//! writes itself have JSON bodies too. `HttpServer` has no way to wrap a
+//! connection, hence the assembly here.
+
+mod answers;
 
 use std::fmt;
 use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_http::body::MessageBody;
-use actix_http::{HttpService, Request, Response};
+use actix_http::{HttpService, Protocol, Request, Response};
 use actix_server::Server;
-use actix_service::{map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt as _};
+use actix_service::{
+    fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt as _,
+};
 use actix_web::dev::{AppConfig, Service};
+use actix_web::rt::net::TcpStream;
+
+use answers::JsonAnswers;
 
 /// What the gateway sets on a listener's server; `None`: actix's default.
 #[derive(Debug, Clone)]
@@ -39,7 +49,7 @@ impl Default for Http {
 }
 
 /// Serves `factory`'s app on `listener` as `HttpServer::new(factory)`
-/// with `http`'s settings would.
+/// with `http`'s settings would, answers with JSON bodies included.
 pub fn serve<F, I, S, B>(listener: TcpListener, http: &Http, factory: F) -> std::io::Result<Server>
 where
     F: Fn() -> I + Send + Clone + 'static,
@@ -65,6 +75,8 @@ where
     }
     let shutdown = builder.graceful_shutdown_signal();
     let http = http.clone();
+    let head_timeout_ms =
+        u64::try_from(http.client_request_timeout.as_millis()).unwrap_or(u64::MAX);
     let builder = builder.listen(format!("actix-web-service-{addr}"), listener, move || {
         let shutdown = shutdown.clone();
         let app = factory()
@@ -85,7 +97,12 @@ where
             // them (no URL generation, no `connection_info`), and actix-web
             // offers no public way to build another `AppConfig`.
             .finish(map_config(app, |_| AppConfig::default()));
-        service.tcp()
+        fn_service(move |io: TcpStream| {
+            let peer = io.peer_addr().ok();
+            let io = JsonAnswers::new(io, head_timeout_ms);
+            std::future::ready(Ok((io, Protocol::Http1, peer)))
+        })
+        .and_then(service)
     })?;
     Ok(builder.run())
 }
