@@ -28,6 +28,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("method {method} is not allowed here; allowed: {allowed}")]
     MethodNotAllowed { method: String, allowed: String },
+    // The three below are answered by the HTTP server before a request
+    // reaches a handler; `crate::server::answers` gives them these bodies.
+    #[error("malformed request: the request line or a header cannot be parsed")]
+    MalformedRequest,
+    #[error("request headers not received within {timeout_ms} ms")]
+    HeadTimeout { timeout_ms: u64 },
+    #[error("request head too large: at most 128 KiB and 96 headers")]
+    HeadTooLarge,
 }
 
 /// Which limit an overloaded gateway hit.
@@ -53,8 +61,11 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BadRequest(_) | ApiError::MalformedRequest => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout { .. } | ApiError::HeadTimeout { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable { .. } | ApiError::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -84,6 +95,13 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(serde_json::json!({ "error": self.to_string() }))
+        response.json(self.body())
+    }
+}
+
+impl ApiError {
+    /// The JSON body of the answer.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self.to_string() })
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod ingest;
 mod keylock;
 pub mod metrics;
+mod server;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;

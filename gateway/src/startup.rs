@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 pub use actix_web::dev::ServerHandle;
 use actix_web::http::Method as HttpMethod;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use tracing_actix_web::TracingLogger;
 
 use callstream_kafka::publish::{PublishOptions, Publisher};
@@ -25,6 +25,7 @@ use crate::deliver::{Deliverer, PUBLISHED_TOPICS};
 use crate::error::ApiError;
 use crate::ingest::{self, Ingest, SourceRoute};
 use crate::metrics::Metrics;
+use crate::server::{self, Http};
 use crate::spool::Spool;
 use crate::telemetry::RedactingRootSpan;
 
@@ -117,23 +118,34 @@ impl Application {
             })?;
             let port = listener.local_addr()?.port();
             let (ingest, kafka_check) = (ingest.clone(), kafka_check.clone());
-            let server = HttpServer::new(move || {
+            let http = Http {
+                workers: Some(1),
+                // Stopped after the webhook server, so scrapes see the drain.
+                signals: false,
+                ..Http::default()
+            };
+            let server = server::serve(listener, &http, move || {
                 App::new()
                     .app_data(ingest.clone())
                     .app_data(kafka_check.clone())
                     .configure(health_routes)
                     .configure(metrics_route)
                     .default_service(web::to(not_found))
-            })
-            .workers(1)
-            // Stopped after the webhook server, so scrapes see the drain.
-            .disable_signals()
-            .listen(listener)?
-            .run();
+            })?;
             Some((port, server))
         };
         let metrics_here = admin.is_none();
-        let server = HttpServer::new(move || {
+        let http = Http {
+            workers: (settings.workers > 0).then_some(settings.workers),
+            signals: true,
+            shutdown_timeout_secs: Some(settings.shutdown_timeout_secs),
+            // Slow clients may not hold a connection: headers must arrive in
+            // time, idle keep-alive connections are closed.
+            client_request_timeout: Duration::from_millis(settings.header_read_timeout_ms),
+            client_disconnect_timeout: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(settings.keep_alive_secs),
+        };
+        let server = server::serve(listener, &http, move || {
             let mut app = App::new()
                 .wrap(TracingLogger::<RedactingRootSpan>::new())
                 .app_data(ingest.clone())
@@ -146,21 +158,7 @@ impl Application {
                 app = app.service(route_resource(path, route.clone()));
             }
             app.default_service(web::to(not_found))
-        });
-        let server = if settings.workers > 0 {
-            server.workers(settings.workers)
-        } else {
-            server
-        };
-        let server = server
-            .listen(listener)?
-            .shutdown_timeout(settings.shutdown_timeout_secs)
-            // Slow clients may not hold a connection: headers must arrive in
-            // time, idle keep-alive connections are closed.
-            .client_request_timeout(Duration::from_millis(settings.header_read_timeout_ms))
-            .client_disconnect_timeout(Duration::from_secs(1))
-            .keep_alive(Duration::from_secs(settings.keep_alive_secs))
-            .run();
+        })?;
         Ok(Application {
             port,
             server,

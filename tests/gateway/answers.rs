@@ -219,3 +219,160 @@ async fn slow_clients_are_cut_off() {
     }
     gw.stop().await;
 }
+
+/// One answer read off a raw connection.
+struct Answer {
+    status_line: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts it is a JSON error answer with `status`: its `error`.
+    fn json_error(&self, status: &str) -> String {
+        assert!(
+            self.status_line.starts_with(&format!("HTTP/1.1 {status}")),
+            "{}",
+            self.status_line
+        );
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("{status}: body {:?} is not JSON: {e}", self.body));
+        body["error"]
+            .as_str()
+            .expect("error bodies have an `error` string")
+            .to_string()
+    }
+}
+
+/// The answers in `raw`, each framed by its `content-length`.
+fn answers(raw: &str) -> Vec<Answer> {
+    let mut rest = raw;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (head, after) = rest
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no complete head in {rest:?}"));
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap().to_string();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (name, value) = l.split_once(':').expect("a header line");
+                (name.to_string(), value.trim().to_string())
+            })
+            .collect();
+        let answer = Answer {
+            status_line,
+            headers,
+            body: String::new(),
+        };
+        let length: usize = answer
+            .header("content-length")
+            .unwrap_or_else(|| panic!("no content-length in {head:?}"))
+            .parse()
+            .unwrap();
+        assert!(after.len() >= length, "body cut short: {raw:?}");
+        out.push(Answer {
+            body: after[..length].to_string(),
+            ..answer
+        });
+        rest = &after[length..];
+    }
+    out
+}
+
+/// What the HTTP server answers itself, before a request reaches the
+/// gateway (unparseable or too large heads), is JSON like every other
+/// error answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_heads_get_json_answers() {
+    let gw = spawn_gateway(|f| f).await;
+    let wait = Duration::from_secs(10);
+    for malformed in [
+        "NOT A REQUEST LINE\r\n\r\n",
+        "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        "GET /healthz HTTP/9.9\r\n\r\n",
+    ] {
+        let (raw, _) = raw_exchange(&gw, malformed, wait).await;
+        let answer = answers(&raw);
+        assert_eq!(answer.len(), 1, "{raw:?}");
+        assert!(answer[0].json_error("400").contains("malformed request"));
+        assert_eq!(answer[0].header("connection"), Some("close"));
+    }
+
+    let too_large = format!(
+        "GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let (raw, _) = raw_exchange(&gw, &too_large, wait).await;
+    let answer = answers(&raw);
+    assert_eq!(answer.len(), 1, "{raw:?}");
+    assert!(answer[0].json_error("431").contains("too large"));
+
+    for topic in [Topic::Raw, Topic::Events, Topic::Dlq] {
+        assert_eq!(gw.count(topic), 0);
+    }
+    gw.stop().await;
+}
+
+/// actix-http computes the head deadline from a clock it refreshes every
+/// 500 ms, so the timeout here stays well above that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_never_completes_gets_a_json_408() {
+    let gw = spawn_gateway(|f| f.merge(("header_read_timeout_ms", 1000))).await;
+    let (raw, took) = raw_exchange(
+        &gw,
+        "POST /v1/onoff/sms HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    let answer = answers(&raw);
+    assert_eq!(answer.len(), 1, "{raw:?}");
+    assert!(answer[0].json_error("408").contains("within 1000 ms"));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    gw.stop().await;
+}
+
+/// Pipelined requests: the answers before the server's own stay intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_after_good_ones_gets_json_after_their_answers() {
+    let gw = spawn_gateway(|f| f).await;
+    let good = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let pipelined = format!("{good}{good}GET / HTTP/1.1\r\nBad Header\r\n\r\n");
+    let (raw, _) = raw_exchange(&gw, &pipelined, Duration::from_secs(10)).await;
+    let answer = answers(&raw);
+    assert_eq!(answer.len(), 3, "{raw:?}");
+    for healthy in &answer[..2] {
+        assert!(healthy.status_line.starts_with("HTTP/1.1 200"), "{raw:?}");
+        assert_eq!(healthy.body, r#"{"status":"alive"}"#);
+    }
+    assert!(answer[2].json_error("400").contains("malformed request"));
+    gw.stop().await;
+}
+
+/// An answer to HEAD announces a length it does not send; what follows it
+/// on the connection must reach the client as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_after_an_answer_to_head_are_intact() {
+    let gw = spawn_gateway(|f| f).await;
+    let pipelined = "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nBad Header\r\n\r\n";
+    let (raw, _) = raw_exchange(&gw, pipelined, Duration::from_secs(10)).await;
+    let (head_answer, rest) = raw.split_once("\r\n\r\n").expect("an answer to HEAD");
+    assert!(head_answer.starts_with("HTTP/1.1 200"), "{raw:?}");
+    assert!(head_answer.contains("content-length: 18"), "{raw:?}");
+    assert!(rest.starts_with("HTTP/1.1 200"), "{raw:?}");
+    let (_, rest) = rest.split_once("\r\n\r\n").unwrap();
+    let rest = rest
+        .strip_prefix(r#"{"status":"alive"}"#)
+        .unwrap_or_else(|| panic!("{raw:?}"));
+    // Past an answer to HEAD the server's own answer is left as it wrote it.
+    assert!(rest.starts_with("HTTP/1.1 400"), "{raw:?}");
+    gw.stop().await;
+}
