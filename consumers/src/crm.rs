@@ -137,6 +137,13 @@ impl CrmConsumer {
                 metrics: metrics.target(name),
             });
         }
+        // Never an error for an output: logged when it cannot be made.
+        let _ = crate::kafka::ensure_topic(
+            &settings.kafka,
+            settings.topics.name(Topic::CrmDlq),
+            settings.topics.name(Topic::EventsUnique),
+            crate::kafka::Owned::Output,
+        );
         Ok(CrmConsumer { targets })
     }
 

@@ -129,6 +129,15 @@ impl RecordingsConsumer {
         .create()?;
         let producer: FutureProducer =
             crate::kafka::durable_producer_config(&settings.kafka).create()?;
+        for output in [Topic::Recordings, Topic::RecordingsDlq] {
+            // Never an error for an output: logged when it cannot be made.
+            let _ = crate::kafka::ensure_topic(
+                &settings.kafka,
+                settings.topics.name(output),
+                settings.topics.name(Topic::EventsUnique),
+                crate::kafka::Owned::Output,
+            );
+        }
         Ok(RecordingsConsumer {
             archive_loop: ArchiveLoop {
                 group: recordings.group_id.clone(),
