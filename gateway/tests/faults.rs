@@ -206,14 +206,8 @@ async fn load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
     const ROUNDS: usize = 6;
-    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
-    let bootstrap = broker.bootstrap_servers();
-    let spool = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
-        ("CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS", "400".to_string()),
-    ];
+    let (broker, _spool, mut env) = broker_and_spool();
+    env.push(("CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS", "400".to_string()));
     let mut acked = HashSet::new();
     let mut per_round = Vec::new();
     for round in 0..ROUNDS {
@@ -247,8 +241,40 @@ async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
     );
 
     // Restart with Kafka up: whatever is still spooled is replayed.
+    restart_until_all_in_kafka(&broker, &env, &acked).await;
+    println!(
+        "kill -9 test: {ROUNDS} rounds (kafka_up, acked) {per_round:?}: {} acknowledged, all in Kafka, 0 lost",
+        acked.len()
+    );
+}
+
+/// A broker with every topic, a spool directory, and the environment of a
+/// gateway binary pointed at both.
+fn broker_and_spool() -> (
+    EmbeddedBroker,
+    tempfile::TempDir,
+    Vec<(&'static str, String)>,
+) {
+    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
+    ];
+    (broker, spool, env)
+}
+
+/// Brings the broker up and starts the gateway with `env` (its spool):
+/// every id in `acked` must reach the raw topic within 90 s; then SIGTERM,
+/// and a clean exit.
+async fn restart_until_all_in_kafka(
+    broker: &EmbeddedBroker,
+    env: &[(&str, String)],
+    acked: &HashSet<String>,
+) {
     broker.cluster().broker_up(-1).unwrap();
-    let gw = ServiceProcess::gateway(BINARY, &env);
+    let bootstrap = broker.bootstrap_servers();
+    let gw = ServiceProcess::gateway(BINARY, env);
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut in_kafka = ids_in_raw_topic(&bootstrap);
     while !acked.is_subset(&in_kafka) && Instant::now() < deadline {
@@ -262,10 +288,6 @@ async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
         "acknowledged deliveries missing from Kafka, e.g. {examples:?}"
     );
     assert!(gw.terminate().success(), "clean exit on SIGTERM");
-    println!(
-        "kill -9 test: {ROUNDS} rounds (kafka_up, acked) {per_round:?}: {} acknowledged, all in Kafka, 0 lost",
-        acked.len()
-    );
 }
 
 /// A broker answering after `rtt_ms`, and the gateway binary in front of it
@@ -404,14 +426,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_with_kafka_unreachable_exits_promptly_and_keeps_the_spool() {
     const RUNS: usize = 6;
-    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
-    let bootstrap = broker.bootstrap_servers();
-    let spool = tempfile::tempdir().unwrap();
     // Production defaults otherwise (publish_timeout_ms, shutdown_timeout_secs).
-    let env = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
-    ];
+    let (broker, _spool, env) = broker_and_spool();
     let client = reqwest::Client::new();
     let mut acked = HashSet::new();
     let mut exits = Vec::new();
@@ -487,20 +503,7 @@ async fn sigterm_with_kafka_unreachable_exits_promptly_and_keeps_the_spool() {
     }
 
     // Kafka back: the next start replays every acknowledged delivery.
-    broker.cluster().broker_up(-1).unwrap();
-    let gw = ServiceProcess::gateway(BINARY, &env);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut in_kafka = ids_in_raw_topic(&bootstrap);
-    while !acked.is_subset(&in_kafka) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        in_kafka = ids_in_raw_topic(&bootstrap);
-    }
-    let missing: Vec<_> = acked.difference(&in_kafka).take(10).collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged deliveries missing from Kafka, e.g. {missing:?}"
-    );
-    assert!(gw.terminate().success(), "clean exit on SIGTERM");
+    restart_until_all_in_kafka(&broker, &env, &acked).await;
     println!(
         "prompt stop test: {RUNS} SIGTERMs with Kafka unreachable, exits took {exits:?}; {} acknowledged, all in Kafka",
         acked.len()
