@@ -242,3 +242,87 @@ async fn a_broker_outage_does_not_stop_dedup() {
     assert_eq!(keys.len(), 2);
     assert!(keys.contains(&after.0), "{keys:?}");
 }
+
+/// Partitions of `topic` in the brokers' metadata (0: no such topic).
+fn partitions(bootstrap: &str, topic: &str) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let md = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics().first().map_or(0, |t| t.partitions().len())
+}
+
+/// A broker holding only the input topic. Dedup creates the topics it
+/// writes when they are missing (CreateTopics, with the input's partition
+/// count; the changelog compacted), but librdkafka's in-process mock broker
+/// does not implement CreateTopics: here the attempt must end in an error
+/// that names the changelog and says how to create it by hand (it used to
+/// be "has 0 partitions but ... has 3", and no attempt). Created that way,
+/// dedup runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_changelog_is_created_or_named_with_how_to_create_it() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let events = Topic::Events.default_name();
+    let changelog = Topic::DedupState.default_name();
+    cluster.create_topic(events, PARTITIONS, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let event = onoff_call_event("created", "", T0);
+    produce(&bootstrap, events, std::slice::from_ref(&event)).await;
+
+    let metrics = DedupMetrics::new(&prometheus::Registry::new());
+    let Err(error) = Dedup::new(&settings(&bootstrap, |f| f), metrics) else {
+        panic!("the mock broker created {changelog}: test it as created");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!(
+            "`{changelog}` does not exist and could not be created"
+        )) && message.contains("cleanup.policy=compact")
+            && message.contains(&format!("as many partitions as `{events}`")),
+        "{message}"
+    );
+    assert_eq!(partitions(&bootstrap, changelog), 0);
+
+    cluster.create_topic(changelog, PARTITIONS, 1).unwrap();
+    cluster
+        .create_topic(Topic::EventsUnique.default_name(), PARTITIONS, 1)
+        .unwrap();
+    let running = start(&settings(&bootstrap, |f| f));
+    wait_until_consumed(&running, 1).await;
+    running.stop().await;
+    let keys: Vec<String> = unique(&bootstrap).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, [event.0]);
+}
+
+/// A changelog that exists with fewer partitions than the input is not
+/// repaired: dedup refuses to start, naming the topic and both counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changelog_with_fewer_partitions_than_the_input_is_refused_by_name() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster
+        .create_topic(Topic::Events.default_name(), PARTITIONS, 1)
+        .unwrap();
+    cluster
+        .create_topic(Topic::DedupState.default_name(), 1, 1)
+        .unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let metrics = DedupMetrics::new(&prometheus::Registry::new());
+    let Err(error) = Dedup::new(&settings(&bootstrap, |f| f), metrics) else {
+        panic!("dedup started with a changelog of 1 partition for an input of {PARTITIONS}");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("`callstream.dedup.state.v1` has 1 partitions")
+            && message.contains(&format!("`callstream.events.v1` has {PARTITIONS}")),
+        "{message}"
+    );
+    assert_eq!(
+        partitions(&bootstrap, Topic::DedupState.default_name()),
+        1,
+        "left as it is"
+    );
+}

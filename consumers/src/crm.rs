@@ -148,6 +148,13 @@ impl CrmConsumer {
                 },
             });
         }
+        // Never an error for an output: logged when it cannot be made.
+        let _ = callstream_kafka::topics::ensure_topic(
+            &settings.kafka,
+            settings.topics.name(Topic::CrmDlq),
+            settings.topics.name(Topic::EventsUnique),
+            callstream_kafka::topics::Owned::Output,
+        );
         Ok(CrmConsumer { targets })
     }
 

@@ -47,6 +47,7 @@ use callstream_schemas::Topic;
 use crate::config::{ClientSettings, Settings};
 use callstream_kafka::client::{client_config, client_config_with, consumer_config, Role};
 use callstream_kafka::consume::TrackingContext;
+use callstream_kafka::topics::{ensure_topic, Owned};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Changelog key of a partition's position record; no identity starts with NUL.
@@ -361,12 +362,16 @@ impl Dedup {
                 .fetch_metadata(Some(topic), Duration::from_secs(10))?;
             Ok(md.topics().first().map_or(0, |t| t.partitions().len()))
         };
-        let (input, changelog) = (count(&self.input)?, count(&self.changelog)?);
+        let input = count(&self.input)?;
         anyhow::ensure!(
             input > 0,
             "input topic `{}` does not exist (topics.events)",
             self.input
         );
+        // Created like the input when missing; one that exists is checked below.
+        let changelog =
+            ensure_topic(&self.kafka, &self.changelog, &self.input, Owned::Changelog)?.unwrap_or(0);
+        ensure_topic(&self.kafka, &self.output, &self.input, Owned::Output)?;
         anyhow::ensure!(
             changelog >= input,
             "changelog topic `{}` has {changelog} partitions but `{}` has {input}; they must be co-partitioned (topics.dedup_state)",

@@ -77,23 +77,59 @@ pub fn connect_error_is_transient(error: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// The key of the PostgreSQL advisory lock (`pg_advisory_lock(bigint)`)
+/// under which every callstream process migrates a database: "callstrm" in
+/// ASCII. Without it, `callstream-store` and `callstream-analytics` started
+/// together on an empty database both created refinery's history table and
+/// the first tables at once, and one died on a duplicate key in PostgreSQL's
+/// catalog (`pg_type_typname_nsp_index`).
+pub const MIGRATION_LOCK_KEY: i64 = 0x6361_6c6c_7374_726d;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("cannot take or release the migration lock: {0}")]
+    Lock(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Migration(#[from] refinery::Error),
+}
+
 /// Applies every migration not yet applied.
-pub async fn migrate(client: &mut Client) -> Result<(), refinery::Error> {
+pub async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     migrate_up_to(client, None).await
 }
 
 /// Applies the migrations not yet applied, up to and including `version`
 /// (all with `None`): a database as an older release left it, for upgrade
 /// tests and staged roll-outs.
-pub async fn migrate_up_to(
-    client: &mut Client,
-    version: Option<i32>,
-) -> Result<(), refinery::Error> {
+///
+/// One process at a time: the migrations run holding the session-level
+/// advisory lock [`MIGRATION_LOCK_KEY`] on `client`'s connection, which
+/// they also run on; a process that finds it taken waits, then finds the
+/// migrations applied. The lock is released after them, failed or not, and
+/// by PostgreSQL when the connection ends: a process that dies mid-migration
+/// does not leave it held (refinery applies each migration in a
+/// transaction, so the next holder starts from the last one committed).
+pub async fn migrate_up_to(client: &mut Client, version: Option<i32>) -> Result<(), MigrateError> {
+    let free: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?
+        .get(0);
+    if !free {
+        tracing::info!("another process is migrating the database; waiting for it");
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?;
+    }
     let mut runner = embedded::migrations::runner();
     if let Some(version) = version {
         runner = runner.set_target(refinery::Target::Version(version));
     }
-    let report = runner.run_async(client).await?;
+    let applied = runner.run_async(client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    let report = applied?;
+    unlocked?;
     for m in report.applied_migrations() {
         tracing::info!(migration = %m, "applied migration");
     }

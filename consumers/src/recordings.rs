@@ -130,6 +130,15 @@ impl RecordingsConsumer {
                 .create_with_context(TrackingContext::committing_on_revoke())?;
         let producer: FutureProducer =
             callstream_kafka::client::durable_producer_config(&settings.kafka).create()?;
+        for output in [Topic::Recordings, Topic::RecordingsDlq] {
+            // Never an error for an output: logged when it cannot be made.
+            let _ = callstream_kafka::topics::ensure_topic(
+                &settings.kafka,
+                settings.topics.name(output),
+                settings.topics.name(Topic::EventsUnique),
+                callstream_kafka::topics::Owned::Output,
+            );
+        }
         Ok(RecordingsConsumer {
             archive_loop: PerRecordLoop {
                 name: format!("recordings archiver (group {})", recordings.group_id),

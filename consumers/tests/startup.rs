@@ -12,6 +12,7 @@ use callstream_testkit::unique::{at, scenario};
 use callstream_testkit::ServiceProcess;
 
 const STORE: &str = env!("CARGO_BIN_EXE_callstream-store");
+const ANALYTICS: &str = env!("CARGO_BIN_EXE_callstream-analytics");
 
 /// A connection to the cluster's `postgres` database, beside `db`.
 async fn admin(db: &TestDatabase) -> tokio_postgres::Client {
@@ -112,6 +113,78 @@ async fn a_store_started_before_its_database_accepts_connections_waits_for_it() 
         .await
         .expect("terminate task");
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+/// The store and analytics started at the same instant on one empty
+/// database both come up and consume: they migrate one after the other
+/// (they used to run the same migrations at once, and one died on a
+/// duplicate key in PostgreSQL's catalog). Several fresh databases, since
+/// the race is one of timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_analytics_started_together_on_an_empty_database_both_run() {
+    const ROUNDS: usize = 5;
+    let broker = broker();
+    let bootstrap = broker.bootstrap_servers();
+    let records = scenario(
+        "together",
+        20,
+        at("2024-06-03T10:00:00Z"),
+        at("2024-06-03T12:00:00Z"),
+    );
+    produce(&bootstrap, &records, None).await;
+    for round in 0..ROUNDS {
+        let database = TestDatabase::create().await;
+        // Each round its own consumer groups: each reads the topic from
+        // the start into its fresh database.
+        let env = |section: &str| {
+            vec![
+                ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+                ("DATABASE_URL", database.url.clone()),
+                (
+                    if section == "store" {
+                        "CALLSTREAM_STORE__GROUP_ID"
+                    } else {
+                        "CALLSTREAM_ANALYTICS__GROUP_ID"
+                    },
+                    format!("{section}-{round}"),
+                ),
+            ]
+        };
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let launch = |binary: &'static str, env: Vec<(&'static str, String)>| {
+            let start = start.clone();
+            tokio::task::spawn_blocking(move || {
+                start.wait();
+                ServiceProcess::consumer(binary, &env)
+            })
+        };
+        let store = launch(STORE, env("store"));
+        let analytics = launch(ANALYTICS, env("analytics"));
+        let (store, analytics) = (store.await, analytics.await);
+        let (Ok(store), Ok(analytics)) = (store, analytics) else {
+            panic!("round {round}: the store or analytics did not come up (see its log above)");
+        };
+        let db = database.connect().await;
+        for (group, process) in [("store", &store), ("analytics", &analytics)] {
+            let health = reqwest::get(process.url("/healthz"))
+                .await
+                .expect("health answers");
+            assert!(health.status().is_success(), "round {round}: {group}");
+            wait_caught_up(
+                &db,
+                &format!("{group}-{round}"),
+                records.len() as i64,
+                Duration::from_secs(60),
+            )
+            .await;
+        }
+        for process in [store, analytics] {
+            let status = tokio::task::spawn_blocking(move || process.terminate())
+                .await
+                .expect("terminate task");
+            assert!(status.success(), "round {round}: clean exit: {status:?}");
+        }
+    }
 }
 
 /// SIGTERM while it waits for the database: a clean, prompt exit.

@@ -178,7 +178,8 @@ impl Deliverer {
 
     /// Publishes one chunk of a segment (starting at its `first`-th
     /// delivery) until Kafka acknowledged every delivery or set aside the
-    /// ones it refuses as records; true if shutdown came first.
+    /// ones it refuses as records; true if shutdown came first (at once,
+    /// even with publishes in flight).
     ///
     /// Deliveries sharing a key go one after another, different keys at
     /// once: a later delivery for a key is never sent before the earlier
@@ -195,7 +196,7 @@ impl Deliverer {
     ) -> bool {
         let mut queues = per_key(chunk);
         loop {
-            let results = join_all(queues.iter().map(|queue| async move {
+            let publishing = join_all(queues.iter().map(|queue| async move {
                 let mut acked = 0;
                 for &i in queue {
                     if let Err(err) = self.publisher.publish(&chunk[i].records).await {
@@ -204,8 +205,18 @@ impl Deliverer {
                     acked += 1;
                 }
                 (acked, None)
-            }))
-            .await;
+            }));
+            // Shutdown does not wait for the publishes in flight: with Kafka
+            // unreachable each can take the whole publish deadline and its
+            // safety margin, which made the stop overrun docker's 10 s.
+            // What they carry stays in the spool (the segment is deleted
+            // only once all of it was acknowledged) and is sent again at
+            // the next start; a record Kafka takes after all is a
+            // duplicate, which the dedup consumer drops.
+            let results = tokio::select! {
+                results = publishing => results,
+                _ = shutdown.changed() => return true,
+            };
             let mut failing = 0;
             for (queue, (acked, err)) in queues.iter_mut().zip(results) {
                 for i in queue.drain(..acked) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use callstream_gateway::config::{Settings, TopicNames};
 use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_schemas::Topic;
-use callstream_testkit::{read_all, spawn_gateway, ServiceProcess, PARTITIONS};
+use callstream_testkit::{metric_value, read_all, spawn_gateway, ServiceProcess, PARTITIONS};
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 
@@ -206,14 +206,8 @@ async fn load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
     const ROUNDS: usize = 6;
-    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
-    let bootstrap = broker.bootstrap_servers();
-    let spool = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
-        ("CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS", "400".to_string()),
-    ];
+    let (broker, _spool, mut env) = broker_and_spool();
+    env.push(("CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS", "400".to_string()));
     let mut acked = HashSet::new();
     let mut per_round = Vec::new();
     for round in 0..ROUNDS {
@@ -247,8 +241,40 @@ async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
     );
 
     // Restart with Kafka up: whatever is still spooled is replayed.
+    restart_until_all_in_kafka(&broker, &env, &acked).await;
+    println!(
+        "kill -9 test: {ROUNDS} rounds (kafka_up, acked) {per_round:?}: {} acknowledged, all in Kafka, 0 lost",
+        acked.len()
+    );
+}
+
+/// A broker with every topic, a spool directory, and the environment of a
+/// gateway binary pointed at both.
+fn broker_and_spool() -> (
+    EmbeddedBroker,
+    tempfile::TempDir,
+    Vec<(&'static str, String)>,
+) {
+    let broker = EmbeddedBroker::start(PARTITIONS, &topics()).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("CALLSTREAM_SPOOL__DIR", spool.path().display().to_string()),
+    ];
+    (broker, spool, env)
+}
+
+/// Brings the broker up and starts the gateway with `env` (its spool):
+/// every id in `acked` must reach the raw topic within 90 s; then SIGTERM,
+/// and a clean exit.
+async fn restart_until_all_in_kafka(
+    broker: &EmbeddedBroker,
+    env: &[(&str, String)],
+    acked: &HashSet<String>,
+) {
     broker.cluster().broker_up(-1).unwrap();
-    let gw = ServiceProcess::gateway(BINARY, &env);
+    let bootstrap = broker.bootstrap_servers();
+    let gw = ServiceProcess::gateway(BINARY, env);
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut in_kafka = ids_in_raw_topic(&bootstrap);
     while !acked.is_subset(&in_kafka) && Instant::now() < deadline {
@@ -262,10 +288,6 @@ async fn kill_9_under_load_never_loses_an_acknowledged_delivery() {
         "acknowledged deliveries missing from Kafka, e.g. {examples:?}"
     );
     assert!(gw.terminate().success(), "clean exit on SIGTERM");
-    println!(
-        "kill -9 test: {ROUNDS} rounds (kafka_up, acked) {per_round:?}: {} acknowledged, all in Kafka, 0 lost",
-        acked.len()
-    );
 }
 
 /// A broker answering after `rtt_ms`, and the gateway binary in front of it
@@ -390,6 +412,102 @@ async fn sigterm_lets_in_flight_requests_finish_durably() {
             "term-{i} is durable"
         );
     }
+}
+
+/// Docker's default grace period between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// With Kafka unreachable, SIGTERM ends the gateway within docker's grace
+/// period, whatever the spool drainer and the in-flight requests are doing
+/// (deliveries still arriving, spooled segments being retried), and
+/// nothing acknowledged is lost: it stays in the spool for the next start.
+/// Several runs, since where SIGTERM lands in the drainer's cycle of
+/// attempts and pauses varies; the spool carries over from run to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_with_kafka_unreachable_exits_promptly_and_keeps_the_spool() {
+    const RUNS: usize = 6;
+    // Production defaults otherwise (publish_timeout_ms, shutdown_timeout_secs).
+    let (broker, _spool, env) = broker_and_spool();
+    let client = reqwest::Client::new();
+    let mut acked = HashSet::new();
+    let mut exits = Vec::new();
+    for run in 0..RUNS {
+        broker.cluster().broker_up(-1).unwrap();
+        let gw = ServiceProcess::gateway(BINARY, &env);
+        for n in 0..5 {
+            let id = format!("up{run}-{n}");
+            let answer = client
+                .post(gw.url("/v1/onoff/sms"))
+                .body(sms(&id))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), StatusCode::OK, "{id} with Kafka up");
+            acked.insert(id);
+        }
+        broker.cluster().broker_down(-1).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = tokio::spawn(load(
+            gw.url("/v1/onoff/sms"),
+            format!("down{run}"),
+            4,
+            stop.clone(),
+        ));
+        // Until deliveries are being spooled, then a little longer each
+        // run, so SIGTERM lands at a different point of the drainer's cycle.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric_value(
+            &gw.metrics().await,
+            "callstream_gateway_spool_appended_records_total",
+        )
+        .is_none_or(|n| n == 0.0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "run {run}: nothing spooled with Kafka down"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(700 * run as u64)).await;
+        let logs = gw.logs();
+        let (status, took) =
+            tokio::task::spawn_blocking(move || gw.terminate_within(STOP_GRACE * 2))
+                .await
+                .unwrap();
+        stop.store(true, Ordering::SeqCst);
+        let got = load.await.unwrap();
+        exits.push(took);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "run {run}: no clean exit within {:?}: {status:?}",
+            STOP_GRACE * 2
+        );
+        let last_lines: Vec<String> = logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.contains("librdkafka"))
+            .rev()
+            .take(12)
+            .cloned()
+            .collect();
+        assert!(
+            took < STOP_GRACE,
+            "run {run}: the exit took {took:?} with Kafka unreachable (runs so far: {exits:?}); its last lines, newest first: {last_lines:#?}"
+        );
+        assert!(
+            !got.is_empty(),
+            "run {run}: nothing acknowledged with Kafka down"
+        );
+        acked.extend(got);
+    }
+
+    // Kafka back: the next start replays every acknowledged delivery.
+    restart_until_all_in_kafka(&broker, &env, &acked).await;
+    println!(
+        "prompt stop test: {RUNS} SIGTERMs with Kafka unreachable, exits took {exits:?}; {} acknowledged, all in Kafka",
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ pub mod lag;
 pub mod per_record;
 pub mod publish;
 pub mod settings;
+pub mod topics;
 pub mod wire;
 
 pub use settings::{ClientSettings, TopicNames};

@@ -440,6 +440,26 @@ impl ServiceProcess {
             .status();
         self.child.wait().expect("process exits")
     }
+
+    /// SIGTERM, then wait at most `limit` for the exit: its status (`None`
+    /// if it was still running, and it is then killed) and how long the
+    /// exit took.
+    pub fn terminate_within(
+        mut self,
+        limit: Duration,
+    ) -> (Option<std::process::ExitStatus>, Duration) {
+        let sent = Instant::now();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        while sent.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("status") {
+                return (Some(status), sent.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (None, sent.elapsed())
+    }
 }
 
 /// Peak resident set size so far of process `pid`, in KiB (`VmHWM`).
