@@ -1,0 +1,66 @@
+//! The records of callstream's topics, encoded and decoded in one place:
+//! what the gateway writes and replay reads back ([`raw`]: raw, DLQ), the
+//! normalized events and dedup's unique events ([`events`]). Header names are
+//! `callstream_schemas::raw`'s (`cs_*`) and CloudEvents' Kafka binding
+//! (`ce_*`); the schemas and AsyncAPI document describe the same bytes.
+
+use rdkafka::message::{Headers, Message};
+
+pub mod events;
+pub mod raw;
+
+pub use events::{decode_unique, event_record, fingerprint, unique_headers, UniqueEvent};
+pub use raw::{dlq_record, raw_record, DeadLetter, Delivery};
+
+/// Reads a header's value as UTF-8.
+pub fn header_str<'a, M: Message>(msg: &'a M, name: &str) -> Option<&'a str> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
+/// A record this module cannot read: which header, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("no UTF-8 `{0}` header")]
+    MissingHeader(&'static str),
+    #[error("`{name}` is not {expected}: {detail}")]
+    InvalidHeader {
+        name: &'static str,
+        expected: &'static str,
+        detail: String,
+    },
+    #[error("record has no value")]
+    Empty,
+    #[error("value is not a normalized event: {0}")]
+    Json(String),
+}
+
+#[cfg(test)]
+use crate::publish::OutRecord;
+#[cfg(test)]
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+#[cfg(test)]
+/// `record` as a consumer receives it.
+fn received(record: &OutRecord) -> OwnedMessage {
+    let headers = record
+        .headers
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k.as_ref(),
+                value: Some(v.as_slice()),
+            })
+        });
+    OwnedMessage::new(
+        Some(record.payload.clone()),
+        Some(record.key.clone().into_bytes()),
+        record.topic.default_name().into(),
+        Timestamp::NotAvailable,
+        2,
+        41,
+        Some(headers),
+    )
+}
