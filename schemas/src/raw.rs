@@ -3,6 +3,10 @@
 //! The record *value* is the request body, byte-exact. Everything else about
 //! the request travels in Kafka headers named below, so a raw record can be
 //! turned back into a [`crate::RawRequest`] and normalized again at any time.
+//!
+//! The `cs_*` headers the consumers add to their dead letters (a unique
+//! record copied as it was, plus why it was given up) are named here too:
+//! every documented `cs_*` name in one place, which the AsyncAPI test checks.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -23,6 +27,19 @@ pub const H_SOURCE_TENANT: &str = "cs_source_tenant";
 pub const H_DLQ_REASON: &str = "cs_dlq_reason";
 /// DLQ only: human-readable reason.
 pub const H_DLQ_DETAIL: &str = "cs_dlq_detail";
+
+/// `callstream.crm.dlq.v1` only: the target that gave up
+/// (`crm.targets.<name>`).
+pub const H_CRM_TARGET: &str = "cs_crm_target";
+/// `callstream.crm.dlq.v1` only: the last error, for a person.
+pub const H_CRM_ERROR: &str = "cs_crm_error";
+/// `callstream.crm.dlq.v1` only: attempts made, in decimal.
+pub const H_CRM_ATTEMPTS: &str = "cs_crm_attempts";
+/// `callstream.recordings.dlq.v1` only: the errors, for a person (never a
+/// URL's secrets).
+pub const H_RECORDINGS_ERROR: &str = "cs_recordings_error";
+/// `callstream.recordings.dlq.v1` only: attempts made, in decimal.
+pub const H_RECORDINGS_ATTEMPTS: &str = "cs_recordings_attempts";
 
 /// Request headers copied onto raw records: (request header, Kafka header).
 /// Credentials (`Authorization`, `x-api-key`, ...) never are.
