@@ -15,13 +15,8 @@ use callstream_schemas::Kind;
 use super::deliver::{Deliverer, Delivery};
 use super::metrics::{EventOutcome, TargetMetrics};
 use callstream_kafka::lag::LagReporter;
-use callstream_kafka::wire::decode_unique;
+use callstream_kafka::wire::{decode_unique, By, GaveUp};
 use callstream_runtime::shutdown::{pause, wait_for};
-
-/// Headers added to a dead letter, besides the original ones.
-pub const TARGET_HEADER: &str = "cs_crm_target";
-pub const ERROR_HEADER: &str = "cs_crm_error";
-pub const ATTEMPTS_HEADER: &str = "cs_crm_attempts";
 
 /// Pause after a Kafka error before trying again (consume or dead-letter).
 const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -123,17 +118,18 @@ impl TargetLoop {
         attempts: u32,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<EventOutcome> {
-        let attempts = attempts.to_string();
-        let extra = [
-            (TARGET_HEADER, self.name.as_str()),
-            (ERROR_HEADER, error),
-            (ATTEMPTS_HEADER, attempts.as_str()),
-        ];
+        let why = GaveUp {
+            by: By::Crm {
+                target: self.name.as_str().into(),
+            },
+            error: error.into(),
+            attempts,
+        };
         let acked = callstream_kafka::dead_letter::dead_letter(
             &self.producer,
             &self.dlq_topic,
             msg,
-            &extra,
+            &why,
             KAFKA_ERROR_PAUSE,
             shutdown,
             |_| self.metrics.dlq_produce_errors.inc(),

@@ -26,12 +26,8 @@ use super::settings::MAX_MEDIA_PER_EVENT;
 use super::source;
 use super::template::{Redactor, Resolver};
 use callstream_kafka::lag::{LagFrom, LagReporter};
-use callstream_kafka::wire::decode_unique;
+use callstream_kafka::wire::{decode_unique, By, GaveUp};
 use callstream_runtime::shutdown::{pause, wait_for};
-
-/// Headers added to a dead letter, besides the original ones.
-pub const ERROR_HEADER: &str = "cs_recordings_error";
-pub const ATTEMPTS_HEADER: &str = "cs_recordings_attempts";
 
 /// Pause after a Kafka error before trying again.
 const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -339,13 +335,16 @@ impl ArchiveLoop {
         attempts: u32,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<()> {
-        let attempts = attempts.to_string();
-        let extra = [(ERROR_HEADER, error), (ATTEMPTS_HEADER, attempts.as_str())];
+        let why = GaveUp {
+            by: By::Recordings,
+            error: error.into(),
+            attempts,
+        };
         let acked = callstream_kafka::dead_letter::dead_letter(
             &self.producer,
             &self.dlq_topic,
             msg,
-            &extra,
+            &why,
             KAFKA_ERROR_PAUSE,
             shutdown,
             |_| self.metrics.produce_error("recordings_dlq"),

@@ -1,15 +1,18 @@
 //! The records of callstream's topics, encoded and decoded in one place:
 //! what the gateway writes and replay reads back ([`raw`]: raw, DLQ), the
-//! normalized events and dedup's unique events ([`events`]). Header names are
+//! normalized events and dedup's unique events ([`events`]), and the dead
+//! letters of the consumers that read the latter ([`letters`]). Header names are
 //! `callstream_schemas::raw`'s (`cs_*`) and CloudEvents' Kafka binding
 //! (`ce_*`); the schemas and AsyncAPI document describe the same bytes.
 
 use rdkafka::message::{Headers, Message};
 
 pub mod events;
+pub mod letters;
 pub mod raw;
 
 pub use events::{decode_unique, event_record, fingerprint, unique_headers, UniqueEvent};
+pub use letters::{crm_target, By, GaveUp, Letter};
 pub use raw::{dlq_record, raw_record, DeadLetter, Delivery};
 
 /// Reads a header's value as UTF-8.
