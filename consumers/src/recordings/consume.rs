@@ -26,7 +26,7 @@ use super::settings::MAX_MEDIA_PER_EVENT;
 use super::source;
 use super::template::{Redactor, Resolver};
 use callstream_kafka::lag::{LagFrom, LagReporter};
-use callstream_kafka::wire::{decode_unique, By, GaveUp};
+use callstream_kafka::wire::{decode_unique, recording_record, By, GaveUp};
 use callstream_runtime::shutdown::{pause, wait_for};
 
 /// Pause after a Kafka error before trying again.
@@ -308,11 +308,11 @@ impl ArchiveLoop {
         record: &RecordingArchived,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<()> {
-        let payload = serde_json::to_vec(record).expect("a RecordingArchived always serializes");
+        let record = recording_record(record);
         loop {
             let out = FutureRecord::to(&self.recordings_topic)
-                .key(record.identity.as_bytes())
-                .payload(&payload);
+                .key(record.key.as_bytes())
+                .payload(&record.payload);
             match self.producer.send(out, KAFKA_ERROR_PAUSE).await {
                 Ok(_) => return Some(()),
                 Err((e, _)) => {

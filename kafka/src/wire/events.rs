@@ -80,7 +80,10 @@ pub fn unique_headers<M: Message>(event: &M, revision: u32) -> OwnedHeaders {
 /// Reads a unique event: the event, and its revision (1 when absent).
 pub fn decode_unique<M: Message>(msg: &M) -> Result<UniqueEvent, WireError> {
     let json = msg.payload().ok_or(WireError::Empty)?;
-    let event: Event = serde_json::from_slice(json).map_err(|e| WireError::Json(e.to_string()))?;
+    let event: Event = serde_json::from_slice(json).map_err(|e| WireError::Json {
+        expected: "a normalized event",
+        detail: e.to_string(),
+    })?;
     let revision = header_str(msg, REVISION_HEADER)
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);

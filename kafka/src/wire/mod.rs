@@ -1,7 +1,8 @@
 //! The records of callstream's topics, encoded and decoded in one place:
 //! what the gateway writes and replay reads back ([`raw`]: raw, DLQ), the
 //! normalized events and dedup's unique events ([`events`]), and the dead
-//! letters of the consumers that read the latter ([`letters`]). Header names are
+//! letters of the consumers that read the latter ([`letters`]), and the
+//! archiver's recordings ([`recordings`]). Header names are
 //! `callstream_schemas::raw`'s (`cs_*`) and CloudEvents' Kafka binding
 //! (`ce_*`); the schemas and AsyncAPI document describe the same bytes.
 
@@ -10,10 +11,12 @@ use rdkafka::message::{Headers, Message};
 pub mod events;
 pub mod letters;
 pub mod raw;
+pub mod recordings;
 
 pub use events::{decode_unique, event_record, fingerprint, unique_headers, UniqueEvent};
 pub use letters::{crm_target, By, GaveUp, Letter};
 pub use raw::{dlq_record, raw_record, DeadLetter, Delivery};
+pub use recordings::{decode_recording, recording_record};
 
 /// Reads a header's value as UTF-8.
 pub fn header_str<'a, M: Message>(msg: &'a M, name: &str) -> Option<&'a str> {
@@ -36,8 +39,11 @@ pub enum WireError {
     },
     #[error("record has no value")]
     Empty,
-    #[error("value is not a normalized event: {0}")]
-    Json(String),
+    #[error("value is not {expected}: {detail}")]
+    Json {
+        expected: &'static str,
+        detail: String,
+    },
 }
 
 #[cfg(test)]
