@@ -50,6 +50,24 @@ pub const COPIED_HEADERS: &[(&str, &str)] = &[
     ("x-request-id", "cs_h_x_request_id"),
 ];
 
+/// The query string without any `token` parameter (a credential), other
+/// parameters kept byte-for-byte: what `cs_query` holds and providers are
+/// handed ([`crate::RawRequest::query`]).
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !is_token_pair(pair))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn is_token_pair(pair: &str) -> bool {
+    let name = pair.split('=').next().unwrap_or_default();
+    form_urlencoded::parse(name.as_bytes())
+        .next()
+        .is_some_and(|(k, _)| k == "token")
+}
+
 /// The Kafka headers of a raw or DLQ record, as a document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RawMeta {
@@ -78,4 +96,17 @@ pub struct RawMeta {
     /// DLQ only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cs_dlq_detail: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_removes_only_token_and_keeps_the_rest_verbatim() {
+        assert_eq!(redact_query("token=abc"), "");
+        assert_eq!(redact_query("a=1&token=abc&b=%20x"), "a=1&b=%20x");
+        assert_eq!(redact_query("to%6Ben=abc&tokens=1"), "tokens=1");
+        assert_eq!(redact_query("cdr[dur]=10&&token"), "cdr[dur]=10");
+    }
 }

@@ -2,7 +2,9 @@
 //! what the gateway writes and replay reads back ([`raw`]: raw, DLQ), the
 //! normalized events and dedup's unique events ([`events`]), and the dead
 //! letters of the consumers that read the latter ([`letters`]), and the
-//! archiver's recordings ([`recordings`]). Header names are
+//! archiver's recordings ([`recordings`]); and the step from a delivery to
+//! its records, which the gateway, replay and the benchmarks share
+//! ([`records`]). Header names are
 //! `callstream_schemas::raw`'s (`cs_*`) and CloudEvents' Kafka binding
 //! (`ce_*`); the schemas and AsyncAPI document describe the same bytes.
 
@@ -12,11 +14,13 @@ pub mod events;
 pub mod letters;
 pub mod raw;
 pub mod recordings;
+pub mod records;
 
 pub use events::{decode_unique, event_record, fingerprint, unique_headers, UniqueEvent};
 pub use letters::{crm_target, By, GaveUp, Letter};
 pub use raw::{dlq_record, raw_record, DeadLetter, Delivery};
 pub use recordings::{decode_recording, recording_record};
+pub use records::Records;
 
 /// Reads a header's value as UTF-8.
 pub fn header_str<'a, M: Message>(msg: &'a M, name: &str) -> Option<&'a str> {
