@@ -99,21 +99,8 @@ pub fn decode_unique<M: Message>(msg: &M) -> Result<UniqueEvent, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::received;
-    use callstream_schemas::{Context, Kind, ProviderId};
+    use crate::wire::fixtures::{received, sealed};
     use std::borrow::Cow;
-
-    fn sealed() -> Sealed {
-        let ctx = Context {
-            default_tenant: "acme",
-            received_at: "2026-12-02T08:00:00Z".parse().unwrap(),
-            request_id: "req-1",
-            raw_topic: Topic::Raw.default_name(),
-        };
-        let mut event = Event::new(ProviderId::Onoff, "acme".into(), Kind::Call, &ctx);
-        event.identity = "onoff:acme:call:c-1".into();
-        event.seal("c-1")
-    }
 
     #[test]
     fn an_event_record_and_its_unique_copy_give_back_the_event() {

@@ -137,21 +137,13 @@ fn decode<'m, M: Message>(by: By<'m>, msg: &'m M) -> Result<GaveUp<'m>, WireErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{decode_unique, event_record, received, unique_headers};
-    use callstream_schemas::{Context, Event, Kind, ProviderId};
+    use crate::wire::fixtures::{received, sealed};
+    use crate::wire::{decode_unique, event_record, unique_headers};
     use rdkafka::message::{OwnedMessage, Timestamp};
 
     /// A unique record as CRM and the archiver receive it.
     fn unique() -> OwnedMessage {
-        let ctx = Context {
-            default_tenant: "acme",
-            received_at: "2026-12-02T08:00:00Z".parse().unwrap(),
-            request_id: "req-1",
-            raw_topic: Topic::Raw.default_name(),
-        };
-        let mut event = Event::new(ProviderId::Onoff, "acme".into(), Kind::Call, &ctx);
-        event.identity = "onoff:acme:call:c-1".into();
-        let record = event_record(event.seal("c-1"));
+        let record = event_record(sealed());
         let msg = received(&record);
         let headers = unique_headers(&msg, 2);
         msg.replace_headers(Some(headers))

@@ -50,30 +50,65 @@ pub enum WireError {
     },
 }
 
+/// What the tests of every topic start from.
 #[cfg(test)]
-use crate::publish::OutRecord;
-#[cfg(test)]
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+mod fixtures {
+    use std::borrow::Cow;
 
-#[cfg(test)]
-/// `record` as a consumer receives it.
-fn received(record: &OutRecord) -> OwnedMessage {
-    let headers = record
-        .headers
-        .iter()
-        .fold(OwnedHeaders::new(), |h, (k, v)| {
-            h.insert(Header {
-                key: k.as_ref(),
-                value: Some(v.as_slice()),
-            })
-        });
-    OwnedMessage::new(
-        Some(record.payload.clone()),
-        Some(record.key.clone().into_bytes()),
-        record.topic.default_name().into(),
-        Timestamp::NotAvailable,
-        2,
-        41,
-        Some(headers),
-    )
+    use callstream_schemas::{Context, Event, Kind, ProviderId, Sealed, Topic};
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    use super::Delivery;
+    use crate::publish::OutRecord;
+
+    /// `record` as a consumer receives it.
+    pub fn received(record: &OutRecord) -> OwnedMessage {
+        let headers = record
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k.as_ref(),
+                    value: Some(v.as_slice()),
+                })
+            });
+        OwnedMessage::new(
+            Some(record.payload.clone()),
+            Some(record.key.clone().into_bytes()),
+            record.topic.default_name().into(),
+            Timestamp::NotAvailable,
+            2,
+            41,
+            Some(headers),
+        )
+    }
+
+    /// A delivery with every optional part.
+    pub fn delivery() -> Delivery<'static> {
+        Delivery {
+            request_id: "req-1".into(),
+            source: "onoff".into(),
+            route: "cdr".into(),
+            method: "POST".into(),
+            path: "/v1/onoff/cdr".into(),
+            query: "a=1".into(),
+            content_type: Some("application/json".into()),
+            received_at: "2026-12-02T08:00:00.123456Z".parse().unwrap(),
+            source_tenant: Some("acme".into()),
+            copied: vec![("cs_h_user_agent", Cow::Borrowed(b"Onoff/1.0".as_slice()))],
+        }
+    }
+
+    /// A normalized event.
+    pub fn sealed() -> Sealed {
+        let ctx = Context {
+            default_tenant: "acme",
+            received_at: "2026-12-02T08:00:00Z".parse().unwrap(),
+            request_id: "req-1",
+            raw_topic: Topic::Raw.default_name(),
+        };
+        let mut event = Event::new(ProviderId::Onoff, "acme".into(), Kind::Call, &ctx);
+        event.identity = "onoff:acme:call:c-1".into();
+        event.seal("c-1")
+    }
 }

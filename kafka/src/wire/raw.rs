@@ -163,22 +163,7 @@ impl DeadLetter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::received;
-
-    fn delivery() -> Delivery<'static> {
-        Delivery {
-            request_id: "req-1".into(),
-            source: "onoff".into(),
-            route: "cdr".into(),
-            method: "POST".into(),
-            path: "/v1/onoff/cdr".into(),
-            query: "a=1".into(),
-            content_type: Some("application/json".into()),
-            received_at: "2026-12-02T08:00:00.123456Z".parse().unwrap(),
-            source_tenant: Some("acme".into()),
-            copied: vec![("cs_h_user_agent", Cow::Borrowed(b"Onoff/1.0".as_slice()))],
-        }
-    }
+    use crate::wire::fixtures::{delivery, received};
 
     #[test]
     fn a_raw_record_gives_back_its_delivery() {

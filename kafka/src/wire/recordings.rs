@@ -33,7 +33,7 @@ pub fn decode_recording<M: Message>(msg: &M) -> Result<RecordingArchived, WireEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::received;
+    use crate::wire::fixtures::received;
 
     #[test]
     fn a_recording_record_gives_back_the_recording() {
