@@ -6,10 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _};
-use callstream_gateway::auth::redact_query;
-use callstream_kafka::wire::event_record;
-use callstream_schemas::{providers, Context, RawRequest, Topic};
+use anyhow::{bail, ensure};
+use callstream_kafka::wire::Records;
+use callstream_schemas::{providers, Topic};
 use callstream_testkit::postgres::{Durability, TestCluster};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -39,39 +38,25 @@ pub struct ConsumerRun {
     pub rows: i64,
 }
 
-/// Normalizes workload request `i` the way the gateway does.
+/// Normalizes workload request `i` the way the gateway does: its event
+/// record.
 pub fn event_of(run: &str, i: u64) -> anyhow::Result<callstream_kafka::publish::OutRecord> {
-    let req = workload::request(run, i);
-    let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
-    let (provider, route) = providers::all()
-        .into_iter()
-        .find_map(|p| {
-            let route = p.routes().iter().find(|r| r.default_path == path)?.name;
-            Some((p, route))
-        })
-        .with_context(|| format!("no provider serves {path}"))?;
-    let query = redact_query(query);
-    let received_at =
-        chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64).expect("in range");
-    let request_id = format!("{run}-req-{i}");
-    let event = provider
-        .normalize(
-            &RawRequest {
-                method: req.method,
-                route,
-                query: &query,
-                content_type: req.content_type,
-                body: req.body.as_bytes(),
-            },
-            &Context {
-                default_tenant: "default",
-                received_at,
-                request_id: &request_id,
-                raw_topic: Topic::Raw.default_name(),
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("request {i} does not normalize: {e}"))?;
-    Ok(event_record(event))
+    let providers = providers::all();
+    let (provider, delivery, body) = workload::delivery(run, i, &providers)?;
+    let Records {
+        records: [_, event],
+        dead_lettered,
+    } = delivery.records(
+        &*providers[provider],
+        body,
+        Topic::Raw.default_name(),
+        usize::MAX,
+        |_| {},
+    );
+    match dead_lettered {
+        None => Ok(event),
+        Some(e) => bail!("request {i} does not normalize: {e}"),
+    }
 }
 
 /// Produces `events` normalized events (resends included) to the events topic.

@@ -4,6 +4,13 @@
 //! system gets the same sequence and a resend is byte-identical to the
 //! delivery it repeats.
 
+use std::borrow::Cow;
+
+use anyhow::Context as _;
+use callstream_kafka::wire::Delivery;
+use callstream_schemas::raw::redact_query;
+use callstream_schemas::{providers, Provider, DEFAULT_TENANT};
+
 /// One webhook delivery.
 pub struct Request {
     pub method: &'static str,
@@ -283,6 +290,35 @@ pub fn request(run: &str, i: u64) -> Request {
             ),
         },
     }
+}
+
+/// Request `i` of `run` as the gateway receives it on the default paths,
+/// with no tenant configured: its provider (an index into `providers`),
+/// the delivery (request id `<run>-req-<i>`, received at a fixed instant
+/// `i` ms after 2023-11-14T22:13:20Z) and the body.
+pub fn delivery(
+    run: &str,
+    i: u64,
+    providers: &[Box<dyn Provider>],
+) -> anyhow::Result<(usize, Delivery<'static>, Vec<u8>)> {
+    let req = request(run, i);
+    let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+    let (provider, route) = providers::by_default_path(providers, path)
+        .with_context(|| format!("no provider serves {path}"))?;
+    let delivery = Delivery {
+        request_id: format!("{run}-req-{i}").into(),
+        source: providers[provider].id().as_str().into(),
+        route: route.name.into(),
+        method: req.method.into(),
+        path: path.to_string().into(),
+        query: redact_query(query).into(),
+        content_type: req.content_type.map(Cow::Borrowed),
+        received_at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64)
+            .expect("in range"),
+        source_tenant: Some(DEFAULT_TENANT.into()),
+        copied: Vec::new(),
+    };
+    Ok((provider, delivery, req.body.into_bytes()))
 }
 
 #[cfg(test)]

@@ -60,7 +60,6 @@ use settings::{TargetKind, TargetSettings};
 use target::TargetHandler;
 
 pub use settings::CrmSettings;
-pub use target::{ATTEMPTS_HEADER, ERROR_HEADER, TARGET_HEADER};
 
 /// What differs between CRMs: where an event goes and what it looks like.
 /// Adding a CRM is one file implementing this and one [`TargetKind`].

@@ -88,7 +88,6 @@ use fetch::Downloader;
 use metrics::Metrics;
 use template::{Redactor, Resolver};
 
-pub use consume::{ATTEMPTS_HEADER, ERROR_HEADER};
 pub use settings::RecordingsSettings;
 
 #[derive(Debug, thiserror::Error)]

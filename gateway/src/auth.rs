@@ -85,23 +85,6 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-fn is_token_pair(pair: &str) -> bool {
-    let name = pair.split('=').next().unwrap_or_default();
-    form_urlencoded::parse(name.as_bytes())
-        .next()
-        .is_some_and(|(k, _)| k == "token")
-}
-
-/// The query string without any `token` parameter, other parameters kept
-/// byte-for-byte. This is what is stored and handed to providers.
-pub fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty() && !is_token_pair(pair))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,13 +141,5 @@ mod tests {
         let open = auth(&[], None);
         assert!(open.is_open());
         assert!(open.verify(&headers(&[]), ""));
-    }
-
-    #[test]
-    fn redaction_removes_only_token_and_keeps_the_rest_verbatim() {
-        assert_eq!(redact_query("token=abc"), "");
-        assert_eq!(redact_query("a=1&token=abc&b=%20x"), "a=1&b=%20x");
-        assert_eq!(redact_query("to%6Ben=abc&tokens=1"), "tokens=1");
-        assert_eq!(redact_query("cdr[dur]=10&&token"), "cdr[dur]=10");
     }
 }

@@ -19,15 +19,15 @@ use futures_util::StreamExt;
 use tokio::sync::SemaphorePermit;
 use tracing_actix_web::RequestId;
 
-use callstream_schemas::raw as h;
-use callstream_schemas::{Context, NormalizeError, Provider, RawRequest, Route, Topic};
+use callstream_schemas::raw::{self as h, redact_query};
+use callstream_schemas::{Provider, Route, Topic};
 
-use crate::auth::{redact_query, Auth};
+use crate::auth::Auth;
 use crate::body::{Body, OverBudget};
 use crate::deliver::{DeliverError, Deliverer, Stored};
 use crate::error::{ApiError, Overload};
 use crate::metrics::{Metrics, Outcome, SourceMetrics};
-use callstream_kafka::wire::{dlq_record, event_record, raw_record, Delivery};
+use callstream_kafka::wire::{Delivery, Records};
 
 /// Everything a provider route needs, attached to its actix resource.
 pub struct SourceRoute {
@@ -158,74 +158,50 @@ impl Ingest {
         // the event from that header and must produce the same bytes.
         let received_at = Utc::now().trunc_subsecs(6);
         let query = redact_query(req.query_string());
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        let raw = RawRequest {
-            method: req.method().as_str(),
-            route: source.route.name,
-            query: &query,
-            content_type,
-            body: &body,
-        };
-        let ctx = Context {
-            default_tenant: &source.tenant,
-            received_at,
-            request_id,
-            raw_topic: self.deliverer.publisher().topics().name(Topic::Raw),
-        };
-        let raw_headers = Delivery {
+        let delivery = Delivery {
             request_id: request_id.into(),
             source: source_name.into(),
             route: source.route.name.into(),
-            method: raw.method.into(),
+            method: req.method().as_str().into(),
             path: req.path().into(),
             query: query.as_str().into(),
-            content_type: content_type.map(Into::into),
+            content_type: req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(Into::into),
             received_at,
             source_tenant: Some(source.tenant.as_str().into()),
             copied: copied_headers(req).collect(),
-        }
-        .headers();
-
-        let limit = self.deliverer.publisher().max_record_bytes();
-        let normalized = source.provider.normalize(&raw, &ctx).and_then(|event| {
-            // On the request's span: its one line (see telemetry) says
-            // what the delivery was.
-            let span = tracing::Span::current();
-            span.record("source", source_name);
-            span.record("kind", event.kind.as_str());
-            span.record("event_id", tracing::field::display(&event.event_id));
-            let record = event_record(event);
-            // Kafka would refuse it on every attempt, so the spool would
-            // hold it, and everything after it, for ever.
-            match record.wire_size() {
-                bytes if bytes > limit => Err(NormalizeError::EventTooLarge { bytes, limit }),
-                _ => Ok(record),
-            }
-        });
-        let (outcome, records) = match normalized {
-            Ok(event_record) => {
-                // The read buffer itself: not copied.
-                let raw_record = raw_record(event_record.key.clone(), Vec::from(body), raw_headers);
-                (Outcome::Published, [raw_record, event_record])
-            }
-            Err(err) => {
+        };
+        let publisher = self.deliverer.publisher();
+        // The read buffer itself: not copied.
+        let Records {
+            records,
+            dead_lettered,
+        } = delivery.records(
+            &*source.provider,
+            Vec::from(body),
+            publisher.topics().name(Topic::Raw),
+            publisher.max_record_bytes(),
+            |event| {
+                // On the request's span: its one line (see telemetry) says
+                // what the delivery was.
+                let span = tracing::Span::current();
+                span.record("source", source_name);
+                span.record("kind", event.kind.as_str());
+                span.record("event_id", tracing::field::display(&event.event_id));
+            },
+        );
+        let outcome = match dead_lettered {
+            None => Outcome::Published,
+            Some(err) => {
                 tracing::warn!(source = source_name, request_id, reason = err.code(), error = %err, "not normalized: dead-lettering");
                 self.metrics
                     .dlq_records
                     .with_label_values(&[source_name, err.code()])
                     .inc();
-                let dlq_record = dlq_record(
-                    request_id,
-                    &body,
-                    &raw_headers,
-                    err.code(),
-                    &err.to_string(),
-                );
-                let raw_record = raw_record(request_id.to_string(), body.to_vec(), raw_headers);
-                (Outcome::DeadLettered, [raw_record, dlq_record])
+                Outcome::DeadLettered
             }
         };
 

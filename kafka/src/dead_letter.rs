@@ -1,42 +1,35 @@
 //! Dead letters: a record that cannot be handled is copied, with the
 //! reason in headers, to a topic of its own before its offset is committed.
+//! What a letter holds: [`crate::wire::letters`].
 
 use std::time::Duration;
 
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 
-/// Copies `msg` (key, value, headers) to `topic` with `extra` headers and
-/// waits for Kafka's acknowledgement, retrying every `retry_every` until it
-/// comes. Returns false if shutdown began first: the record then stays
-/// uncommitted and is handled again after the restart. `on_error` sees each
-/// failed attempt (for metrics).
+use crate::wire::GaveUp;
+
+/// Writes the dead letter of `msg` ([`GaveUp::letter`]: the record as it
+/// was, plus why) to `topic` and waits for Kafka's acknowledgement,
+/// retrying every `retry_every` until it comes. Returns false if shutdown
+/// began first: the record then stays uncommitted and is handled again
+/// after the restart. `on_error` sees each failed attempt (for metrics).
 pub async fn dead_letter<M: Message>(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
     msg: &M,
-    extra: &[(&str, &str)],
+    why: &GaveUp<'_>,
     retry_every: Duration,
     shutdown: &tokio::sync::watch::Receiver<bool>,
     mut on_error: impl FnMut(&rdkafka::error::KafkaError),
 ) -> bool {
-    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::FutureRecord;
-    let mut headers = OwnedHeaders::new();
-    for h in msg.headers().into_iter().flat_map(|hs| hs.iter()) {
-        headers = headers.insert(h);
-    }
-    for (key, value) in extra {
-        headers = headers.insert(Header {
-            key,
-            value: Some(*value),
-        });
-    }
+    let letter = why.letter(msg);
     loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers.clone());
-        if let Some(key) = msg.key() {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(letter.headers.clone());
+        if let Some(key) = letter.key {
             record = record.key(key);
         }
-        if let Some(payload) = msg.payload() {
+        if let Some(payload) = letter.payload {
             record = record.payload(payload);
         }
         match producer.send(record, retry_every).await {

@@ -5,7 +5,8 @@
 //!   an [`Event`] out) so the gateway, replay tooling and fuzzers share them.
 //! * [`event`]: the cross-provider event published on `callstream.events.v1`.
 //! * [`topics`]: every topic the system reads or writes, in one place.
-//! * [`raw`]: the Kafka header layout of `callstream.raw.v1` and the DLQ.
+//! * [`raw`]: the Kafka header layout of `callstream.raw.v1` and the DLQ,
+//!   and the `cs_*` headers consumers add to their dead letters.
 //!
 //! The JSON Schema files under `schemas/json/` are generated from these types
 //! (`cargo run -p callstream-schemas --bin callstream-schemas`); a test fails

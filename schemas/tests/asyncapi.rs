@@ -255,6 +255,35 @@ fn promised_headers_are_the_ones_the_code_writes() {
     assert!(names.contains(callstream_schemas::event::REVISION_HEADER));
     assert!(names.contains("ce_id") && names.contains(raw::H_REQUEST_ID));
 
+    // Consumers' dead letters: the unique record's headers plus their own.
+    for (topic, added) in [
+        (
+            Topic::CrmDlq,
+            &[raw::H_CRM_TARGET, raw::H_CRM_ERROR, raw::H_CRM_ATTEMPTS][..],
+        ),
+        (
+            Topic::RecordingsDlq,
+            &[raw::H_RECORDINGS_ERROR, raw::H_RECORDINGS_ATTEMPTS][..],
+        ),
+    ] {
+        let mut names = BTreeSet::new();
+        header_names(
+            &doc,
+            &message_of(&doc, topic.default_name())["headers"],
+            &mut names,
+        );
+        for name in added
+            .iter()
+            .chain(&[callstream_schemas::event::REVISION_HEADER, "ce_id"])
+        {
+            assert!(
+                names.contains(*name),
+                "{} headers lack {name}",
+                topic.default_name()
+            );
+        }
+    }
+
     // ce_type: one value per event kind of the generated schema.
     let events = message_of(&doc, Topic::Events.default_name());
     let ce_types: BTreeSet<String> = follow(&doc, &events["headers"])["properties"]["ce_type"]

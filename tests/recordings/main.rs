@@ -11,11 +11,12 @@ mod restarts;
 mod templates;
 
 use callstream_consumers::config::Settings;
-use callstream_consumers::recordings::{
-    RecordingsConsumer, RecordingsError, ATTEMPTS_HEADER, ERROR_HEADER,
-};
+use callstream_consumers::recordings::{RecordingsConsumer, RecordingsError};
 use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_kafka::TopicNames;
+use callstream_schemas::raw::{
+    H_RECORDINGS_ATTEMPTS as ATTEMPTS_HEADER, H_RECORDINGS_ERROR as ERROR_HEADER,
+};
 use callstream_schemas::{Context, Event, ProviderId, RawRequest, Topic};
 use callstream_testkit::sinks::produce_events;
 use callstream_testkit::{count_records, eventually, read_all, Record, PARTITIONS};

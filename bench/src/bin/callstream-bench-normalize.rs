@@ -12,13 +12,11 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use chrono::Utc;
+use anyhow::bail;
 use clap::Parser;
 
-use callstream_gateway::auth::redact_query;
-use callstream_kafka::wire::event_record;
-use callstream_schemas::{providers, Context, Provider, RawRequest, Route};
+use callstream_kafka::wire::{self, event_record};
+use callstream_schemas::{providers, Provider, Topic};
 
 #[path = "../workload.rs"]
 #[allow(dead_code)]
@@ -41,26 +39,27 @@ struct Args {
     only: Option<String>,
 }
 
-/// One workload delivery, as the gateway hands it to its provider.
+/// One workload delivery, as the gateway receives it.
 struct Delivery {
     kind: workload::Kind,
     provider: usize,
-    route: &'static Route,
-    method: &'static str,
-    query: String,
-    content_type: Option<&'static str>,
+    delivery: wire::Delivery<'static>,
     body: Vec<u8>,
 }
 
 impl Delivery {
-    fn raw(&self) -> RawRequest<'_> {
-        RawRequest {
-            method: self.method,
-            route: self.route.name,
-            query: &self.query,
-            content_type: self.content_type,
-            body: &self.body,
-        }
+    /// The timed work: normalize, then the event record (as the gateway).
+    fn normalize(
+        &self,
+        providers: &[Box<dyn Provider>],
+    ) -> Result<callstream_kafka::publish::OutRecord, callstream_schemas::NormalizeError> {
+        self.delivery
+            .normalize(
+                &*providers[self.provider],
+                &self.body,
+                Topic::Raw.default_name(),
+            )
+            .map(event_record)
     }
 
     /// The baseline: the same input parsed into a generic tree.
@@ -71,12 +70,12 @@ impl Delivery {
                 .collect::<BTreeMap<String, String>>()
                 .len()
         };
-        match self.content_type {
+        match self.delivery.content_type.as_deref() {
             Some("application/json") => serde_json::from_slice::<serde_json::Value>(&self.body)
                 .map(|v| v.as_object().map_or(0, |o| o.len()))
                 .unwrap_or(0),
             Some(_) => form(&self.body),
-            None => form(self.query.as_bytes()),
+            None => form(self.delivery.query.as_bytes()),
         }
     }
 }
@@ -84,27 +83,12 @@ impl Delivery {
 fn deliveries(count: u64, providers: &[Box<dyn Provider>]) -> anyhow::Result<Vec<Delivery>> {
     (0..count)
         .map(|i| {
-            let req = workload::request("normalize", i);
-            let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
-            let (provider, route) = providers
-                .iter()
-                .enumerate()
-                .find_map(|(p, provider)| {
-                    provider
-                        .routes()
-                        .iter()
-                        .find(|r| r.default_path == path)
-                        .map(|r| (p, r))
-                })
-                .with_context(|| format!("no provider route for {path}"))?;
+            let (provider, delivery, body) = workload::delivery("normalize", i, providers)?;
             Ok(Delivery {
                 kind: workload::kind_of_request(i),
                 provider,
-                route,
-                method: req.method,
-                query: redact_query(query),
-                content_type: req.content_type,
-                body: req.body.into_bytes(),
+                delivery,
+                body,
             })
         })
         .collect()
@@ -134,15 +118,9 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|k| all.iter().filter(|d| d.kind == *k).collect())
         .collect();
-    let ctx = Context {
-        default_tenant: "default",
-        received_at: Utc::now(),
-        request_id: "00000000-0000-0000-0000-000000000000",
-        raw_topic: "callstream.raw.v1",
-    };
     // Every delivery must normalize: a failure would time the DLQ path.
     for d in &all {
-        if let Err(err) = providers[d.provider].normalize(&d.raw(), &ctx) {
+        if let Err(err) = d.normalize(&providers) {
             bail!("{:?} did not normalize: {err}", d.kind);
         }
     }
@@ -151,8 +129,7 @@ fn main() -> anyhow::Result<()> {
         for (group, tally) in by_kind.iter().zip(tallies.iter_mut()) {
             let started = Instant::now();
             for d in group {
-                let sealed = providers[d.provider].normalize(&d.raw(), &ctx);
-                black_box(sealed.map(event_record).ok());
+                black_box(d.normalize(&providers).ok());
             }
             tally.normalize += started.elapsed();
             let started = Instant::now();

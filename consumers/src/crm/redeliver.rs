@@ -23,13 +23,13 @@ use tokio::sync::watch;
 use callstream_schemas::Topic;
 
 use super::deliver::{Deliverer, Delivery};
+use super::mapping;
 use super::metrics::CrmMetrics;
-use super::{mapping, TARGET_HEADER};
 use crate::config::{ConfigError, Settings};
 use crate::replay::range::{self, Bound, Lookup, PartitionRange};
 use crate::replay::reader::RangeReader;
 use crate::replay::ReplayError;
-use callstream_kafka::wire::{decode_unique, header_str as header};
+use callstream_kafka::wire::{crm_target, decode_unique};
 
 #[derive(Debug, Clone)]
 pub struct RedeliverOptions {
@@ -188,7 +188,7 @@ pub async fn redeliver(
     let mut reader = RangeReader::new(&settings.kafka, &report.topic, &report.ranges)?;
     while let Some(msg) = reader.next().await? {
         report.read += 1;
-        if header(&msg, TARGET_HEADER) != Some(options.target.as_str()) {
+        if crm_target(&msg) != Some(options.target.as_str()) {
             continue;
         }
         report.for_target += 1;

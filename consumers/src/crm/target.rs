@@ -13,12 +13,7 @@ use callstream_schemas::Kind;
 use super::deliver::{Deliverer, Delivery};
 use super::metrics::{EventOutcome, TargetMetrics};
 use callstream_kafka::per_record::RecordHandler;
-use callstream_kafka::wire::decode_unique;
-
-/// Headers added to a dead letter, besides the original ones.
-pub const TARGET_HEADER: &str = "cs_crm_target";
-pub const ERROR_HEADER: &str = "cs_crm_error";
-pub const ATTEMPTS_HEADER: &str = "cs_crm_attempts";
+use callstream_kafka::wire::{decode_unique, By, GaveUp};
 
 /// Pause after a Kafka error before trying again to dead-letter.
 const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -89,17 +84,18 @@ impl TargetHandler {
         attempts: u32,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<EventOutcome> {
-        let attempts = attempts.to_string();
-        let extra = [
-            (TARGET_HEADER, self.name.as_str()),
-            (ERROR_HEADER, error),
-            (ATTEMPTS_HEADER, attempts.as_str()),
-        ];
+        let why = GaveUp {
+            by: By::Crm {
+                target: self.name.as_str().into(),
+            },
+            error: error.into(),
+            attempts,
+        };
         let acked = callstream_kafka::dead_letter::dead_letter(
             &self.producer,
             &self.dlq_topic,
             msg,
-            &extra,
+            &why,
             KAFKA_ERROR_PAUSE,
             shutdown,
             |_| self.metrics.dlq_produce_errors.inc(),

@@ -22,12 +22,8 @@ use super::settings::MAX_MEDIA_PER_EVENT;
 use super::source;
 use super::template::{Redactor, Resolver};
 use callstream_kafka::per_record::RecordHandler;
-use callstream_kafka::wire::decode_unique;
+use callstream_kafka::wire::{decode_unique, recording_record, By, GaveUp};
 use callstream_runtime::shutdown::pause;
-
-/// Headers added to a dead letter, besides the original ones.
-pub const ERROR_HEADER: &str = "cs_recordings_error";
-pub const ATTEMPTS_HEADER: &str = "cs_recordings_attempts";
 
 /// Pause after a Kafka error before trying again.
 const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -186,11 +182,11 @@ impl ArchiveHandler {
         record: &RecordingArchived,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<()> {
-        let payload = serde_json::to_vec(record).expect("a RecordingArchived always serializes");
+        let record = recording_record(record);
         loop {
             let out = FutureRecord::to(&self.recordings_topic)
-                .key(record.identity.as_bytes())
-                .payload(&payload);
+                .key(record.key.as_bytes())
+                .payload(&record.payload);
             match self.producer.send(out, KAFKA_ERROR_PAUSE).await {
                 Ok(_) => return Some(()),
                 Err((e, _)) => {
@@ -214,13 +210,16 @@ impl ArchiveHandler {
         mut tally: Tally,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<Tally> {
-        let attempts = attempts.to_string();
-        let extra = [(ERROR_HEADER, error), (ATTEMPTS_HEADER, attempts.as_str())];
+        let why = GaveUp {
+            by: By::Recordings,
+            error: error.into(),
+            attempts,
+        };
         let acked = callstream_kafka::dead_letter::dead_letter(
             &self.producer,
             &self.dlq_topic,
             msg,
-            &extra,
+            &why,
             KAFKA_ERROR_PAUSE,
             shutdown,
             |_| self.metrics.produce_error("recordings_dlq"),

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 
-use callstream_schemas::{providers, Context, Provider, RawRequest, Sealed, DEFAULT_TENANT};
+use callstream_schemas::{providers, Provider, Sealed};
 
 use super::ReplayError;
 use callstream_kafka::wire::{Delivery, WireError};
@@ -94,26 +94,13 @@ impl Renormalizer {
                 format!("provider `{source}` has no route `{route}`"),
             ));
         }
-        let raw = RawRequest {
-            method: &delivery.method,
-            route,
-            query: &delivery.query,
-            content_type: delivery.content_type.as_deref(),
-            body: msg.payload().unwrap_or_default(),
-        };
-        let ctx = Context {
-            default_tenant: self
-                .overrides
-                .get(source)
-                .map(String::as_str)
-                .or(delivery.source_tenant.as_deref())
-                .unwrap_or(DEFAULT_TENANT),
-            received_at: delivery.received_at,
-            request_id: &delivery.request_id,
-            raw_topic: &self.raw_topic,
-        };
+        // What the gateway handed the provider then, but for `--tenant`.
+        let mut ctx = delivery.context(&self.raw_topic);
+        if let Some(tenant) = self.overrides.get(source) {
+            ctx.default_tenant = tenant;
+        }
         provider
-            .normalize(&raw, &ctx)
+            .normalize(&delivery.request(msg.payload().unwrap_or_default()), &ctx)
             .map_err(|e| Failure::new(e.code(), e.to_string()))
     }
 }

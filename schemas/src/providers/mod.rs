@@ -7,7 +7,7 @@ pub mod telecmi;
 mod testkit;
 pub mod xarios;
 
-use crate::Provider;
+use crate::{Provider, Route};
 
 /// Every provider callstream knows, in routing order.
 pub fn all() -> Vec<Box<dyn Provider>> {
@@ -16,4 +16,17 @@ pub fn all() -> Vec<Box<dyn Provider>> {
         Box::new(xarios::Xarios),
         Box::new(telecmi::Telecmi),
     ]
+}
+
+/// The provider (its index in `providers`) and route serving `path` when
+/// paths are not configured (`Route::default_path`): how tools that
+/// replay recorded or generated requests route them as the gateway would.
+pub fn by_default_path(
+    providers: &[Box<dyn Provider>],
+    path: &str,
+) -> Option<(usize, &'static Route)> {
+    providers.iter().enumerate().find_map(|(i, provider)| {
+        let route = provider.routes().iter().find(|r| r.default_path == path)?;
+        Some((i, route))
+    })
 }

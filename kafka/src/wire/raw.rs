@@ -1,44 +1,17 @@
-//! The records of callstream's topics, encoded and decoded in one place:
-//! what the gateway writes and replay reads back (raw, DLQ), the
-//! normalized events, and dedup's unique events. Header names are
-//! `callstream_schemas::raw`'s (`cs_*`) and CloudEvents' Kafka binding
-//! (`ce_*`); the schemas and AsyncAPI document describe the same bytes.
+//! `callstream.raw.v1` and `callstream.dlq.v1`: a delivery as the gateway
+//! received it (the body as value, the request in `cs_*` headers), and why
+//! it did not normalize.
 
 use std::borrow::Cow;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message};
 
-use callstream_schemas::event::REVISION_HEADER;
 use callstream_schemas::raw as h;
-use callstream_schemas::{Event, Sealed, Topic};
+use callstream_schemas::Topic;
 
+use super::{header_str, WireError};
 use crate::publish::{header, HeaderPair, OutRecord};
-
-/// Reads a header's value as UTF-8.
-pub fn header_str<'a, M: Message>(msg: &'a M, name: &str) -> Option<&'a str> {
-    msg.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| std::str::from_utf8(h.value?).ok())
-}
-
-/// A record this module cannot read: which header, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
-    #[error("no UTF-8 `{0}` header")]
-    MissingHeader(&'static str),
-    #[error("`{name}` is not {expected}: {detail}")]
-    InvalidHeader {
-        name: &'static str,
-        expected: &'static str,
-        detail: String,
-    },
-    #[error("record has no value")]
-    Empty,
-    #[error("value is not a normalized event: {0}")]
-    Json(String),
-}
 
 /// The request one delivery was, as a raw record's headers carry it (its
 /// value is the body, byte-exact): enough to normalize it again at any
@@ -187,130 +160,10 @@ impl DeadLetter<'_> {
     }
 }
 
-/// The normalized record: the sealed event's JSON, keyed by identity so
-/// every resend of one event lands on one partition, with CloudEvents
-/// Kafka-binding headers.
-/// `ce_id` is the fingerprint: equal `ce_id` means an exact resend.
-/// `callstream-replay` publishes re-derived events with it too, so a replayed
-/// event is the very record the gateway would have published.
-pub fn event_record(event: Sealed) -> OutRecord {
-    let (event, payload) = event.into_parts();
-    let time = event.started_at.unwrap_or(event.received_at);
-    OutRecord {
-        topic: Topic::Events,
-        headers: vec![
-            header("ce_specversion", "1.0"),
-            header("ce_id", event.fingerprint.as_str()),
-            header(
-                "ce_source",
-                format!("/callstream/{}/{}", event.provider.as_str(), event.tenant),
-            ),
-            header(
-                "ce_type",
-                format!("io.callstream.{}.v1", event.kind.as_str()),
-            ),
-            header("ce_subject", event.identity.as_str()),
-            header("ce_time", time.to_rfc3339_opts(SecondsFormat::Millis, true)),
-            header("content-type", "application/json"),
-            header(h::H_REQUEST_ID, event.raw.request_id.as_str()),
-        ],
-        key: event.identity,
-        payload,
-    }
-}
-
-/// The `ce_id` of a normalized or unique event: its fingerprint.
-pub fn fingerprint<M: Message>(msg: &M) -> Option<&str> {
-    header_str(msg, "ce_id")
-}
-
-/// One event from `callstream.events.unique.v1`.
-#[derive(Debug, Clone)]
-pub struct UniqueEvent {
-    pub event: Event,
-    /// The record's value as received: `event` before parsing (the store
-    /// keeps it as is, rather than serializing `event` again).
-    pub json: Vec<u8>,
-    /// 1 for the first content of an identity, then 2, 3, ... per update.
-    pub revision: i32,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// The headers of an event dedup forwards as a unique event: the
-/// event's own, and its revision.
-pub fn unique_headers<M: Message>(event: &M, revision: u32) -> OwnedHeaders {
-    let revision = revision.to_string();
-    let mut headers = OwnedHeaders::new();
-    if let Some(hs) = event.headers() {
-        for h in hs.iter().filter(|h| h.key != REVISION_HEADER) {
-            headers = headers.insert(h);
-        }
-    }
-    headers.insert(Header {
-        key: REVISION_HEADER,
-        value: Some(revision.as_bytes()),
-    })
-}
-
-/// Reads a unique event: the event, and its revision (1 when absent).
-pub fn decode_unique<M: Message>(msg: &M) -> Result<UniqueEvent, WireError> {
-    let json = msg.payload().ok_or(WireError::Empty)?;
-    let event: Event = serde_json::from_slice(json).map_err(|e| WireError::Json(e.to_string()))?;
-    let revision = header_str(msg, REVISION_HEADER)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    Ok(UniqueEvent {
-        event,
-        json: json.to_vec(),
-        revision,
-        partition: msg.partition(),
-        offset: msg.offset(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use callstream_schemas::{Context, Kind, ProviderId};
-    use rdkafka::message::{OwnedMessage, Timestamp};
-
-    /// `record` as a consumer receives it.
-    fn received(record: &OutRecord) -> OwnedMessage {
-        let headers = record
-            .headers
-            .iter()
-            .fold(OwnedHeaders::new(), |h, (k, v)| {
-                h.insert(Header {
-                    key: k.as_ref(),
-                    value: Some(v.as_slice()),
-                })
-            });
-        OwnedMessage::new(
-            Some(record.payload.clone()),
-            Some(record.key.clone().into_bytes()),
-            record.topic.default_name().into(),
-            Timestamp::NotAvailable,
-            2,
-            41,
-            Some(headers),
-        )
-    }
-
-    fn delivery() -> Delivery<'static> {
-        Delivery {
-            request_id: "req-1".into(),
-            source: "onoff".into(),
-            route: "cdr".into(),
-            method: "POST".into(),
-            path: "/v1/onoff/cdr".into(),
-            query: "a=1".into(),
-            content_type: Some("application/json".into()),
-            received_at: "2026-12-02T08:00:00.123456Z".parse().unwrap(),
-            source_tenant: Some("acme".into()),
-            copied: vec![("cs_h_user_agent", Cow::Borrowed(b"Onoff/1.0".as_slice()))],
-        }
-    }
+    use crate::wire::fixtures::{delivery, received};
 
     #[test]
     fn a_raw_record_gives_back_its_delivery() {
@@ -368,46 +221,5 @@ mod tests {
         let msg = received(&raw_record("k".into(), Vec::new(), headers));
         let err = Delivery::decode(&msg).unwrap_err().to_string();
         assert!(err.contains("`cs_received_at` is not RFC 3339"), "{err}");
-    }
-
-    fn sealed() -> Sealed {
-        let ctx = Context {
-            default_tenant: "acme",
-            received_at: "2026-12-02T08:00:00Z".parse().unwrap(),
-            request_id: "req-1",
-            raw_topic: Topic::Raw.default_name(),
-        };
-        let mut event = Event::new(ProviderId::Onoff, "acme".into(), Kind::Call, &ctx);
-        event.identity = "onoff:acme:call:c-1".into();
-        event.seal("c-1")
-    }
-
-    #[test]
-    fn an_event_record_and_its_unique_copy_give_back_the_event() {
-        let record = event_record(sealed());
-        assert_eq!(record.topic, Topic::Events);
-        assert_eq!(record.key, "onoff:acme:call:c-1");
-        let msg = received(&record);
-        let sent: Event = serde_json::from_slice(&record.payload).unwrap();
-        assert_eq!(fingerprint(&msg), Some(sent.fingerprint.as_str()));
-        assert_eq!(header_str(&msg, "ce_subject"), Some(record.key.as_str()));
-        assert_eq!(header_str(&msg, h::H_REQUEST_ID), Some("req-1"));
-
-        // Dedup forwards it with a revision, replacing any it had.
-        let mut unique = record.clone();
-        unique.headers = unique_headers(&msg, 3)
-            .iter()
-            .map(|h| (Cow::Owned(h.key.to_string()), h.value.unwrap().to_vec()))
-            .collect();
-        let again = received(&unique);
-        let twice = unique_headers(&again, 4);
-        assert_eq!(twice.iter().filter(|h| h.key == REVISION_HEADER).count(), 1);
-        let decoded = decode_unique(&again).unwrap();
-        assert_eq!(decoded.revision, 3);
-        assert_eq!(decoded.event, sent);
-        assert_eq!(decoded.json, record.payload);
-        assert_eq!((decoded.partition, decoded.offset), (2, 41));
-        // Without the header: the first revision.
-        assert_eq!(decode_unique(&msg).unwrap().revision, 1);
     }
 }
