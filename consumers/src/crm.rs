@@ -50,7 +50,8 @@ use tokio::sync::watch;
 
 use callstream_schemas::{Event, Topic};
 
-use crate::config::{invalid, ConfigError, Settings};
+use callstream_kafka::{ClientSettings, TopicNames};
+use callstream_runtime::config::{invalid, ConfigError};
 use callstream_runtime::shutdown::wait_for;
 use deliver::Deliverer;
 use metrics::CrmMetrics;
@@ -99,14 +100,17 @@ pub struct CrmConsumer {
 impl CrmConsumer {
     /// Builds one consumer and HTTP client per target and the shared
     /// dead-letter producer; registers `callstream_crm_*` in `registry`.
-    pub fn build(settings: &Settings, registry: &Registry) -> Result<CrmConsumer, CrmError> {
-        let crm = &settings.crm;
+    pub fn build(
+        crm: &CrmSettings,
+        kafka: &ClientSettings,
+        topics: &TopicNames,
+        registry: &Registry,
+    ) -> Result<CrmConsumer, CrmError> {
         crm.require_targets()?;
         let metrics = CrmMetrics::register(registry)?;
-        let producer: FutureProducer =
-            callstream_kafka::client::durable_producer_config(&settings.kafka)
-                .create()
-                .map_err(CrmError::Producer)?;
+        let producer: FutureProducer = callstream_kafka::client::durable_producer_config(kafka)
+            .create()
+            .map_err(CrmError::Producer)?;
         let mut targets = Vec::with_capacity(crm.targets.len());
         for (name, target) in &crm.targets {
             let group = crm.group_id(name);
@@ -115,7 +119,7 @@ impl CrmConsumer {
                 source,
             };
             let consumer = callstream_kafka::client::slow_record_consumer_config(
-                &settings.kafka,
+                kafka,
                 &group,
                 target.worst_case_record(),
             )
@@ -130,8 +134,8 @@ impl CrmConsumer {
                 name: name.clone(),
                 group,
                 consumer: Arc::new(consumer),
-                topic: settings.topics.name(Topic::EventsUnique).to_string(),
-                dlq_topic: settings.topics.name(Topic::CrmDlq).to_string(),
+                topic: topics.name(Topic::EventsUnique).to_string(),
+                dlq_topic: topics.name(Topic::CrmDlq).to_string(),
                 producer: producer.clone(),
                 deliverer,
                 kinds: target.kinds.clone(),

@@ -77,8 +77,9 @@ use tokio::sync::watch;
 
 use callstream_schemas::Topic;
 
-use crate::config::{ConfigError, Settings};
 use archive::Archive;
+use callstream_kafka::{ClientSettings, TopicNames};
+use callstream_runtime::config::ConfigError;
 use consume::ArchiveLoop;
 use fetch::Downloader;
 use metrics::Metrics;
@@ -111,10 +112,11 @@ impl RecordingsConsumer {
     /// Opens the store, builds the consumer, producer and HTTP client, and
     /// registers `callstream_recordings_*` in `registry`.
     pub fn build(
-        settings: &Settings,
+        recordings: &RecordingsSettings,
+        kafka: &ClientSettings,
+        topics: &TopicNames,
         registry: &Registry,
     ) -> Result<RecordingsConsumer, RecordingsError> {
-        let recordings = &settings.recordings;
         let metrics = Metrics::register(registry)?;
         let resolver = Resolver::new(recordings);
         let redactor = Redactor::new(resolver.secrets());
@@ -122,20 +124,20 @@ impl RecordingsConsumer {
         let location = archive.describe();
         let downloader = Downloader::new(recordings, archive, metrics.clone(), redactor.clone())?;
         let consumer = callstream_kafka::client::slow_record_consumer_config(
-            &settings.kafka,
+            kafka,
             &recordings.group_id,
             recordings.worst_case_record(),
         )
         .create()?;
         let producer: FutureProducer =
-            callstream_kafka::client::durable_producer_config(&settings.kafka).create()?;
+            callstream_kafka::client::durable_producer_config(kafka).create()?;
         Ok(RecordingsConsumer {
             archive_loop: ArchiveLoop {
                 group: recordings.group_id.clone(),
                 consumer: Arc::new(consumer),
-                topic: settings.topics.name(Topic::EventsUnique).to_string(),
-                recordings_topic: settings.topics.name(Topic::Recordings).to_string(),
-                dlq_topic: settings.topics.name(Topic::RecordingsDlq).to_string(),
+                topic: topics.name(Topic::EventsUnique).to_string(),
+                recordings_topic: topics.name(Topic::Recordings).to_string(),
+                dlq_topic: topics.name(Topic::RecordingsDlq).to_string(),
                 producer,
                 resolver,
                 downloader,

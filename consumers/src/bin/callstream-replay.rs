@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
         "replay starting"
     );
     // A closed stdout (`| head`) must not stop a replay half-published.
-    let report = replay::run(&settings, &options, |outcome| {
+    let report = replay::run(&settings.kafka, &settings.topics, &options, |outcome| {
         if outcome.is_change() {
             let _ = writeln!(std::io::stdout(), "{outcome}");
         }
@@ -149,9 +149,16 @@ async fn crm(settings: &Settings, options: &RedeliverOptions) -> anyhow::Result<
         "CRM redelivery starting"
     );
     let shutdown = callstream_runtime::shutdown::on_signal()?;
-    let report = redeliver::redeliver(settings, options, shutdown, |letter| {
-        let _ = writeln!(std::io::stdout(), "{letter}");
-    })
+    let report = redeliver::redeliver(
+        &settings.crm,
+        &settings.kafka,
+        &settings.topics,
+        options,
+        shutdown,
+        |letter| {
+            let _ = writeln!(std::io::stdout(), "{letter}");
+        },
+    )
     .await?;
     let _ = write!(std::io::stdout(), "{report}");
     if report.failed > 0 {
