@@ -299,7 +299,7 @@ impl Settings {
                 ));
             }
         }
-        self.topics.validate(&crate::deliver::PUBLISHED_TOPICS)?;
+        self.topics.validate(&crate::PUBLISHED_TOPICS)?;
         let known = providers::all();
         let mut seen_paths = BTreeMap::new();
         for (source, cfg) in &self.sources {

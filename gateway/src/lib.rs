@@ -17,3 +17,9 @@ pub mod metrics;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;
+
+use callstream_schemas::Topic;
+
+/// The topics the gateway writes: what `topics` must name apart, what
+/// [`deliver`] publishes to, what [`metrics`] prepares a series for.
+pub const PUBLISHED_TOPICS: [Topic; 3] = [Topic::Raw, Topic::Events, Topic::Dlq];
