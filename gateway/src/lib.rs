@@ -8,6 +8,7 @@
 
 pub mod auth;
 mod body;
+pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod error;
