@@ -15,6 +15,7 @@ pub mod error;
 pub mod ingest;
 mod keylock;
 pub mod metrics;
+pub mod sources;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;

@@ -16,9 +16,11 @@
 
 pub mod format;
 mod recover;
+mod settings;
 mod writer;
 
 pub use recover::QUARANTINE_DIR;
+pub use settings::SpoolSettings;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, OpenOptions};
