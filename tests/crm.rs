@@ -313,7 +313,8 @@ struct Running {
 
 fn start(settings: &Settings) -> Running {
     let registry = prometheus::Registry::new();
-    let crm = CrmConsumer::build(settings, &registry).expect("CRM consumer builds");
+    let crm = CrmConsumer::build(&settings.crm, &settings.kafka, &settings.topics, &registry)
+        .expect("CRM consumer builds");
     let (stop, stopped) = watch::channel(false);
     Running {
         stop,
@@ -686,9 +687,16 @@ async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
         to: None,
         dry_run: true,
     };
-    let dry = redeliver(&settings, &options, shutdown.clone(), |_| {})
-        .await
-        .expect("dry run");
+    let dry = redeliver(
+        &settings.crm,
+        &settings.kafka,
+        &settings.topics,
+        &options,
+        shutdown.clone(),
+        |_| {},
+    )
+    .await
+    .expect("dry run");
     assert_eq!(
         (dry.read, dry.for_target, dry.delivered, dry.undecodable),
         (4, 3, 0, 1)
@@ -697,9 +705,14 @@ async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
 
     options.dry_run = false;
     let mut lines = Vec::new();
-    let report = redeliver(&settings, &options, shutdown, |letter| {
-        lines.push(letter.to_string())
-    })
+    let report = redeliver(
+        &settings.crm,
+        &settings.kafka,
+        &settings.topics,
+        &options,
+        shutdown,
+        |letter| lines.push(letter.to_string()),
+    )
     .await
     .expect("redelivery");
     assert_eq!(
@@ -739,9 +752,16 @@ async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
         ..options
     };
     let (_stop, shutdown) = watch::channel(false);
-    let error = redeliver(&settings, &unknown, shutdown, |_| {})
-        .await
-        .expect_err("unknown target");
+    let error = redeliver(
+        &settings.crm,
+        &settings.kafka,
+        &settings.topics,
+        &unknown,
+        shutdown,
+        |_| {},
+    )
+    .await
+    .expect_err("unknown target");
     assert!(error.to_string().contains("nobody"), "{error}");
 }
 
@@ -1090,9 +1110,15 @@ async fn settings_errors_name_the_setting() {
     );
 
     // The CRM consumer refuses to start without targets.
-    let error = CrmConsumer::build(&load(json!({})).unwrap(), &prometheus::Registry::new())
-        .err()
-        .expect("no targets is an error")
-        .to_string();
+    let settings = load(json!({})).unwrap();
+    let error = CrmConsumer::build(
+        &settings.crm,
+        &settings.kafka,
+        &settings.topics,
+        &prometheus::Registry::new(),
+    )
+    .err()
+    .expect("no targets is an error")
+    .to_string();
     assert!(error.contains("crm.targets"), "{error}");
 }

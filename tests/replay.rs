@@ -58,7 +58,11 @@ async fn replay(
     options: &ReplayOptions,
 ) -> Result<(Report, Vec<Outcome>), ReplayError> {
     let mut outcomes = Vec::new();
-    let report = replay::run(&settings(bootstrap), options, |o| outcomes.push(o.clone())).await?;
+    let settings = settings(bootstrap);
+    let report = replay::run(&settings.kafka, &settings.topics, options, |o| {
+        outcomes.push(o.clone())
+    })
+    .await?;
     assert_eq!(report.read as usize, outcomes.len());
     Ok((report, outcomes))
 }

@@ -2,6 +2,8 @@
 //! its `main`: settings (`--config FILE` or `CALLSTREAM_CONFIG`, then the
 //! environment), then logging.
 
+pub mod replay;
+
 use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser};

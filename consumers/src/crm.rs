@@ -50,9 +50,10 @@ use tokio::sync::watch;
 
 use callstream_schemas::{Event, Topic};
 
-use crate::config::{invalid, ConfigError, Settings};
 use callstream_kafka::consume::TrackingContext;
 use callstream_kafka::per_record::PerRecordLoop;
+use callstream_kafka::{ClientSettings, TopicNames};
+use callstream_runtime::config::{invalid, ConfigError};
 use callstream_runtime::shutdown::wait_for;
 use deliver::Deliverer;
 use metrics::CrmMetrics;
@@ -104,14 +105,17 @@ pub struct CrmConsumer {
 impl CrmConsumer {
     /// Builds one consumer and HTTP client per target and the shared
     /// dead-letter producer; registers `callstream_crm_*` in `registry`.
-    pub fn build(settings: &Settings, registry: &Registry) -> Result<CrmConsumer, CrmError> {
-        let crm = &settings.crm;
+    pub fn build(
+        crm: &CrmSettings,
+        kafka: &ClientSettings,
+        topics: &TopicNames,
+        registry: &Registry,
+    ) -> Result<CrmConsumer, CrmError> {
         crm.require_targets()?;
         let metrics = CrmMetrics::register(registry)?;
-        let producer: FutureProducer =
-            callstream_kafka::client::durable_producer_config(&settings.kafka)
-                .create()
-                .map_err(CrmError::Producer)?;
+        let producer: FutureProducer = callstream_kafka::client::durable_producer_config(kafka)
+            .create()
+            .map_err(CrmError::Producer)?;
         let mut targets = Vec::with_capacity(crm.targets.len());
         for (name, target) in &crm.targets {
             let group = crm.group_id(name);
@@ -119,7 +123,7 @@ impl CrmConsumer {
                 target: name.clone(),
                 source,
             };
-            let consumer = callstream_kafka::client::consumer_config(&settings.kafka, &group)
+            let consumer = callstream_kafka::client::consumer_config(kafka, &group)
                 .create_with_context(TrackingContext::committing_on_revoke())
                 .map_err(kafka_error)?;
             let deliverer = Deliverer::new(target, mapping(name, target)?, metrics.target(name))
@@ -131,7 +135,7 @@ impl CrmConsumer {
             targets.push(PerRecordLoop {
                 name: format!("crm target {name} (group {group})"),
                 consumer: Arc::new(consumer),
-                topic: settings.topics.name(Topic::EventsUnique).to_string(),
+                topic: topics.name(Topic::EventsUnique).to_string(),
                 // In order: one record at a time.
                 concurrency: 1,
                 max_queued: QUEUED_PER_TARGET,
@@ -139,7 +143,7 @@ impl CrmConsumer {
                 in_progress: None,
                 handler: TargetHandler {
                     name: name.clone(),
-                    dlq_topic: settings.topics.name(Topic::CrmDlq).to_string(),
+                    dlq_topic: topics.name(Topic::CrmDlq).to_string(),
                     producer: producer.clone(),
                     deliverer,
                     kinds: target.kinds.clone(),
@@ -149,9 +153,9 @@ impl CrmConsumer {
         }
         // Never an error for an output: logged when it cannot be made.
         let _ = callstream_kafka::topics::ensure_topic(
-            &settings.kafka,
-            settings.topics.name(Topic::CrmDlq),
-            settings.topics.name(Topic::EventsUnique),
+            kafka,
+            topics.name(Topic::CrmDlq),
+            topics.name(Topic::EventsUnique),
             callstream_kafka::topics::Owned::Output,
         );
         Ok(CrmConsumer { targets })

@@ -2,6 +2,8 @@
 //! applied at start-up by refinery), and the consumer offsets that are
 //! written in the same transaction as the rows they account for.
 
+pub mod settings;
+
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::{Client, GenericClient, NoTls};
 

@@ -79,10 +79,11 @@ use tokio::sync::watch;
 
 use callstream_schemas::Topic;
 
-use crate::config::{ConfigError, Settings};
 use archive::Archive;
 use callstream_kafka::consume::TrackingContext;
 use callstream_kafka::per_record::PerRecordLoop;
+use callstream_kafka::{ClientSettings, TopicNames};
+use callstream_runtime::config::ConfigError;
 use consume::{ArchiveHandler, MAX_QUEUED};
 use fetch::Downloader;
 use metrics::Metrics;
@@ -114,27 +115,27 @@ impl RecordingsConsumer {
     /// Opens the store, builds the consumer, producer and HTTP client, and
     /// registers `callstream_recordings_*` in `registry`.
     pub fn build(
-        settings: &Settings,
+        recordings: &RecordingsSettings,
+        kafka: &ClientSettings,
+        topics: &TopicNames,
         registry: &Registry,
     ) -> Result<RecordingsConsumer, RecordingsError> {
-        let recordings = &settings.recordings;
         let metrics = Metrics::register(registry)?;
         let resolver = Resolver::new(recordings);
         let redactor = Redactor::new(resolver.secrets());
         let archive = Archive::open(&recordings.store)?;
         let location = archive.describe();
         let downloader = Downloader::new(recordings, archive, metrics.clone(), redactor.clone())?;
-        let consumer =
-            callstream_kafka::client::consumer_config(&settings.kafka, &recordings.group_id)
-                .create_with_context(TrackingContext::committing_on_revoke())?;
+        let consumer = callstream_kafka::client::consumer_config(kafka, &recordings.group_id)
+            .create_with_context(TrackingContext::committing_on_revoke())?;
         let producer: FutureProducer =
-            callstream_kafka::client::durable_producer_config(&settings.kafka).create()?;
+            callstream_kafka::client::durable_producer_config(kafka).create()?;
         for output in [Topic::Recordings, Topic::RecordingsDlq] {
             // Never an error for an output: logged when it cannot be made.
             let _ = callstream_kafka::topics::ensure_topic(
-                &settings.kafka,
-                settings.topics.name(output),
-                settings.topics.name(Topic::EventsUnique),
+                kafka,
+                topics.name(output),
+                topics.name(Topic::EventsUnique),
                 callstream_kafka::topics::Owned::Output,
             );
         }
@@ -142,14 +143,14 @@ impl RecordingsConsumer {
             archive_loop: PerRecordLoop {
                 name: format!("recordings archiver (group {})", recordings.group_id),
                 consumer: Arc::new(consumer),
-                topic: settings.topics.name(Topic::EventsUnique).to_string(),
+                topic: topics.name(Topic::EventsUnique).to_string(),
                 concurrency: recordings.concurrency,
                 max_queued: MAX_QUEUED,
                 lag: metrics.lag.clone(),
                 in_progress: Some(metrics.in_progress.clone()),
                 handler: ArchiveHandler {
-                    recordings_topic: settings.topics.name(Topic::Recordings).to_string(),
-                    dlq_topic: settings.topics.name(Topic::RecordingsDlq).to_string(),
+                    recordings_topic: topics.name(Topic::Recordings).to_string(),
+                    dlq_topic: topics.name(Topic::RecordingsDlq).to_string(),
                     producer,
                     resolver,
                     downloader,

@@ -63,10 +63,10 @@ use callstream_kafka::publish::{
     OutRecord, PublishError, PublishMetrics, PublishOptions, Publisher,
 };
 use callstream_kafka::wire::event_record;
+use callstream_kafka::{ClientSettings, TopicNames};
 use callstream_schemas::raw::H_REQUEST_ID;
 use callstream_schemas::Topic;
 
-use crate::config::Settings;
 use callstream_kafka::wire::header_str as header;
 use range::{Bound, Lookup};
 use reader::RangeReader;
@@ -183,14 +183,15 @@ impl ReplayError {
 /// partition, and returns the totals once everything published is
 /// acknowledged by Kafka.
 pub async fn run(
-    settings: &Settings,
+    kafka: &ClientSettings,
+    topics: &TopicNames,
     options: &ReplayOptions,
     mut on_record: impl FnMut(&Outcome),
 ) -> Result<Report, ReplayError> {
-    let renormalizer = Renormalizer::new(&options.tenants, settings.topics.name(Topic::Raw))?;
-    let topic = settings.topics.name(options.source.topic()).to_string();
+    let renormalizer = Renormalizer::new(&options.tenants, topics.name(Topic::Raw))?;
+    let topic = topics.name(options.source.topic()).to_string();
     let (ranges, span) = {
-        let (kafka, topic) = (settings.kafka.clone(), topic.clone());
+        let (kafka, topic) = (kafka.clone(), topic.clone());
         let (from, to, source) = (options.from.clone(), options.to.clone(), options.source);
         tokio::task::spawn_blocking(move || {
             let lookup = Lookup::new(&kafka, &topic)?;
@@ -204,13 +205,13 @@ pub async fn run(
         .await??
     };
     let originals = match options.source {
-        Source::Raw => Some(Originals::find(settings, span).await?),
+        Source::Raw => Some(Originals::find(kafka, topics, span).await?),
         Source::Dlq => None,
     };
     let publisher = if options.dry_run {
         None
     } else {
-        Some(publisher(settings)?)
+        Some(publisher(kafka, topics)?)
     };
     let mut report = Report {
         topic,
@@ -219,7 +220,7 @@ pub async fn run(
         originals_scanned: originals.as_ref().map(|o| o.scanned),
         ..Report::default()
     };
-    let mut reader = RangeReader::new(&settings.kafka, &report.topic, &report.ranges)?;
+    let mut reader = RangeReader::new(kafka, &report.topic, &report.ranges)?;
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     loop {
         let (outcome, record) = match reader.next().await? {
@@ -306,12 +307,16 @@ struct Originals {
 impl Originals {
     /// Reads `callstream.events.v1` around `span` (the replayed records'
     /// timestamps, ms).
-    async fn find(settings: &Settings, span: Option<(i64, i64)>) -> Result<Originals, ReplayError> {
+    async fn find(
+        kafka: &ClientSettings,
+        topics: &TopicNames,
+        span: Option<(i64, i64)>,
+    ) -> Result<Originals, ReplayError> {
         let mut originals = Originals::default();
         let Some((first, last)) = span else {
             return Ok(originals);
         };
-        let topic = settings.topics.name(Topic::Events).to_string();
+        let topic = topics.name(Topic::Events).to_string();
         let time = |ms: i64| {
             Bound::Time(DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC))
         };
@@ -320,13 +325,13 @@ impl Originals {
             time(last.saturating_add(ORIGINALS_MARGIN_MS)),
         );
         let ranges = {
-            let (kafka, topic) = (settings.kafka.clone(), topic.clone());
+            let (kafka, topic) = (kafka.clone(), topic.clone());
             tokio::task::spawn_blocking(move || {
                 range::resolve(&Lookup::new(&kafka, &topic)?, Some(&from), Some(&to))
             })
             .await??
         };
-        let mut reader = RangeReader::new(&settings.kafka, &topic, &ranges)?;
+        let mut reader = RangeReader::new(kafka, &topic, &ranges)?;
         while let Some(msg) = reader.next().await? {
             originals.scanned += 1;
             if let (Some(request_id), Some(fingerprint)) =
@@ -343,7 +348,7 @@ impl Originals {
 
 /// The durable publisher, configured for a replay. Its metrics are never
 /// exported: the report is the output.
-fn publisher(settings: &Settings) -> Result<Publisher, ReplayError> {
+fn publisher(kafka: &ClientSettings, topics: &TopicNames) -> Result<Publisher, ReplayError> {
     let metric = |name: &str, labels: &[&str]| {
         prometheus::IntCounterVec::new(prometheus::Opts::new(name, name), labels)
             .expect("a valid metric")
@@ -358,13 +363,13 @@ fn publisher(settings: &Settings) -> Result<Publisher, ReplayError> {
         produce_errors: metric("produce_errors", &["topic", "kind"]),
     };
     Publisher::new(
-        client_config(&settings.kafka, Role::Producer),
+        client_config(kafka, Role::Producer),
         PublishOptions {
             timeout_ms: PUBLISH_TIMEOUT_MS,
             linger_ms: 5.0,
             max_body_bytes: MAX_RECORD_BYTES,
         },
-        settings.topics.clone(),
+        topics.clone(),
         &[Topic::Events, Topic::Dlq],
         metrics,
     )

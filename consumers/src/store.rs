@@ -22,9 +22,20 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
+use crate::pg::settings::BatchSettings;
 use crate::pg_sink::PgWriter;
 use crate::unique::{direction_str, latest_revisions, status_str};
 use callstream_kafka::wire::UniqueEvent;
+
+/// The defaults of the `store` section.
+pub fn default_settings() -> BatchSettings {
+    BatchSettings {
+        group_id: "callstream-store".into(),
+        batch_max: 2000,
+        batch_linger_ms: 50,
+        connections: 4,
+    }
+}
 
 /// Columns written from a record, with their array types for `unnest`.
 /// `stored_at` is left to its default.

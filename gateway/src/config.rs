@@ -3,6 +3,11 @@
 //! `CALLSTREAM_KAFKA__PUBLISH_TIMEOUT_MS=2000`), then the plain variables
 //! `KAFKA_BOOTSTRAP_SERVERS`, `GATEWAY_LISTEN` and `GATEWAY_ADMIN_LISTEN`. Invalid settings stop
 //! start-up with a message naming the setting.
+//!
+//! This module aggregates: the spool's section lives with the spool
+//! ([`crate::spool::SpoolSettings`]), the providers' with [`crate::sources`];
+//! here are the HTTP server's and the publisher's settings, the defaults
+//! document, loading, and the checks across sections.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,13 +15,15 @@ use std::path::Path;
 
 use figment::providers::Serialized;
 use figment::Figment;
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub use callstream_kafka::TopicNames;
 use callstream_runtime::config::{dotted_properties, invalid, layered};
 pub use callstream_runtime::config::{ConfigError, LogFormat};
-use callstream_schemas::providers;
+
+use crate::sources;
+pub use crate::sources::{SourceSettings, DEFAULT_TENANT};
+pub use crate::spool::SpoolSettings;
 
 /// Providers give up after 10 s. A publish may take its deadline plus up to
 /// 2 s (librdkafka's timeout scan and our safety margin) and a spool write
@@ -88,50 +95,6 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
 }
 
-/// The local write-ahead spool that takes deliveries while Kafka cannot.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpoolSettings {
-    /// Off: a Kafka outage answers 503 (providers retry a few times, then drop).
-    pub enabled: bool,
-    /// Directory of the segment files; must survive restarts (a volume).
-    pub dir: std::path::PathBuf,
-    /// Upper bound of the spool on disk; when full, requests get 503.
-    pub max_bytes: u64,
-    /// Size at which a segment file is closed and a new one started.
-    pub segment_bytes: u64,
-}
-
-pub use callstream_schemas::DEFAULT_TENANT;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SourceSettings {
-    /// A disabled source serves no routes (404).
-    pub enabled: bool,
-    /// Tenant recorded on events whose payload names none.
-    pub tenant: String,
-    /// Accepted keys; several so keys can rotate. None: accept everything.
-    pub api_keys: Vec<SecretString>,
-    /// Extra header that may carry the key (besides `?token=`,
-    /// `Authorization: x-api-key <key>`, `Authorization: Bearer <key>`, `x-api-key`).
-    pub auth_header: Option<String>,
-    /// Path overrides by route name (`cdr`, `sms`, `postcall`, `event`).
-    pub paths: BTreeMap<String, String>,
-}
-
-impl Default for SourceSettings {
-    fn default() -> Self {
-        SourceSettings {
-            enabled: true,
-            tenant: DEFAULT_TENANT.into(),
-            api_keys: Vec::new(),
-            auth_header: None,
-            paths: BTreeMap::new(),
-        }
-    }
-}
-
 /// Defaults, as a serializable document figment layers the rest over.
 #[derive(Serialize)]
 struct Defaults {
@@ -165,12 +128,7 @@ fn defaults() -> Defaults {
         body_read_timeout_ms: 5_000,
         keep_alive_secs: 30,
         workers: 0,
-        spool: SpoolSettings {
-            enabled: true,
-            dir: "spool".into(),
-            max_bytes: 1024 * 1024 * 1024,
-            segment_bytes: 16 * 1024 * 1024,
-        },
+        spool: SpoolSettings::default(),
         kafka: KafkaSettings {
             bootstrap_servers: String::new(),
             publish_timeout_ms: 3_000,
@@ -179,10 +137,7 @@ fn defaults() -> Defaults {
             properties: BTreeMap::new(),
         },
         topics: TopicNames::default(),
-        sources: providers::all()
-            .iter()
-            .map(|p| (p.id().as_str().to_string(), BTreeMap::new()))
-            .collect(),
+        sources: sources::defaults(),
     }
 }
 
@@ -271,23 +226,7 @@ impl Settings {
         if self.header_read_timeout_ms == 0 {
             return Err(invalid("header_read_timeout_ms", "must be greater than 0"));
         }
-        if self.spool.enabled {
-            if self.spool.dir.as_os_str().is_empty() {
-                return Err(invalid(
-                    "spool.dir",
-                    "must not be empty when the spool is enabled",
-                ));
-            }
-            if self.spool.max_bytes < 2 * self.max_body_bytes as u64 {
-                return Err(invalid(
-                    "spool.max_bytes",
-                    "must hold at least two bodies of max_body_bytes",
-                ));
-            }
-            if self.spool.segment_bytes == 0 {
-                return Err(invalid("spool.segment_bytes", "must be greater than 0"));
-            }
-        }
+        self.spool.validate(self.max_body_bytes)?;
         if k.embedded_partitions < 1 {
             return Err(invalid("kafka.embedded_partitions", "must be at least 1"));
         }
@@ -299,65 +238,13 @@ impl Settings {
                 ));
             }
         }
-        self.topics.validate(&crate::deliver::PUBLISHED_TOPICS)?;
-        let known = providers::all();
-        let mut seen_paths = BTreeMap::new();
-        for (source, cfg) in &self.sources {
-            let setting = format!("sources.{source}");
-            let provider = known
-                .iter()
-                .find(|p| p.id().as_str() == source)
-                .ok_or_else(|| {
-                    invalid(&setting, "is not a known provider (onoff, xarios, telecmi)")
-                })?;
-            for route in cfg.paths.keys() {
-                if !provider.routes().iter().any(|r| r.name == route) {
-                    let names: Vec<_> = provider.routes().iter().map(|r| r.name).collect();
-                    return Err(invalid(
-                        format!("{setting}.paths.{route}"),
-                        format!("is not a route of {source} (routes: {})", names.join(", ")),
-                    ));
-                }
-            }
-            if !cfg.enabled {
-                continue;
-            }
-            for route in provider.routes() {
-                let path = self.path_of(source, route);
-                if !path.starts_with('/') {
-                    return Err(invalid(
-                        format!("{setting}.paths.{}", route.name),
-                        "must start with `/`",
-                    ));
-                }
-                if let Some(other) =
-                    seen_paths.insert(path.to_string(), format!("{source}.{}", route.name))
-                {
-                    return Err(invalid(
-                        format!("{setting}.paths.{}", route.name),
-                        format!("`{path}` is already used by {other}"),
-                    ));
-                }
-            }
-            if let Some(header) = &cfg.auth_header {
-                actix_web::http::header::HeaderName::try_from(header.as_str()).map_err(|_| {
-                    invalid(
-                        format!("{setting}.auth_header"),
-                        "is not a valid header name",
-                    )
-                })?;
-            }
-        }
-        Ok(())
+        self.topics.validate(&crate::PUBLISHED_TOPICS)?;
+        sources::validate(&self.sources)
     }
 
     /// The configured path of a provider route.
     pub fn path_of<'a>(&'a self, source: &str, route: &'a callstream_schemas::Route) -> &'a str {
-        self.sources
-            .get(source)
-            .and_then(|s| s.paths.get(route.name))
-            .map(String::as_str)
-            .unwrap_or(route.default_path)
+        sources::path_of(&self.sources, source, route)
     }
 
     pub fn embedded_broker(&self) -> bool {
@@ -564,14 +451,5 @@ mod tests {
         assert!(message.contains("linger_ms"), "{message}");
         let message = error_of(|f| f.merge(("kafka.bootstrap", "x")));
         assert!(message.contains("bootstrap"), "{message}");
-    }
-
-    #[test]
-    fn a_disabled_source_may_keep_a_clashing_path() {
-        let s = load(|f| {
-            f.merge(("sources.xarios.enabled", false))
-                .merge(("sources.xarios.paths.postcall", "/v1/onoff/cdr"))
-        });
-        assert!(s.is_ok());
     }
 }

@@ -21,7 +21,6 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 
 use callstream_kafka::publish::{OutRecord, PublishError, Publisher};
-use callstream_schemas::Topic;
 
 use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
@@ -33,9 +32,6 @@ use crate::spool::{key_hash, Delivery, Spool, SpoolError};
 /// per chunk: at 512, a spool of 440k bench deliveries drained in 7.1 s
 /// against 4.8–5.6 s without the per-key order; at 2048 in 5.2–5.3 s.
 const DRAIN_CHUNK: usize = 2048;
-
-/// The topics the gateway writes.
-pub const PUBLISHED_TOPICS: [Topic; 3] = [Topic::Raw, Topic::Events, Topic::Dlq];
 
 /// Where a delivery was made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 
 pub mod auth;
 mod body;
+pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod error;
@@ -15,6 +16,13 @@ pub mod ingest;
 mod keylock;
 pub mod metrics;
 mod server;
+pub mod sources;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;
+
+use callstream_schemas::Topic;
+
+/// The topics the gateway writes: what `topics` must name apart, what
+/// [`deliver`] publishes to, what [`metrics`] prepares a series for.
+pub const PUBLISHED_TOPICS: [Topic; 3] = [Topic::Raw, Topic::Events, Topic::Dlq];

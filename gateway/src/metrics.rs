@@ -285,7 +285,7 @@ impl Metrics {
                 self.dlq_records.with_label_values(&[source, reason]);
             }
         }
-        self.publish.prepare(&crate::deliver::PUBLISHED_TOPICS);
+        self.publish.prepare(&crate::PUBLISHED_TOPICS);
     }
 
     /// The Prometheus text exposition of every metric.

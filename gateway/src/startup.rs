@@ -21,13 +21,14 @@ use rdkafka::ClientConfig;
 
 use crate::auth::Auth;
 use crate::config::Settings;
-use crate::deliver::{Deliverer, PUBLISHED_TOPICS};
+use crate::deliver::Deliverer;
 use crate::error::ApiError;
 use crate::ingest::{self, Ingest, SourceRoute};
 use crate::metrics::Metrics;
 use crate::server::{self, Http};
 use crate::spool::Spool;
 use crate::telemetry::RedactingRootSpan;
+use crate::PUBLISHED_TOPICS;
 
 /// How long `/readyz` waits for a Kafka metadata answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);

@@ -7,16 +7,7 @@
 use rdkafka::ClientConfig;
 
 use crate::settings::ClientSettings;
-
-/// Which of a process's clients a configuration is for: each gets
-/// `kafka.properties` and then its own `kafka.consumer_properties` or
-/// `kafka.producer_properties` (so a consumer-only property does not make
-/// librdkafka warn on the producers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Consumer,
-    Producer,
-}
+pub use crate::settings::Role;
 
 /// Base configuration of a client: brokers plus configured extras.
 pub fn client_config(kafka: &ClientSettings, role: Role) -> ClientConfig {

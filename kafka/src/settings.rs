@@ -8,7 +8,15 @@ use serde::{Deserialize, Serialize};
 use callstream_runtime::config::{dotted_properties, invalid, shared_topic, ConfigError};
 use callstream_schemas::Topic;
 
-use crate::client::Role;
+/// Which of a process's clients a configuration is for: each gets
+/// `kafka.properties` and then its own `kafka.consumer_properties` or
+/// `kafka.producer_properties` (so a consumer-only property does not make
+/// librdkafka warn on the producers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Consumer,
+    Producer,
+}
 
 /// `[kafka]` of the consumers and the tools: the brokers and the librdkafka
 /// properties of each kind of client.

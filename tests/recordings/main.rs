@@ -295,7 +295,13 @@ struct Running {
 
 fn start(settings: &Settings) -> Running {
     let registry = prometheus::Registry::new();
-    let archiver = RecordingsConsumer::build(settings, &registry).expect("archiver builds");
+    let archiver = RecordingsConsumer::build(
+        &settings.recordings,
+        &settings.kafka,
+        &settings.topics,
+        &registry,
+    )
+    .expect("archiver builds");
     let (stop, stopped) = watch::channel(false);
     Running {
         stop,

@@ -173,8 +173,13 @@ async fn child_archiver_from_the_environment() {
     }
     let settings = Settings::load(None).expect("settings from the environment");
     callstream_runtime::telemetry::init(settings.log_format);
-    let archiver =
-        RecordingsConsumer::build(&settings, &prometheus::Registry::new()).expect("builds");
+    let archiver = RecordingsConsumer::build(
+        &settings.recordings,
+        &settings.kafka,
+        &settings.topics,
+        &prometheus::Registry::new(),
+    )
+    .expect("builds");
     let (_stop, stopped) = watch::channel(false);
     // The parent kills this process; the timeout only bounds a lost child.
     let _ = tokio::time::timeout(Duration::from_secs(60), archiver.run(stopped)).await;

@@ -61,9 +61,11 @@ use crate::unique::latest_revisions;
 use callstream_kafka::wire::UniqueEvent;
 
 mod rules;
+mod settings;
 mod tables;
 
 pub use rules::{agent_of, bucket_start, number_of, Counters, INTERVALS_MINUTES};
+pub use settings::AnalyticsSettings;
 
 use rules::Contribution;
 use tables::{Rollup, Statements};

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         "callstream CRM: `callstream.events.unique.v1` to webhooks and HubSpot.",
     )?;
     let registry = Registry::new();
-    let crm = CrmConsumer::build(&settings, &registry)?;
+    let crm = CrmConsumer::build(&settings.crm, &settings.kafka, &settings.topics, &registry)?;
     let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry)?;
     let port = metrics_server.port;
     let metrics_handle = metrics_server.spawn();

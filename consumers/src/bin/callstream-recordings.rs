@@ -19,7 +19,12 @@ async fn main() -> anyhow::Result<()> {
         "callstream recordings: audio of `callstream.events.unique.v1` into object storage.",
     )?;
     let registry = Registry::new();
-    let archiver = RecordingsConsumer::build(&settings, &registry)?;
+    let archiver = RecordingsConsumer::build(
+        &settings.recordings,
+        &settings.kafka,
+        &settings.topics,
+        &registry,
+    )?;
     let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry)?;
     let port = metrics_server.port;
     let metrics_handle = metrics_server.spawn();

@@ -25,11 +25,13 @@ use callstream_schemas::Topic;
 use super::deliver::{Deliverer, Delivery};
 use super::mapping;
 use super::metrics::CrmMetrics;
-use crate::config::{ConfigError, Settings};
+use super::CrmSettings;
 use crate::replay::range::{self, Bound, Lookup, PartitionRange};
 use crate::replay::reader::RangeReader;
 use crate::replay::ReplayError;
 use callstream_kafka::wire::{crm_target, decode_unique};
+use callstream_kafka::{ClientSettings, TopicNames};
+use callstream_runtime::config::ConfigError;
 
 #[derive(Debug, Clone)]
 pub struct RedeliverOptions {
@@ -154,13 +156,14 @@ impl fmt::Display for RedeliverReport {
 /// `interrupted`, once `shutdown` turns true (the letter in flight may or
 /// may not have reached the target).
 pub async fn redeliver(
-    settings: &Settings,
+    crm: &CrmSettings,
+    kafka: &ClientSettings,
+    topics: &TopicNames,
     options: &RedeliverOptions,
     shutdown: watch::Receiver<bool>,
     mut on_letter: impl FnMut(&Letter),
 ) -> Result<RedeliverReport, RedeliverError> {
-    let target = settings
-        .crm
+    let target = crm
         .targets
         .get(&options.target)
         .ok_or_else(|| RedeliverError::UnknownTarget(options.target.clone()))?;
@@ -168,9 +171,9 @@ pub async fn redeliver(
     let metrics = CrmMetrics::register(&Registry::new())?.target(&options.target);
     let deliverer = Deliverer::new(target, mapping(&options.target, target)?, metrics)
         .map_err(RedeliverError::Http)?;
-    let topic = settings.topics.name(Topic::CrmDlq).to_string();
+    let topic = topics.name(Topic::CrmDlq).to_string();
     let ranges = {
-        let (kafka, topic) = (settings.kafka.clone(), topic.clone());
+        let (kafka, topic) = (kafka.clone(), topic.clone());
         let (from, to) = (options.from.clone(), options.to.clone());
         tokio::task::spawn_blocking(move || {
             range::resolve(&Lookup::new(&kafka, &topic)?, from.as_ref(), to.as_ref())
@@ -185,7 +188,7 @@ pub async fn redeliver(
         dry_run: options.dry_run,
         ..RedeliverReport::default()
     };
-    let mut reader = RangeReader::new(&settings.kafka, &report.topic, &report.ranges)?;
+    let mut reader = RangeReader::new(kafka, &report.topic, &report.ranges)?;
     while let Some(msg) = reader.next().await? {
         report.read += 1;
         if crm_target(&msg) != Some(options.target.as_str()) {

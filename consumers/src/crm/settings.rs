@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use callstream_schemas::Kind;
 
-use crate::config::{invalid, ConfigError};
+use callstream_runtime::config::{invalid, ConfigError};
 
 /// HubSpot's API base, the default `url` of a `hubspot` target.
 pub const HUBSPOT_API: &str = "https://api.hubapi.com";

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use callstream_schemas::ProviderId;
 
 use super::template::Template;
-use crate::config::{invalid, ConfigError};
+use callstream_runtime::config::{invalid, ConfigError};
 
 /// Most media handles archived per event (a Xarios call lists a few
 /// `recordingIds`); more are dead-lettered. It bounds how long one record

@@ -30,8 +30,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::ReplayError;
-use crate::config::ClientSettings;
 use callstream_kafka::client::client_config;
+use callstream_kafka::ClientSettings;
 
 /// How long one metadata, watermark or timestamp request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

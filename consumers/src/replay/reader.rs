@@ -10,8 +10,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::range::PartitionRange;
 use super::ReplayError;
-use crate::config::ClientSettings;
 use callstream_kafka::client::client_config;
+use callstream_kafka::ClientSettings;
 
 /// A partition that delivers nothing for this long before its end is
 /// reported as stalled (the broker is gone, or the records were deleted).

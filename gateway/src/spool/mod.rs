@@ -16,12 +16,14 @@
 
 pub mod format;
 mod recover;
+mod segments;
+mod settings;
 mod writer;
 
 pub use recover::QUARANTINE_DIR;
+pub use settings::SpoolSettings;
 
-use std::collections::{HashMap, VecDeque};
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,8 +34,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::metrics::Metrics;
 use callstream_kafka::publish::OutRecord;
 pub use format::Delivery;
+use segments::{
+    discard_segment, release, reserve, segment_path, unreserve, Segment, State, SEGMENT_SUFFIX,
+};
+use writer::{Append, Cmd};
 
-const SEGMENT_SUFFIX: &str = "seg";
 /// Where deliveries Kafka refuses as records are set aside.
 pub const REJECTED_DIR: &str = "rejected";
 
@@ -43,46 +48,6 @@ pub enum SpoolError {
     Full { max_bytes: u64 },
     #[error("spool write failed: {0}")]
     Io(#[from] io::Error),
-}
-
-/// One segment file; the last in the queue is the one being appended to.
-#[derive(Debug)]
-struct Segment {
-    seq: u64,
-    bytes: u64,
-    deliveries: u64,
-    oldest_ms: Option<u64>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    segments: VecDeque<Segment>,
-    bytes: u64,
-    deliveries: u64,
-    /// Deliveries in the spool per record key (by its 64-bit hash): while a
-    /// key has any, newer deliveries for it must be spooled too, or they
-    /// would overtake. Hashes, not the keys: ~16 bytes per spooled delivery
-    /// instead of ~90, which kept a full 1 GiB spool at ~100 MiB of RSS
-    /// (BENCHMARKS.md). A collision only sends an unrelated key's delivery
-    /// through the spool too: still durable, still in order.
-    keys: HashMap<u64, u32>,
-}
-
-/// One frame to write; `reply` gets the outcome once it is fsynced.
-struct Append {
-    frame: format::Encoded,
-    spooled_at_ms: u64,
-    /// The hash of the delivery's key, held since the append reserved it.
-    key: Option<u64>,
-    reply: oneshot::Sender<io::Result<()>>,
-}
-
-enum Cmd {
-    Append(Append),
-    /// Close the active segment, if it holds anything, and start a new one.
-    Seal {
-        reply: oneshot::Sender<io::Result<()>>,
-    },
 }
 
 pub struct Spool {
@@ -372,75 +337,17 @@ pub(crate) fn key_hash(key: &str) -> u64 {
     h.finish()
 }
 
-fn reserve(st: &mut State, bytes: u64, key: Option<u64>) {
-    st.bytes += bytes;
-    if let Some(hash) = key {
-        *st.keys.entry(hash).or_default() += 1;
-    }
-}
-
-fn unreserve(st: &mut State, bytes: u64, key: Option<u64>) {
-    st.bytes -= bytes;
-    if let Some(hash) = key {
-        release(&mut st.keys, hash);
-    }
-}
-
-fn release(keys: &mut HashMap<u64, u32>, hash: u64) {
-    if let Some(n) = keys.get_mut(&hash) {
-        *n -= 1;
-        if *n == 0 {
-            keys.remove(&hash);
-        }
-    }
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:020}.{SEGMENT_SUFFIX}"))
-}
-
-fn segment_seqs(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut seqs: Vec<u64> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_suffix(&format!(".{SEGMENT_SUFFIX}"))?
-                .parse()
-                .ok()
-        })
-        .collect();
-    seqs.sort_unstable();
-    Ok(seqs)
-}
-
-/// Deletes a drained segment's file; failing that, empties it (an empty
-/// segment is removed, not replayed, at start-up).
-fn discard_segment(dir: &Path, seq: u64) -> io::Result<()> {
-    let path = segment_path(dir, seq);
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) => {
-            let emptied = OpenOptions::new().write(true).open(&path).and_then(|file| {
-                file.set_len(0)?;
-                file.sync_all()
-            });
-            match emptied {
-                Ok(()) => Ok(()),
-                Err(_) => Err(err),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+
+    use super::segments::segment_seqs;
     use super::*;
     use callstream_kafka::publish::header;
     use callstream_schemas::Topic;

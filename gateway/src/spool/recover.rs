@@ -19,7 +19,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::format::{self, Scan};
-use super::{delivery_key, key_hash, now_ms, segment_path, segment_seqs, Segment, State};
+use super::segments::{segment_path, segment_seqs, Segment, State};
+use super::{delivery_key, key_hash, now_ms};
 use crate::metrics::Metrics;
 
 /// Where damaged bytes and unreadable entries are moved, under the spool

@@ -7,9 +7,27 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{segment_path, unreserve, Append, Cmd, Segment, State};
+use super::format;
+use super::segments::{segment_path, unreserve, Segment, State};
+
+/// One frame to write; `reply` gets the outcome once it is fsynced.
+pub(super) struct Append {
+    pub(super) frame: format::Encoded,
+    pub(super) spooled_at_ms: u64,
+    /// The hash of the delivery's key, held since the append reserved it.
+    pub(super) key: Option<u64>,
+    pub(super) reply: oneshot::Sender<io::Result<()>>,
+}
+
+pub(super) enum Cmd {
+    Append(Append),
+    /// Close the active segment, if it holds anything, and start a new one.
+    Seal {
+        reply: oneshot::Sender<io::Result<()>>,
+    },
+}
 
 pub(super) fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
     let file = OpenOptions::new()
@@ -186,8 +204,9 @@ mod tests {
 
     use super::*;
     use crate::spool::format::{self, Delivery};
+    use crate::spool::key_hash;
+    use crate::spool::segments::reserve;
     use crate::spool::tests::records;
-    use crate::spool::{key_hash, reserve};
 
     /// The writer over `file` as segment 1 of `dir`, and its state.
     fn writer_over(dir: &Path, file: File) -> (Writer, Arc<Mutex<State>>) {
