@@ -1122,3 +1122,73 @@ async fn settings_errors_name_the_setting() {
     .to_string();
     assert!(error.contains("crm.targets"), "{error}");
 }
+
+/// A target blocked on a slow CRM must not hold its group: a second
+/// instance that joins gets its share of the partitions within the session
+/// timeout (6 s here), because the first keeps polling while it waits. The
+/// record in flight at the rebalance is the only one sent twice, with the
+/// same `Idempotency-Key`; the first instance's copy is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_instance_gets_partitions_while_the_first_waits_on_a_slow_crm() {
+    let kafka = Kafka::start();
+    let crm = FakeCrm::start().await;
+    let events: Vec<Value> = (0..12)
+        .map(|_| event("call", "inbound", "answered"))
+        .collect();
+    let slow = key_of(&events[0]);
+    // Far longer than the test: only a rebalance can take it away.
+    crm.script(&slow, [Reply::Hang(Duration::from_secs(300))]);
+    let target = |path: &str| json!({"slow": {"kind": "webhook", "url": crm.url(path), "timeout_ms": 300_000}});
+    let first_settings = settings(&kafka.bootstrap(), target("/first"));
+    kafka.publish(&[(&events[0], 1)]).await;
+    let first = start(&first_settings);
+    wait("the first instance is stuck on the slow request", || {
+        crm.for_key(&slow).len() == 1
+    })
+    .await;
+
+    // The second instance: same group, its own path, so its requests show.
+    let mut second_settings = settings(&kafka.bootstrap(), target("/second"));
+    second_settings.crm.group_prefix = first_settings.crm.group_prefix.clone();
+    let joined = Instant::now();
+    let second = start(&second_settings);
+    let rest: Vec<(&Value, i32)> = events[1..].iter().map(|e| (e, 1)).collect();
+    kafka.publish(&rest).await;
+    wait("the second instance delivers from its partitions", || {
+        crm.received().iter().any(|r| r.path == "/second")
+    })
+    .await;
+    let took = joined.elapsed();
+    eprintln!("the second instance delivered {took:?} after it started");
+    assert!(
+        took < Duration::from_secs(6 + 3),
+        "the second instance waited {took:?} for partitions (session timeout 6 s)"
+    );
+    wait("every event delivered", || {
+        events
+            .iter()
+            .all(|e| crm.for_key(&key_of(e)).iter().any(|r| r.status == 200))
+    })
+    .await;
+
+    for e in &events[1..] {
+        assert_eq!(
+            crm.for_key(&key_of(e)).len(),
+            1,
+            "delivered once: {}",
+            key_of(e)
+        );
+    }
+    let slow_requests = crm.for_key(&slow);
+    assert_eq!(
+        slow_requests.len(),
+        2,
+        "the record in flight, and only it, is sent again"
+    );
+    assert_eq!(
+        slow_requests[0].header("idempotency-key"),
+        slow_requests[1].header("idempotency-key")
+    );
+    assert!(first.stop().await < Duration::from_secs(10));
+    assert!(second.stop().await < Duration::from_secs(10));
+}

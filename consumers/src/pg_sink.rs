@@ -22,8 +22,10 @@
 //! rolls back and is retried, with backoff (0.1 s doubling to 30 s), on a
 //! new connection when the old one closed, until it commits or the process
 //! is told to stop (then the batch is simply read again at the next start).
-//! A commit whose answer was lost is safe to retry: the retry finds the
-//! positions already moved and is fenced. A record PostgreSQL refuses for its
+//! A commit whose answer was lost is safe to retry: the retry first reads
+//! the positions, and when they are already after the lane, the lost
+//! commit landed and counts as committed (its metrics, once); otherwise the
+//! lane is written again. Metrics count only what committed. A record PostgreSQL refuses for its
 //! content (SQLSTATE classes 22, 23, 54: a NUL character, an identifier too
 //! long for an index entry) would fail every retry; when a batch fails that
 //! way it is written again one record at a time, each in a savepoint, and
@@ -255,7 +257,8 @@ impl<W: PgWriter> PgSink<W> {
                 .or_insert((stored, r.offset, r.offset + 1));
             match r.event {
                 Some(e) => lane.events.push(e),
-                None => self.metrics.undecodable.inc(),
+                // Counted once the lane commits past it.
+                None => lane.undecodable += 1,
             }
         }
         // Each lane with records is one transaction on its own connection,
@@ -292,6 +295,7 @@ impl<W: PgWriter> PgSink<W> {
                         tracing::error!(group = %self.group, partition = event.partition, offset = event.offset, event_id = %event.event.event_id, revision = event.revision, sqlstate = error.code, error = %error.message, "record refused by PostgreSQL, set aside in rejected_events");
                     }
                     self.metrics.rejected.inc_by(rejected.len() as u64);
+                    self.metrics.undecodable.inc_by(lane.undecodable);
                     for (partition, (_, _, to)) in &lane.ranges {
                         positions.insert(*partition, Some(*to));
                         tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*to))?;
@@ -380,6 +384,8 @@ impl<W: PgWriter> PgSink<W> {
 #[derive(Default)]
 struct Lane {
     events: Vec<UniqueEvent>,
+    /// Records skipped as undecodable, which the positions move past.
+    undecodable: u64,
     /// partition → (stored position before, first offset, next offset after)
     ranges: BTreeMap<i32, (Option<i64>, i64, i64)>,
 }
@@ -468,18 +474,78 @@ async fn commit_lane_retrying<W: PgWriter>(
 ) -> Option<LaneOutcome<W::Applied>> {
     let mut backoff = retry.backoff();
     let mut one_by_one = false;
+    // What the transaction whose COMMIT went unanswered wrote: it may have
+    // committed, and then it, not a retry (which finds its own rows), is
+    // what happened.
+    let mut unanswered: Option<Written<W::Applied>> = None;
     loop {
+        if let Some(written) = unanswered.take() {
+            match landed(client, group, topic, lane).await {
+                Ok(true) => {
+                    tracing::info!(group, "the commit whose answer was lost had landed");
+                    let (applied, rejected) = written;
+                    return Some(LaneOutcome::Committed { applied, rejected });
+                }
+                // Not committed: written again below (or fenced, if
+                // another instance moved a position meanwhile).
+                Ok(false) => {}
+                Err(e) => {
+                    unanswered = Some(written);
+                    if !retry.recover(client, &e, &mut backoff).await {
+                        return None;
+                    }
+                    continue;
+                }
+            }
+        }
         match commit_lane(client, writer, group, topic, lane, one_by_one).await {
             Ok(outcome) => return Some(outcome),
-            Err(e) if !one_by_one && refused_content(&e) => {
-                tracing::warn!(group, error = %e, "PostgreSQL refused a record of the batch; writing it one record at a time");
+            Err(LaneError { error, .. }) if !one_by_one && refused_content(&error) => {
+                tracing::warn!(group, error = %error, "PostgreSQL refused a record of the batch; writing it one record at a time");
                 one_by_one = true;
             }
-            Err(e) => {
-                if !retry.recover(client, &e, &mut backoff).await {
+            Err(LaneError {
+                error,
+                unanswered: written,
+            }) => {
+                unanswered = written;
+                if !retry.recover(client, &error, &mut backoff).await {
                     return None;
                 }
             }
+        }
+    }
+}
+
+/// Whether every partition of `lane` is stored at the position after it:
+/// the lane's transaction committed.
+async fn landed(
+    client: &Client,
+    group: &str,
+    topic: &str,
+    lane: &Lane,
+) -> Result<bool, tokio_postgres::Error> {
+    for (partition, (_, _, to)) in &lane.ranges {
+        if pg::load_offset(client, group, topic, *partition).await? != Some(*to) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A lane's transaction failed.
+struct LaneError<A> {
+    error: tokio_postgres::Error,
+    /// What it wrote, when it failed at `COMMIT` itself: its answer may
+    /// have been lost after the commit landed.
+    unanswered: Option<Written<A>>,
+}
+
+impl<A> From<tokio_postgres::Error> for LaneError<A> {
+    fn from(error: tokio_postgres::Error) -> Self {
+        LaneError {
+            error,
+            unanswered: None,
         }
     }
 }
@@ -495,7 +561,7 @@ async fn commit_lane<W: PgWriter>(
     topic: &str,
     lane: &Lane,
     one_by_one: bool,
-) -> Result<LaneOutcome<W::Applied>, tokio_postgres::Error> {
+) -> Result<LaneOutcome<W::Applied>, LaneError<W::Applied>> {
     let mut tx = client.transaction().await?;
     let (applied, rejected) = if one_by_one {
         write_one_by_one(&mut tx, writer, group, topic, lane).await?
@@ -515,8 +581,13 @@ async fn commit_lane<W: PgWriter>(
         tx.rollback().await?;
         return Ok(LaneOutcome::Fenced);
     }
-    tx.commit().await?;
-    Ok(LaneOutcome::Committed { applied, rejected })
+    match tx.commit().await {
+        Ok(()) => Ok(LaneOutcome::Committed { applied, rejected }),
+        Err(error) => Err(LaneError {
+            error,
+            unanswered: Some((applied, rejected)),
+        }),
+    }
 }
 
 type Written<A> = (Vec<A>, Vec<(UniqueEvent, Refusal)>);
