@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -45,8 +45,9 @@ use tokio::sync::watch;
 use callstream_schemas::Topic;
 
 use crate::config::{ClientSettings, Settings};
-use callstream_kafka::client::{client_config, client_config_with, consumer_config, Role};
-use callstream_kafka::consume::TrackingContext;
+use callstream_kafka::batch::{BatchHandler, BatchLoop, Flow};
+use callstream_kafka::client::{client_config, client_config_with, consumer_config, durable, Role};
+use callstream_kafka::consume::{AssignmentChanges, TrackingContext};
 use callstream_kafka::topics::{ensure_topic, Owned};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -325,17 +326,16 @@ impl Dedup {
                 .create_with_context(TrackingContext::default())?;
         // lz4 as the gateway's: events are JSON, several times smaller
         // compressed, on the broker's disks and to every subscriber.
-        let producer: ThreadedProducer<Acks> = client_config_with(
+        let mut config = client_config_with(
             &settings.kafka,
             Role::Producer,
             &[("compression.type", "lz4")],
-        )
-        .set("transactional.id", &d.transactional_id)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .create_with_context(Acks::default())?;
+        );
+        let producer: ThreadedProducer<Acks> = durable(&mut config)
+            .set("transactional.id", &d.transactional_id)
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .create_with_context(Acks::default())?;
         producer.init_transactions(TXN_TIMEOUT)?;
         let dedup = Dedup {
             consumer: Arc::new(consumer),
@@ -382,30 +382,19 @@ impl Dedup {
     }
 
     /// Runs until `shutdown`; the batch in hand is committed first.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        self.consumer.subscribe(&[&self.input])?;
-        let lag = callstream_kafka::lag::LagReporter::spawn(
-            self.consumer.clone(),
-            self.metrics.lag.clone(),
-        );
-        while !*shutdown.borrow() {
-            let batch = tokio::select! {
-                // Records are detached (copied) so a batch can be held across awaits.
-                batch = callstream_kafka::consume::next_batch(&self.consumer, self.batch_max, self.linger, |m| m.detach()) => batch?,
-                _ = callstream_runtime::shutdown::wait_for(&mut shutdown) => break,
-            };
-            self.apply_assignment_changes().await?;
-            if let Err(err) = self.process(&batch).await {
-                self.recover(err).await?;
-            }
-        }
-        lag.stop().await;
-        tracing::info!("dedup stopped after its last committed transaction");
-        Ok(())
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let batches = BatchLoop {
+            name: "dedup".into(),
+            consumer: self.consumer.clone(),
+            topic: self.input.clone(),
+            batch_max: self.batch_max,
+            linger: self.linger,
+            lag: self.metrics.lag.clone(),
+        };
+        batches.run(self, shutdown).await
     }
 
-    async fn apply_assignment_changes(&mut self) -> anyhow::Result<()> {
-        let changes = self.consumer.context().take_changes();
+    async fn apply_assignment_changes(&mut self, changes: AssignmentChanges) -> anyhow::Result<()> {
         for p in &changes.revoked {
             self.partitions.remove(p);
             self.next_offsets.remove(p);
@@ -563,13 +552,14 @@ impl Dedup {
     /// to its committed offset and rebuild its state from the changelog, so
     /// the batch is decided again from committed state only.
     async fn recover(&mut self, err: anyhow::Error) -> anyhow::Result<()> {
-        tracing::warn!(error = %err, "transaction failed: aborting and replaying from committed state");
-        self.metrics.aborted.inc();
         if let Some(KafkaError::Transaction(e)) = err.downcast_ref::<KafkaError>() {
             if e.is_fatal() {
+                // Not aborted and replayed here: this instance stops.
                 anyhow::bail!("fatal transaction error (fenced by another instance?): {err}");
             }
         }
+        tracing::warn!(error = %err, "transaction failed: aborting and replaying from committed state");
+        self.metrics.aborted.inc();
         self.producer.abort_transaction(TXN_TIMEOUT)?;
         // The aborted records' reports (purged or failed) settle them; their
         // failure is this transaction's, not the next one's.
@@ -588,6 +578,31 @@ impl Dedup {
         self.install(restored)?;
         self.update_state_size();
         Ok(())
+    }
+}
+
+impl BatchHandler for Dedup {
+    // Detached (copied), so a batch can be held across awaits.
+    type Record = OwnedMessage;
+    type Error = anyhow::Error;
+
+    fn take(msg: &BorrowedMessage<'_>) -> OwnedMessage {
+        msg.detach()
+    }
+
+    async fn rebalanced(&mut self, changes: AssignmentChanges) -> anyhow::Result<()> {
+        self.apply_assignment_changes(changes).await
+    }
+
+    async fn apply(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+        _shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<Flow> {
+        if let Err(err) = self.process(&batch).await {
+            self.recover(err).await?;
+        }
+        Ok(Flow::Continue)
     }
 }
 

@@ -51,7 +51,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 
 use crate::pg;
-use callstream_kafka::consume::TrackingContext;
+use callstream_kafka::batch::{BatchHandler, BatchLoop, Flow};
+use callstream_kafka::consume::{AssignmentChanges, TrackingContext};
 use callstream_kafka::wire::{decode_unique, UniqueEvent};
 
 /// What a PostgreSQL consumer does with a batch, inside the transaction.
@@ -175,37 +176,25 @@ struct Received {
 
 impl<W: PgWriter> PgSink<W> {
     /// Runs until `shutdown`; returns after the batch in progress committed.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         anyhow::ensure!(!self.clients.is_empty(), "a sink needs a connection");
         anyhow::ensure!(
             W::PARTITION_PARALLEL || self.clients.len() == 1,
             "this consumer's rows are shared by all partitions: it writes through one connection"
         );
-        self.consumer.subscribe(&[&self.topic])?;
-        // Partition → stored next offset; absent = not read from the database yet.
-        let mut positions: HashMap<i32, Option<i64>> = HashMap::new();
-        let lag = callstream_kafka::lag::LagReporter::spawn(
-            self.consumer.clone(),
-            self.metrics.lag.clone(),
-        );
-        while !*shutdown.borrow() {
-            let batch = tokio::select! {
-                batch = callstream_kafka::consume::next_batch(&self.consumer, self.batch_max, self.linger, received) => batch?,
-                _ = callstream_runtime::shutdown::wait_for(&mut shutdown) => break,
-            };
-            let changes = self.consumer.context().take_changes();
-            for p in changes.assigned.iter().chain(&changes.revoked) {
-                positions.remove(p);
-            }
-            if !batch.is_empty() && !self.apply(batch, &mut positions, &shutdown).await? {
-                tracing::info!(group = %self.group, "stopped while PostgreSQL was failing; the uncommitted batch is read again at the next start");
-                lag.stop().await;
-                return Ok(());
-            }
-        }
-        lag.stop().await;
-        tracing::info!(group = %self.group, "stopped after the last committed batch");
-        Ok(())
+        let batches = BatchLoop {
+            name: format!("PostgreSQL sink {}", self.group),
+            consumer: self.consumer.clone(),
+            topic: self.topic.clone(),
+            batch_max: self.batch_max,
+            linger: self.linger,
+            lag: self.metrics.lag.clone(),
+        };
+        let applier = Applier {
+            sink: self,
+            positions: HashMap::new(),
+        };
+        batches.run(applier, shutdown).await
     }
 
     /// Applies a batch. False when it gave up on (part of) it because
@@ -377,6 +366,42 @@ impl<W: PgWriter> PgSink<W> {
                 false
             }
         }
+    }
+}
+
+/// The sink as the batch loop's handler.
+struct Applier<W> {
+    sink: PgSink<W>,
+    /// Partition → stored next offset; absent = not read from the database yet.
+    positions: HashMap<i32, Option<i64>>,
+}
+
+impl<W: PgWriter> BatchHandler for Applier<W> {
+    type Record = Received;
+    type Error = anyhow::Error;
+
+    fn take(msg: &rdkafka::message::BorrowedMessage<'_>) -> Received {
+        received(msg)
+    }
+
+    async fn rebalanced(&mut self, changes: AssignmentChanges) -> anyhow::Result<()> {
+        // Read again from the database before the partition's next record.
+        for p in changes.assigned.iter().chain(&changes.revoked) {
+            self.positions.remove(p);
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        batch: Vec<Received>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<Flow> {
+        let complete = self
+            .sink
+            .apply(batch, &mut self.positions, shutdown)
+            .await?;
+        Ok(if complete { Flow::Continue } else { Flow::Stop })
     }
 }
 

@@ -12,6 +12,7 @@
 //! * [`consume`], [`lag`], [`dead_letter`]: the parts of a consumer loop;
 //! * [`embedded`]: the in-process broker for trying things out and tests.
 
+pub mod batch;
 pub mod client;
 pub mod consume;
 pub mod dead_letter;
