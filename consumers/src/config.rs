@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytics::AnalyticsSettings;
 use crate::crm::CrmSettings;
-use crate::dedup_settings::DedupSettings;
+use crate::dedup::DedupSettings;
 use crate::recordings::RecordingsSettings;
 
 /// Also named here: `pg_consumer` (being rewritten) imports it from here.
-pub use crate::pg::settings::BatchSettings;
+use crate::pg::settings::BatchSettings;
 pub use callstream_kafka::{ClientSettings, TopicNames};
 use callstream_runtime::config::layered;
 pub use callstream_runtime::config::{invalid, ConfigError, LogFormat};

@@ -18,7 +18,6 @@ pub mod cli;
 pub mod config;
 pub mod crm;
 pub mod dedup;
-pub mod dedup_settings;
 pub mod pg;
 pub mod pg_consumer;
 pub mod pg_sink;

@@ -20,8 +20,9 @@ use tokio_postgres::Client;
 
 use callstream_schemas::Topic;
 
-use crate::config::{BatchSettings, Settings};
+use crate::config::Settings;
 use crate::pg;
+use crate::pg::settings::BatchSettings;
 use crate::pg_sink::{PgSink, PgWriter, SinkMetrics};
 use callstream_kafka::client::consumer_config;
 use callstream_kafka::consume::TrackingContext;

@@ -1,5 +1,4 @@
-//! The `dedup` section of the settings (`callstream-dedup`). A file of its
-//! own while `dedup.rs` is rewritten; it belongs in the dedup module.
+//! The `dedup` section of the settings (`callstream-dedup`).
 
 use serde::{Deserialize, Serialize};
 
