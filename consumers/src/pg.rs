@@ -54,14 +54,8 @@ pub fn config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error
 
 /// Waits between attempts on a failing database: from 0.1 s doubling to
 /// `max`, with jitter, without end (the caller stops on shutdown).
-pub fn backoff(max: std::time::Duration) -> impl Iterator<Item = std::time::Duration> {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::new()
-        .with_min_delay(std::time::Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
+pub fn backoff(max: std::time::Duration) -> callstream_runtime::backoff::Backoff {
+    callstream_runtime::backoff::Backoff::exponential(std::time::Duration::from_millis(100), max)
 }
 
 /// Whether a failed connection attempt may succeed if tried again: the

@@ -21,6 +21,7 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 
 use callstream_kafka::publish::{OutRecord, PublishError, Publisher};
+use callstream_runtime::backoff::Backoff;
 
 use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
@@ -125,7 +126,7 @@ impl Deliverer {
         let Some(spool) = self.spool.clone() else {
             return;
         };
-        let mut backoff = Backoff::default();
+        let mut backoff = drain_backoff();
         while !*shutdown.borrow() {
             let segment = match spool.oldest_sealed().await {
                 Ok(Some(segment)) => segment,
@@ -139,7 +140,7 @@ impl Deliverer {
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "cannot read the spool");
-                    if sleep_or_shutdown(backoff.next(), &mut shutdown).await {
+                    if sleep_or_shutdown(backoff.delay(), &mut shutdown).await {
                         return;
                     }
                     continue;
@@ -246,7 +247,7 @@ impl Deliverer {
             }
             if failing > 0 {
                 tracing::warn!(failing, "Kafka still failing; spool drain retries");
-                if sleep_or_shutdown(backoff.next(), shutdown).await {
+                if sleep_or_shutdown(backoff.delay(), shutdown).await {
                     return true;
                 }
             }
@@ -277,20 +278,7 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>
     }
 }
 
-/// Exponential back-off for drain retries: 100 ms doubling to 5 s.
-#[derive(Default)]
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let ms = 100u64.saturating_mul(1 << self.attempt.min(6)).min(5_000);
-        self.attempt += 1;
-        Duration::from_millis(ms)
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
+/// Back-off for drain retries: 100 ms doubling to 5 s, jittered.
+fn drain_backoff() -> Backoff {
+    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))
 }
