@@ -24,4 +24,4 @@ pub mod pg_sink;
 pub mod recordings;
 pub mod replay;
 pub mod store;
-pub mod unique;
+pub(crate) mod unique;

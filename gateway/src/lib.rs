@@ -6,20 +6,20 @@
 //! → `callstream_kafka::publish` (Kafka, and the durability guarantee). What each
 //! provider's payload means lives in `callstream_schemas::providers`.
 
-pub mod auth;
+pub(crate) mod auth;
 mod body;
 pub mod cli;
 pub mod config;
-pub mod deliver;
-pub mod error;
-pub mod ingest;
+pub(crate) mod deliver;
+pub(crate) mod error;
+pub(crate) mod ingest;
 mod keylock;
-pub mod metrics;
+pub(crate) mod metrics;
 mod server;
-pub mod sources;
+pub(crate) mod sources;
 pub mod spool;
 pub mod startup;
-pub mod telemetry;
+pub(crate) mod telemetry;
 
 use callstream_schemas::Topic;
 

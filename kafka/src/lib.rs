@@ -17,10 +17,10 @@ pub mod client;
 pub mod consume;
 pub mod dead_letter;
 pub mod embedded;
-pub mod lag;
+pub(crate) mod lag;
 pub mod per_record;
 pub mod publish;
-pub mod settings;
+pub(crate) mod settings;
 pub mod topics;
 pub mod wire;
 
