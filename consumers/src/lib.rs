@@ -10,8 +10,12 @@
 //! * `callstream-replay` ([`replay`]): raw or DLQ records → events again,
 //!   after a normalizer fix (a command-line tool, not a service).
 //!
-//! The PostgreSQL consumers share [`pg_sink`]: rows and Kafka positions in
-//! one transaction.
+//! Each consumer supplies only its own logic to one of two loops in
+//! `callstream_kafka`: the batched, transactional `batch::BatchLoop` (dedup,
+//! and the PostgreSQL consumers through [`pg_sink`]: rows and Kafka
+//! positions in one transaction) or the per-record, at-least-once
+//! `per_record::PerRecordLoop` (CRM targets, recordings). [`cli`] is the
+//! command line every binary shares.
 
 pub mod analytics;
 pub mod cli;
