@@ -39,7 +39,13 @@ fn settings(bootstrap: &str, extra: impl FnOnce(figment::Figment) -> figment::Fi
 
 fn start(settings: &Settings) -> Running {
     let metrics = DedupMetrics::new(&prometheus::Registry::new());
-    let dedup = Dedup::new(settings, metrics.clone()).expect("dedup starts");
+    let dedup = Dedup::new(
+        &settings.dedup,
+        &settings.kafka,
+        &settings.topics,
+        metrics.clone(),
+    )
+    .expect("dedup starts");
     let (stop, stopped) = watch::channel(false);
     Running {
         stop,
@@ -274,7 +280,8 @@ async fn a_missing_changelog_is_created_or_named_with_how_to_create_it() {
     produce(&bootstrap, events, std::slice::from_ref(&event)).await;
 
     let metrics = DedupMetrics::new(&prometheus::Registry::new());
-    let Err(error) = Dedup::new(&settings(&bootstrap, |f| f), metrics) else {
+    let s = settings(&bootstrap, |f| f);
+    let Err(error) = Dedup::new(&s.dedup, &s.kafka, &s.topics, metrics) else {
         panic!("the mock broker created {changelog}: test it as created");
     };
     let message = error.to_string();
@@ -311,7 +318,8 @@ async fn a_changelog_with_fewer_partitions_than_the_input_is_refused_by_name() {
         .unwrap();
     let bootstrap = cluster.bootstrap_servers();
     let metrics = DedupMetrics::new(&prometheus::Registry::new());
-    let Err(error) = Dedup::new(&settings(&bootstrap, |f| f), metrics) else {
+    let s = settings(&bootstrap, |f| f);
+    let Err(error) = Dedup::new(&s.dedup, &s.kafka, &s.topics, metrics) else {
         panic!("dedup started with a changelog of 1 partition for an input of {PARTITIONS}");
     };
     let message = error.to_string();

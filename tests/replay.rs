@@ -594,7 +594,13 @@ async fn replaying_twice_adds_nothing_after_dedup() {
             .merge(("dedup.batch_linger_ms", 5)),
     )
     .unwrap();
-    let dedup = Dedup::new(&dedup_settings, metrics.clone()).expect("dedup starts");
+    let dedup = Dedup::new(
+        &dedup_settings.dedup,
+        &dedup_settings.kafka,
+        &dedup_settings.topics,
+        metrics.clone(),
+    )
+    .expect("dedup starts");
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(dedup.run(stopped));
     let consumed = |n: u64| {

@@ -18,7 +18,12 @@ async fn main() -> anyhow::Result<()> {
         "callstream dedup: `callstream.events.v1` into `callstream.events.unique.v1`, exactly once.",
     )?;
     let registry = Registry::new();
-    let dedup = Dedup::new(&settings, DedupMetrics::new(&registry))?;
+    let dedup = Dedup::new(
+        &settings.dedup,
+        &settings.kafka,
+        &settings.topics,
+        DedupMetrics::new(&registry),
+    )?;
     let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry)?;
     let port = metrics_server.port;
     let metrics_handle = metrics_server.spawn();

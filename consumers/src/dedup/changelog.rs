@@ -14,8 +14,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ClientSettings;
 use callstream_kafka::client::{client_config, Role};
+use callstream_kafka::ClientSettings;
 
 use super::state::{PartitionState, Seen};
 

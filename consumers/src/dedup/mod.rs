@@ -54,11 +54,11 @@ use tokio::sync::watch;
 
 use callstream_schemas::Topic;
 
-use crate::config::{ClientSettings, Settings};
 use callstream_kafka::batch::{BatchHandler, BatchLoop, Flow};
 use callstream_kafka::client::{client_config_with, consumer_config, durable, Role};
 use callstream_kafka::consume::{AssignmentChanges, TrackingContext};
 use callstream_kafka::topics::{ensure_topic, Owned};
+use callstream_kafka::{ClientSettings, TopicNames};
 
 /// Only what dedup needs from an event; the value is forwarded untouched.
 #[derive(Deserialize)]
@@ -86,18 +86,17 @@ pub struct Dedup {
 }
 
 impl Dedup {
-    pub fn new(settings: &Settings, metrics: DedupMetrics) -> anyhow::Result<Dedup> {
-        let d = &settings.dedup;
+    pub fn new(
+        d: &DedupSettings,
+        kafka: &ClientSettings,
+        topics: &TopicNames,
+        metrics: DedupMetrics,
+    ) -> anyhow::Result<Dedup> {
         let consumer: StreamConsumer<TrackingContext> =
-            consumer_config(&settings.kafka, &d.group_id)
-                .create_with_context(TrackingContext::default())?;
+            consumer_config(kafka, &d.group_id).create_with_context(TrackingContext::default())?;
         // lz4 as the gateway's: events are JSON, several times smaller
         // compressed, on the broker's disks and to every subscriber.
-        let mut config = client_config_with(
-            &settings.kafka,
-            Role::Producer,
-            &[("compression.type", "lz4")],
-        );
+        let mut config = client_config_with(kafka, Role::Producer, &[("compression.type", "lz4")]);
         let producer: ThreadedProducer<Acks> = durable(&mut config)
             .set("transactional.id", &d.transactional_id)
             .set("partitioner", "murmur2_random")
@@ -107,10 +106,10 @@ impl Dedup {
         let dedup = Dedup {
             consumer: Arc::new(consumer),
             producer,
-            input: settings.topics.name(Topic::Events).to_string(),
-            output: settings.topics.name(Topic::EventsUnique).to_string(),
-            changelog: settings.topics.name(Topic::DedupState).to_string(),
-            kafka: settings.kafka.clone(),
+            input: topics.name(Topic::Events).to_string(),
+            output: topics.name(Topic::EventsUnique).to_string(),
+            changelog: topics.name(Topic::DedupState).to_string(),
+            kafka: kafka.clone(),
             window_ms: i64::try_from(d.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             batch_max: d.batch_max,
             linger: Duration::from_millis(d.batch_linger_ms),
