@@ -1124,8 +1124,9 @@ async fn settings_errors_name_the_setting() {
 }
 
 /// A target blocked on a slow CRM must not hold its group: a second
-/// instance that joins gets its share of the partitions within the session
-/// timeout (6 s here), because the first keeps polling while it waits. The
+/// instance that joins gets its share of the partitions, and the first,
+/// which kept polling while it waited, gives its stuck request up and
+/// delivers from its share. The
 /// record in flight at the rebalance is the only one sent twice, with the
 /// same `Idempotency-Key`; the first instance's copy is cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1160,9 +1161,15 @@ async fn a_joining_instance_gets_partitions_while_the_first_waits_on_a_slow_crm(
     .await;
     let took = joined.elapsed();
     eprintln!("the second instance delivered {took:?} after it started");
+    // librdkafka's mock broker completes a rebalance only after about the
+    // session timeout however promptly the members rejoin (5 s here alone,
+    // 10 s on a loaded machine), so the time does not tell a member that
+    // kept polling from one evicted for not polling. What does: the first
+    // instance gave up its stuck request and took part, so it delivers
+    // from the partitions it was given.
     assert!(
-        took < Duration::from_secs(6 + 3),
-        "the second instance waited {took:?} for partitions (session timeout 6 s)"
+        took < Duration::from_secs(20),
+        "the second instance waited {took:?} for partitions"
     );
     wait("every event delivered", || {
         events
@@ -1170,6 +1177,12 @@ async fn a_joining_instance_gets_partitions_while_the_first_waits_on_a_slow_crm(
             .all(|e| crm.for_key(&key_of(e)).iter().any(|r| r.status == 200))
     })
     .await;
+    assert!(
+        crm.received()
+            .iter()
+            .any(|r| r.path == "/first" && r.header("idempotency-key") != slow),
+        "the first instance, stuck on one request, took part in the rebalance and delivered again"
+    );
 
     for e in &events[1..] {
         assert_eq!(
