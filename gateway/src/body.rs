@@ -5,8 +5,8 @@
 //! and given back when the [`Body`] (or the permit it hands out) is
 //! dropped. So however many clients upload slowly or stall, the bodies
 //! hold at most `max_buffered_body_bytes`. What it does not bound: the
-//! HTTP server's own per-connection read buffers (see BENCHMARKS.md,
-//! "Memory under slow uploads").
+//! HTTP server's own per-connection read buffer, kept to one read step by
+//! `server/paced.rs` (see BENCHMARKS.md, "Memory under slow uploads").
 
 use actix_web::web::Bytes;
 use tokio::sync::{Semaphore, SemaphorePermit};

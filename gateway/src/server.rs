@@ -1,10 +1,12 @@
 //! The HTTP server of both listeners: what actix-web's `HttpServer::listen`
 //! assembles (actix-server accepting, actix-http serving HTTP/1), with each
 //! connection wrapped in [`answers::JsonAnswers`] so the answers actix-http
-//! writes itself have JSON bodies too. `HttpServer` has no way to wrap a
+//! writes itself have JSON bodies too, and in [`paced::Paced`] so it reads
+//! no further ahead of the handler than one step. `HttpServer` has no way to wrap a
 //! connection, hence the assembly here.
 
 mod answers;
+mod paced;
 
 use std::fmt;
 use std::net::TcpListener;
@@ -20,6 +22,7 @@ use actix_web::dev::{AppConfig, Service};
 use actix_web::rt::net::TcpStream;
 
 use answers::JsonAnswers;
+use paced::Paced;
 
 /// What the gateway sets on a listener's server; `None`: actix's default.
 #[derive(Debug, Clone)]
@@ -99,7 +102,7 @@ where
             .finish(map_config(app, |_| AppConfig::default()));
         fn_service(move |io: TcpStream| {
             let peer = io.peer_addr().ok();
-            let io = JsonAnswers::new(io, head_timeout_ms);
+            let io = JsonAnswers::new(Paced::new(io), head_timeout_ms);
             std::future::ready(Ok((io, Protocol::Http1, peer)))
         })
         .and_then(service)

@@ -21,12 +21,12 @@ const BINARY: &str = env!("CARGO_BIN_EXE_callstream-gateway");
 const UPLOADS: usize = 2_000;
 const SENT: usize = 64 * 1024;
 const REAL: usize = 100;
-/// The target is 256 MiB, met on an idle machine (233 MiB, BENCHMARKS.md);
-/// most of the peak is actix-http reading every connection's 64 KiB before
-/// the handler runs, which grows when the machine is busy (up to 299 MiB
-/// seen during or just after a build). The bound here keeps that headroom and
-/// still catches the old behaviour (2,469 MiB) ten times over.
-const PEAK_RSS_MIB: u64 = 320;
+/// The target. Measured 192–217 MiB, idle or beside three busy
+/// loops (BENCHMARKS.md): the base process, actix's per-connection state,
+/// the 32 MiB budget, and one read step (`server/paced.rs`) per connection.
+/// Without the pacing, actix-http read up to 64 KiB per connection ahead of
+/// the handler, and the peak swung 227–323 MiB with scheduling.
+const PEAK_RSS_MIB: u64 = 256;
 
 fn sms(id: &str) -> String {
     format!(
