@@ -1,12 +1,20 @@
-//! The command line every consumer binary takes, and the first steps of
-//! its `main`: settings (`--config FILE` or `CALLSTREAM_CONFIG`, then the
-//! environment), then logging.
+//! The command line every consumer binary takes, and the steps of its
+//! `main` around the consumer: settings (`--config FILE` or
+//! `CALLSTREAM_CONFIG`, then the environment) and logging ([`start`]), then
+//! the metrics server for the consumer's run until SIGTERM/SIGINT
+//! ([`serve`]).
 
 pub mod replay;
 
+use std::future::Future;
 use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use prometheus::Registry;
+use tokio::sync::watch;
+
+use callstream_runtime::server::MetricsServer;
+use callstream_runtime::shutdown::on_signal;
 
 use crate::config::Settings;
 
@@ -26,4 +34,27 @@ pub fn start(name: &'static str, about: &'static str) -> anyhow::Result<Settings
     let settings = Settings::load(cli.config.as_deref())?;
     callstream_runtime::telemetry::init(settings.log_format);
     Ok(settings)
+}
+
+/// Serves `registry` on `metrics_listen` (with `/healthz`) while `run`
+/// runs, handed a receiver that turns `true` on SIGTERM/SIGINT; then stops
+/// the server. `run`'s error is the process's.
+pub async fn serve<F, Fut, E>(
+    metrics_listen: &str,
+    registry: Registry,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<anyhow::Error>,
+{
+    let metrics_server = MetricsServer::bind(metrics_listen, registry)?;
+    let port = metrics_server.port;
+    let metrics_handle = metrics_server.spawn();
+    tracing::info!(port, "consumer running");
+    let result = run(on_signal()?).await;
+    metrics_handle.stop(true).await;
+    tracing::info!("consumer stopped");
+    result.map_err(Into::into)
 }

@@ -40,6 +40,7 @@ pub mod settings;
 mod target;
 pub mod webhook;
 
+use callstream_kafka::dead_letter::DeadLetters;
 use std::sync::Arc;
 
 use prometheus::Registry;
@@ -143,8 +144,11 @@ impl CrmConsumer {
                 in_progress: None,
                 handler: TargetHandler {
                     name: name.clone(),
-                    dlq_topic: topics.name(Topic::CrmDlq).to_string(),
-                    producer: producer.clone(),
+                    dead_letters: DeadLetters::new(
+                        producer.clone(),
+                        topics.name(Topic::CrmDlq),
+                        target::KAFKA_ERROR_PAUSE,
+                    ),
                     deliverer,
                     kinds: target.kinds.clone(),
                     metrics,

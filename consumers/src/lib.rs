@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod crm;
 pub mod dedup;
+mod http_failure;
 pub mod pg;
 pub mod pg_consumer;
 pub mod pg_sink;

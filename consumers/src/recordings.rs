@@ -70,6 +70,7 @@ pub mod settings;
 pub mod source;
 pub mod template;
 
+use callstream_kafka::dead_letter::DeadLetters;
 use std::sync::Arc;
 
 use prometheus::Registry;
@@ -150,7 +151,11 @@ impl RecordingsConsumer {
                 in_progress: Some(metrics.in_progress.clone()),
                 handler: ArchiveHandler {
                     recordings_topic: topics.name(Topic::Recordings).to_string(),
-                    dlq_topic: topics.name(Topic::RecordingsDlq).to_string(),
+                    dead_letters: DeadLetters::new(
+                        producer.clone(),
+                        topics.name(Topic::RecordingsDlq),
+                        consume::KAFKA_ERROR_PAUSE,
+                    ),
                     producer,
                     resolver,
                     downloader,

@@ -237,6 +237,7 @@ impl ToSql for RawJsonb<'_> {
     to_sql_checked!();
 }
 
+// The trait's signature repeats in `analytics/mod.rs`; the bodies differ.
 impl PgWriter for StoreWriter {
     /// Rows are keyed by `event_id`, derived from the identity the topic is
     /// keyed by: partitions never share a row.

@@ -8,6 +8,54 @@ use rdkafka::message::Message;
 
 use crate::wire::GaveUp;
 
+/// A consumer's dead-letter topic and the durable producer that writes it.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    retry_every: Duration,
+}
+
+impl DeadLetters {
+    /// `retry_every`: the wait for each acknowledgement, and the pause
+    /// after a failed one.
+    pub fn new(
+        producer: rdkafka::producer::FutureProducer,
+        topic: impl Into<String>,
+        retry_every: Duration,
+    ) -> DeadLetters {
+        DeadLetters {
+            producer,
+            topic: topic.into(),
+            retry_every,
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// [`dead_letter`] to this topic.
+    pub async fn write<M: Message>(
+        &self,
+        msg: &M,
+        why: &GaveUp<'_>,
+        shutdown: &tokio::sync::watch::Receiver<bool>,
+        on_error: impl FnMut(&rdkafka::error::KafkaError),
+    ) -> bool {
+        dead_letter(
+            &self.producer,
+            &self.topic,
+            msg,
+            why,
+            self.retry_every,
+            shutdown,
+            on_error,
+        )
+        .await
+    }
+}
+
 /// Writes the dead letter of `msg` ([`GaveUp::letter`]: the record as it
 /// was, plus why) to `topic` and waits for Kafka's acknowledgement,
 /// retrying every `retry_every` until it comes. Returns false if shutdown

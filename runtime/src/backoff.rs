@@ -6,6 +6,18 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
+/// The waits between `attempts` tries of one request (so `attempts - 1`
+/// retries): from `min` doubling to `max`, with jitter. For the consumers
+/// that call out over HTTP (CRM targets, recording downloads).
+pub fn retries(min: Duration, max: Duration, attempts: u32) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(attempts.saturating_sub(1) as usize)
+}
+
 /// From `min` doubling to `max`, with jitter, for ever; [`Backoff::reset`]
 /// starts over after a success.
 pub struct Backoff {

@@ -8,9 +8,9 @@ use prometheus::Registry;
 
 use callstream_consumers::cli;
 use callstream_consumers::crm::CrmConsumer;
-use callstream_runtime::server::MetricsServer;
-use callstream_runtime::shutdown::on_signal;
 
+// The steps every consumer's `main` shares are `cli::start` and
+// `cli::serve` (or `pg_consumer::run`); only what differs is here.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = cli::start(
@@ -19,13 +19,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let registry = Registry::new();
     let crm = CrmConsumer::build(&settings.crm, &settings.kafka, &settings.topics, &registry)?;
-    let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry)?;
-    let port = metrics_server.port;
-    let metrics_handle = metrics_server.spawn();
     let targets: Vec<_> = settings.crm.targets.keys().collect();
-    tracing::info!(port, ?targets, "consumer running");
-    let result = crm.run(on_signal()?).await;
-    metrics_handle.stop(true).await;
-    tracing::info!("consumer stopped");
-    Ok(result?)
+    tracing::info!(?targets, "CRM delivery starting");
+    cli::serve(&settings.metrics_listen, registry, |stop| crm.run(stop)).await
 }

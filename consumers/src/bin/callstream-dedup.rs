@@ -8,9 +8,9 @@ use prometheus::Registry;
 
 use callstream_consumers::cli;
 use callstream_consumers::dedup::{Dedup, DedupMetrics};
-use callstream_runtime::server::MetricsServer;
-use callstream_runtime::shutdown::on_signal;
 
+// The steps every consumer's `main` shares are `cli::start` and
+// `cli::serve` (or `pg_consumer::run`); only what differs is here.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = cli::start(
@@ -24,12 +24,6 @@ async fn main() -> anyhow::Result<()> {
         &settings.topics,
         DedupMetrics::new(&registry),
     )?;
-    let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry)?;
-    let port = metrics_server.port;
-    let metrics_handle = metrics_server.spawn();
-    tracing::info!(port, group = %settings.dedup.group_id, "consumer running");
-    let result = dedup.run(on_signal()?).await;
-    metrics_handle.stop(true).await;
-    tracing::info!("consumer stopped");
-    result
+    tracing::info!(group = %settings.dedup.group_id, "dedup starting");
+    cli::serve(&settings.metrics_listen, registry, |stop| dedup.run(stop)).await
 }

@@ -9,9 +9,9 @@ use prometheus::Registry;
 
 use callstream_consumers::cli;
 use callstream_consumers::recordings::RecordingsConsumer;
-use callstream_runtime::server::MetricsServer;
-use callstream_runtime::shutdown::on_signal;
 
+// The steps every consumer's `main` shares are `cli::start` and
+// `cli::serve` (or `pg_consumer::run`); only what differs is here.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = cli::start(
@@ -25,13 +25,9 @@ async fn main() -> anyhow::Result<()> {
         &settings.topics,
         &registry,
     )?;
-    let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry)?;
-    let port = metrics_server.port;
-    let metrics_handle = metrics_server.spawn();
-    let store = archiver.location().to_string();
-    tracing::info!(port, %store, "consumer running");
-    let result = archiver.run(on_signal()?).await;
-    metrics_handle.stop(true).await;
-    tracing::info!("consumer stopped");
-    Ok(result?)
+    tracing::info!(store = %archiver.location(), "archiver starting");
+    cli::serve(&settings.metrics_listen, registry, |stop| {
+        archiver.run(stop)
+    })
+    .await
 }

@@ -9,6 +9,8 @@ use prometheus::Registry;
 use callstream_consumers::store::StoreWriter;
 use callstream_consumers::{cli, pg_consumer};
 
+// The steps every consumer's `main` shares are `cli::start` and
+// `cli::serve` (or `pg_consumer::run`); only what differs is here.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = cli::start(

@@ -19,6 +19,8 @@ use super::settings::{IdempotencyKey, TargetSettings};
 use super::{Mapping, Outgoing};
 use callstream_runtime::shutdown::wait_for;
 
+use crate::http_failure::{classify, Failure};
+
 /// Longest excerpt of an error response kept for the dead letter.
 const EXCERPT_CHARS: usize = 200;
 
@@ -113,16 +115,10 @@ impl AttemptError {
     }
 
     fn from_reqwest(error: reqwest::Error, timeout_ms: u64) -> AttemptError {
-        if error.is_timeout() {
-            return AttemptError::Timeout(timeout_ms);
-        }
-        let connect = error.is_connect();
-        // The URL may carry a credential in its query: leave it out.
-        let text = callstream_runtime::error_chain(&error.without_url());
-        if connect {
-            AttemptError::Connect(text)
-        } else {
-            AttemptError::Transport(text)
+        match classify(error) {
+            Failure::Timeout => AttemptError::Timeout(timeout_ms),
+            Failure::Connect(text) => AttemptError::Connect(text),
+            Failure::Transport(text) => AttemptError::Transport(text),
         }
     }
 }
@@ -231,12 +227,11 @@ impl Deliverer {
             .build()?;
         let interval = settings.request_interval().max(Duration::from_nanos(1));
         let limiter = RateLimiter::direct(Quota::with_period(interval).expect("a non-zero period"));
-        let backoff = ExponentialBuilder::new()
-            .with_min_delay(settings.initial_backoff())
-            .with_max_delay(settings.max_backoff())
-            .with_factor(2.0)
-            .with_jitter()
-            .with_max_times(settings.max_attempts.saturating_sub(1) as usize);
+        let backoff = callstream_runtime::backoff::retries(
+            settings.initial_backoff(),
+            settings.max_backoff(),
+            settings.max_attempts,
+        );
         Ok(Deliverer {
             client,
             mapping,

@@ -256,6 +256,9 @@ impl TargetSettings {
         Ok(url)
     }
 
+    // These accessors are spelled again in `recordings/settings.rs`, on
+    // purpose: serde cannot flatten a shared section into one under
+    // `deny_unknown_fields`, and the keys are each section's own.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }

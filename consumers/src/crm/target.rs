@@ -2,10 +2,10 @@
 //! order, each committed only once it was delivered, dead-lettered, or
 //! skipped (the loop is `callstream_kafka::per_record`).
 
+use callstream_kafka::dead_letter::DeadLetters;
 use std::time::Duration;
 
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
 use callstream_schemas::Kind;
@@ -16,14 +16,13 @@ use callstream_kafka::per_record::RecordHandler;
 use callstream_kafka::wire::{decode_unique, By, GaveUp};
 
 /// Pause after a Kafka error before trying again to dead-letter.
-const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
+pub(crate) const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// One target's work on a record: deliver it, or dead-letter it. The loop
 /// around it is [`PerRecordLoop`].
 pub struct TargetHandler {
     pub name: String,
-    pub dlq_topic: String,
-    pub producer: FutureProducer,
+    pub dead_letters: DeadLetters,
     pub deliverer: Deliverer,
     pub kinds: Vec<Kind>,
     pub metrics: TargetMetrics,
@@ -91,16 +90,12 @@ impl TargetHandler {
             error: error.into(),
             attempts,
         };
-        let acked = callstream_kafka::dead_letter::dead_letter(
-            &self.producer,
-            &self.dlq_topic,
-            msg,
-            &why,
-            KAFKA_ERROR_PAUSE,
-            shutdown,
-            |_| self.metrics.dlq_produce_errors.inc(),
-        )
-        .await;
+        let acked = self
+            .dead_letters
+            .write(msg, &why, shutdown, |_| {
+                self.metrics.dlq_produce_errors.inc()
+            })
+            .await;
         acked.then_some(EventOutcome::DeadLettered)
     }
 }

@@ -8,6 +8,7 @@
 //! or its dead letter, was acknowledged. A link that is not ready holds its
 //! own record, not the archiver.
 
+use callstream_kafka::dead_letter::DeadLetters;
 use std::time::Duration;
 
 use rdkafka::message::OwnedMessage;
@@ -26,7 +27,7 @@ use callstream_kafka::wire::{decode_unique, recording_record, By, GaveUp};
 use callstream_runtime::shutdown::pause;
 
 /// Pause after a Kafka error before trying again.
-const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
+pub(crate) const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// Records held back behind an earlier record of their key or a busy
 /// archiver, at most: past it, the partitions are paused. A few MB of
@@ -37,7 +38,7 @@ pub const MAX_QUEUED: usize = 1024;
 
 pub struct ArchiveHandler {
     pub recordings_topic: String,
-    pub dlq_topic: String,
+    pub dead_letters: DeadLetters,
     pub producer: FutureProducer,
     pub resolver: Resolver,
     pub downloader: Downloader,
@@ -215,16 +216,12 @@ impl ArchiveHandler {
             error: error.into(),
             attempts,
         };
-        let acked = callstream_kafka::dead_letter::dead_letter(
-            &self.producer,
-            &self.dlq_topic,
-            msg,
-            &why,
-            KAFKA_ERROR_PAUSE,
-            shutdown,
-            |_| self.metrics.produce_error("recordings_dlq"),
-        )
-        .await;
+        let acked = self
+            .dead_letters
+            .write(msg, &why, shutdown, |_| {
+                self.metrics.produce_error("recordings_dlq")
+            })
+            .await;
         tally.dead_lettered = true;
         acked.then_some(tally)
     }

@@ -23,6 +23,8 @@ use super::source::{self, hex, Item};
 use super::template::Redactor;
 use callstream_runtime::shutdown::wait_for;
 
+use crate::http_failure::{classify, Failure};
+
 /// Upload part size: the smallest S3 accepts. At most this plus two parts
 /// in flight are held in memory per download.
 const CHUNK_BYTES: usize = 5 * 1024 * 1024;
@@ -102,15 +104,10 @@ impl ItemError {
         if let Some(refused) = guard::find_refusal(&error) {
             return ItemError::Refused(refused);
         }
-        if error.is_timeout() {
-            return ItemError::Timeout(timeout_ms);
-        }
-        let connect = error.is_connect();
-        let text = callstream_runtime::error_chain(&error.without_url());
-        if connect {
-            ItemError::Connect(text)
-        } else {
-            ItemError::Transport(text)
+        match classify(error) {
+            Failure::Timeout => ItemError::Timeout(timeout_ms),
+            Failure::Connect(text) => ItemError::Connect(text),
+            Failure::Transport(text) => ItemError::Transport(text),
         }
     }
 }
@@ -200,12 +197,11 @@ impl Downloader {
                 .no_proxy()
                 .build()
         };
-        let backoff = ExponentialBuilder::new()
-            .with_min_delay(settings.initial_backoff())
-            .with_max_delay(settings.max_backoff())
-            .with_factor(2.0)
-            .with_jitter()
-            .with_max_times(settings.max_attempts.saturating_sub(1) as usize);
+        let backoff = callstream_runtime::backoff::retries(
+            settings.initial_backoff(),
+            settings.max_backoff(),
+            settings.max_attempts,
+        );
         Ok(Downloader {
             client: client(settings.allow_private_targets)?,
             private_client: (settings.allow_private_templates && !settings.allow_private_targets)

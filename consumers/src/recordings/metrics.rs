@@ -79,6 +79,8 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
+        // The same small registering closures as `crm/metrics.rs`, under
+        // this consumer's prefix: shorter than a shared helper's call.
         let vec = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<_> {
             let c = IntCounterVec::new(
                 Opts::new(format!("callstream_recordings_{name}"), help),

@@ -225,6 +225,7 @@ impl RecordingsSettings {
         Ok(())
     }
 
+    // Spelled as in `crm/settings.rs`; see the note there.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
