@@ -496,8 +496,26 @@ async fn losing_one_commit_answer(db_url: &str) -> String {
                 let server = TcpStream::connect(&upstream).await.unwrap();
                 let (mut client_read, mut client_write) = client.into_split();
                 let (mut server_read, mut server_write) = server.into_split();
-                let answers = tokio::spawn(async move {
-                    tokio::io::copy(&mut server_read, &mut client_write).await
+                // Set before the COMMIT goes out, checked before each answer
+                // is passed on: so no answer read after it reaches the sink
+                // (`abort` would not do: a copy mid-poll on another worker
+                // can still pass the COMMIT's answer on).
+                let muted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let mute = muted.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match server_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        // Dropping the write half: the sink reads EOF.
+                        if muted.load(std::sync::atomic::Ordering::SeqCst)
+                            || client_write.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
                 });
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
@@ -510,7 +528,7 @@ async fn losing_one_commit_answer(db_url: &str) -> String {
                     let cut = commit && armed.swap(false, std::sync::atomic::Ordering::SeqCst);
                     if cut {
                         // No answer reaches the sink from here on.
-                        answers.abort();
+                        mute.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                     if server_write.write_all(&buf[..n]).await.is_err() {
                         break;
