@@ -23,7 +23,10 @@ pub mod config;
 pub mod crm;
 pub mod dedup;
 mod http_failure;
+#[cfg(feature = "testkit")]
 pub mod pg;
+#[cfg(not(feature = "testkit"))]
+mod pg;
 pub mod pg_consumer;
 pub mod pg_sink;
 pub mod recordings;

@@ -63,7 +63,7 @@ pub fn backoff(max: std::time::Duration) -> callstream_runtime::backoff::Backoff
 /// or not taking connections to this database for now. A refused login
 /// (SQLSTATE class 28) or a database that does not exist (3D000) is a
 /// configuration error that waiting does not fix.
-pub fn connect_error_is_transient(error: &tokio_postgres::Error) -> bool {
+pub(crate) fn connect_error_is_transient(error: &tokio_postgres::Error) -> bool {
     match error.code() {
         None => true,
         Some(code) => {
@@ -79,7 +79,7 @@ pub fn connect_error_is_transient(error: &tokio_postgres::Error) -> bool {
 /// together on an empty database both created refinery's history table and
 /// the first tables at once, and one died on a duplicate key in PostgreSQL's
 /// catalog (`pg_type_typname_nsp_index`).
-pub const MIGRATION_LOCK_KEY: i64 = 0x6361_6c6c_7374_726d;
+pub(crate) const MIGRATION_LOCK_KEY: i64 = 0x6361_6c6c_7374_726d;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -133,7 +133,7 @@ pub async fn migrate_up_to(client: &mut Client, version: Option<i32>) -> Result<
 }
 
 /// The next offset to process for a partition, if this group stored one.
-pub async fn load_offset(
+pub(crate) async fn load_offset(
     client: &impl GenericClient,
     group: &str,
     topic: &str,
@@ -152,7 +152,7 @@ pub async fn load_offset(
 /// One partition's move: its stored position before the batch (`None`: no
 /// row yet) and the next offset after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OffsetMove {
+pub(crate) struct OffsetMove {
     pub partition: i32,
     pub from: Option<i64>,
     pub to: i64,
@@ -165,7 +165,7 @@ pub struct OffsetMove {
 /// must roll back) when any stored position is not its `from`: another
 /// instance processed that range first, e.g. after a rebalance. This
 /// fencing is what keeps a batch from being applied twice.
-pub async fn advance_offsets(
+pub(crate) async fn advance_offsets(
     tx: &impl GenericClient,
     group: &str,
     topic: &str,

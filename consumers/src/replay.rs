@@ -122,7 +122,7 @@ pub struct ReplayOptions {
 
 /// One `--tenant PROVIDER=TENANT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantOverride {
+pub(crate) struct TenantOverride {
     pub provider: String,
     pub tenant: String,
 }

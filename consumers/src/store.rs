@@ -28,7 +28,7 @@ use crate::unique::{direction_str, latest_revisions, status_str};
 use callstream_kafka::wire::UniqueEvent;
 
 /// The defaults of the `store` section.
-pub fn default_settings() -> BatchSettings {
+pub(crate) fn default_settings() -> BatchSettings {
     BatchSettings {
         group_id: "callstream-store".into(),
         batch_max: 2000,

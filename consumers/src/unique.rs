@@ -16,7 +16,7 @@ use callstream_kafka::wire::UniqueEvent;
 /// `INSERT ... ON CONFLICT DO UPDATE` must not touch one row twice, and only
 /// the newest revision matters. Of two records with the same revision (a
 /// resend) the first is kept.
-pub fn latest_revisions(batch: &[UniqueEvent]) -> Vec<&UniqueEvent> {
+pub(crate) fn latest_revisions(batch: &[UniqueEvent]) -> Vec<&UniqueEvent> {
     let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(batch.len());
     let mut latest: Vec<&UniqueEvent> = Vec::with_capacity(batch.len());
     for e in batch {
@@ -36,7 +36,7 @@ pub fn latest_revisions(batch: &[UniqueEvent]) -> Vec<&UniqueEvent> {
 }
 
 /// The serialized name of a direction (`inbound`, ...).
-pub fn direction_str(direction: Direction) -> &'static str {
+pub(crate) fn direction_str(direction: Direction) -> &'static str {
     match direction {
         Direction::Inbound => "inbound",
         Direction::Outbound => "outbound",
@@ -46,7 +46,7 @@ pub fn direction_str(direction: Direction) -> &'static str {
 }
 
 /// The serialized name of a status (`answered`, ...).
-pub fn status_str(status: Status) -> &'static str {
+pub(crate) fn status_str(status: Status) -> &'static str {
     match status {
         Status::Answered => "answered",
         Status::Missed => "missed",

@@ -25,12 +25,12 @@ impl Auth {
     }
 
     /// No key configured: every request is accepted (warned about at start-up).
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.key_digests.is_empty()
     }
 
     /// Whether any credential presented matches any configured key.
-    pub fn verify(&self, headers: &HeaderMap, query: &str) -> bool {
+    pub(crate) fn verify(&self, headers: &HeaderMap, query: &str) -> bool {
         if self.is_open() {
             return true;
         }

@@ -17,7 +17,7 @@ const KEEP_CHUNK_BYTES: usize = 8 * 1024;
 
 /// The budget could not pay for the next bytes.
 #[derive(Debug)]
-pub struct OverBudget;
+pub(crate) struct OverBudget;
 
 /// A body as it arrives, in memory the budget pays for.
 ///

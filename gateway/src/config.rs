@@ -50,20 +50,20 @@ pub struct Settings {
     /// request whose next bytes do not fit gets 503 + `Retry-After`, so
     /// slow or stalled uploads cannot grow memory without bound. At least
     /// `max_body_bytes`.
-    pub max_buffered_body_bytes: usize,
+    pub(crate) max_buffered_body_bytes: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: LogFormat,
     /// Webhook requests processed at once; more get 503 + `Retry-After`
     /// immediately, so memory stays flat under overload.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// A client must send its request headers within this time.
     pub header_read_timeout_ms: u64,
     /// A client must deliver its whole body within this time.
     pub body_read_timeout_ms: u64,
     /// Idle keep-alive connections are closed after this many seconds.
-    pub keep_alive_secs: u64,
+    pub(crate) keep_alive_secs: u64,
     /// HTTP worker threads; 0: one per CPU the process may use (its cgroup
     /// quota or affinity included).
     pub workers: usize,
@@ -87,7 +87,7 @@ pub struct KafkaSettings {
     /// Small, because every request waits on it.
     pub linger_ms: f64,
     /// Partitions per topic created by the embedded broker.
-    pub embedded_partitions: i32,
+    pub(crate) embedded_partitions: i32,
     /// Extra librdkafka properties (security.protocol, sasl.*, ...). They
     /// cannot weaken durability: `acks` and `enable.idempotence` are fixed.
     /// Nested levels join with dots (see [`dotted_properties`]).
@@ -243,7 +243,11 @@ impl Settings {
     }
 
     /// The configured path of a provider route.
-    pub fn path_of<'a>(&'a self, source: &str, route: &'a callstream_schemas::Route) -> &'a str {
+    pub(crate) fn path_of<'a>(
+        &'a self,
+        source: &str,
+        route: &'a callstream_schemas::Route,
+    ) -> &'a str {
         sources::path_of(&self.sources, source, route)
     }
 

@@ -42,7 +42,7 @@ pub enum Stored {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DeliverError {
+pub(crate) enum DeliverError {
     #[error(transparent)]
     Kafka(#[from] PublishError),
     #[error("Kafka is unavailable and {0}")]

@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("missing or invalid API key: send it as `Authorization: x-api-key <key>`, `x-api-key: <key>` or `?token=<key>`")]
     Unauthorized,
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -40,7 +40,7 @@ pub enum ApiError {
 
 /// Which limit an overloaded gateway hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overload {
+pub(crate) enum Overload {
     /// `max_in_flight` requests are being processed.
     InFlight,
     /// `max_buffered_body_bytes` of request bodies are held.

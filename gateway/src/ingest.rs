@@ -30,7 +30,7 @@ use crate::metrics::{Metrics, Outcome, SourceMetrics};
 use callstream_kafka::wire::{Delivery, Records};
 
 /// Everything a provider route needs, attached to its actix resource.
-pub struct SourceRoute {
+pub(crate) struct SourceRoute {
     pub provider: Arc<dyn Provider>,
     pub route: &'static Route,
     pub auth: Arc<Auth>,
@@ -39,21 +39,21 @@ pub struct SourceRoute {
 }
 
 /// Shared by all routes.
-pub struct Ingest {
+pub(crate) struct Ingest {
     pub deliverer: Arc<Deliverer>,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
     /// Body bytes held across all requests, one permit a byte (see
     /// `max_buffered_body_bytes`): taken as bytes arrive, never from a
     /// declared length, and given back when the request ends.
-    pub body_budget: tokio::sync::Semaphore,
+    pub(crate) body_budget: tokio::sync::Semaphore,
     /// The budget's size, for the gauge.
-    pub body_budget_bytes: usize,
-    pub body_read_timeout: Duration,
+    pub(crate) body_budget_bytes: usize,
+    pub(crate) body_read_timeout: Duration,
     /// Bounds the requests being processed; over it, 503 at once.
-    pub in_flight: tokio::sync::Semaphore,
+    pub(crate) in_flight: tokio::sync::Semaphore,
     /// `Retry-After` seconds on a 503.
-    pub retry_after_secs: u64,
+    pub(crate) retry_after_secs: u64,
 }
 
 /// Decrements the in-flight gauge however the request ends.
@@ -122,7 +122,7 @@ struct Answer<'a> {
 
 impl Ingest {
     /// Refreshes the gauges read at scrape time.
-    pub fn update_gauges(&self) {
+    pub(crate) fn update_gauges(&self) {
         let held = self.body_budget_bytes - self.body_budget.available_permits();
         self.metrics.body_bytes_held.set(held as i64);
         if let Some(spool) = self.deliverer.spool() {

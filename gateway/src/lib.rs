@@ -17,12 +17,18 @@ mod keylock;
 pub(crate) mod metrics;
 mod server;
 pub(crate) mod sources;
+#[cfg(feature = "testkit")]
 pub mod spool;
+#[cfg(not(feature = "testkit"))]
+mod spool;
+#[cfg(feature = "testkit")]
 pub mod startup;
+#[cfg(not(feature = "testkit"))]
+mod startup;
 pub(crate) mod telemetry;
 
 use callstream_schemas::Topic;
 
 /// The topics the gateway writes: what `topics` must name apart, what
 /// [`deliver`] publishes to, what [`metrics`] prepares a series for.
-pub const PUBLISHED_TOPICS: [Topic; 3] = [Topic::Raw, Topic::Events, Topic::Dlq];
+pub(crate) const PUBLISHED_TOPICS: [Topic; 3] = [Topic::Raw, Topic::Events, Topic::Dlq];

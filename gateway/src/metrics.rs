@@ -60,7 +60,7 @@ pub struct SourceMetrics {
     /// Indexed like [`Outcome::ALL`].
     requests: [IntCounter; Outcome::ALL.len()],
     pub request_duration: Histogram,
-    pub auth_failures: IntCounter,
+    pub(crate) auth_failures: IntCounter,
 }
 
 impl SourceMetrics {
@@ -74,25 +74,25 @@ pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
-    pub in_flight: IntGauge,
-    pub body_bytes_held: IntGauge,
-    pub auth_failures: IntCounterVec,
-    pub dlq_records: IntCounterVec,
+    pub(crate) in_flight: IntGauge,
+    pub(crate) body_bytes_held: IntGauge,
+    pub(crate) auth_failures: IntCounterVec,
+    pub(crate) dlq_records: IntCounterVec,
     /// Kafka's answers to the publisher, by topic.
     pub publish: PublishMetrics,
-    pub embedded_broker_discarded: IntCounterVec,
-    pub spool_records: IntGauge,
-    pub spool_bytes: IntGauge,
-    pub spool_oldest_age: Gauge,
-    pub spool_appended: IntCounter,
-    pub spool_drained: IntCounter,
-    pub spool_corrupt: IntCounter,
-    pub spool_lost: IntCounter,
-    pub spool_quarantined_bytes: IntCounter,
-    pub spool_unreadable: IntCounter,
-    pub spool_set_aside: IntCounter,
-    pub spool_undeleted: IntGauge,
-    pub kafka_degraded: IntGauge,
+    pub(crate) embedded_broker_discarded: IntCounterVec,
+    pub(crate) spool_records: IntGauge,
+    pub(crate) spool_bytes: IntGauge,
+    pub(crate) spool_oldest_age: Gauge,
+    pub(crate) spool_appended: IntCounter,
+    pub(crate) spool_drained: IntCounter,
+    pub(crate) spool_corrupt: IntCounter,
+    pub(crate) spool_lost: IntCounter,
+    pub(crate) spool_quarantined_bytes: IntCounter,
+    pub(crate) spool_unreadable: IntCounter,
+    pub(crate) spool_set_aside: IntCounter,
+    pub(crate) spool_undeleted: IntGauge,
+    pub(crate) kafka_degraded: IntGauge,
 }
 
 /// Latency buckets in seconds, dense below 10 ms where the gateway should live.
@@ -289,7 +289,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

@@ -32,9 +32,9 @@ pub struct Http {
     pub signals: bool,
     pub shutdown_timeout_secs: Option<u64>,
     /// The first request's head must be complete within this (else 408).
-    pub client_request_timeout: Duration,
-    pub client_disconnect_timeout: Duration,
-    pub keep_alive: Duration,
+    pub(crate) client_request_timeout: Duration,
+    pub(crate) client_disconnect_timeout: Duration,
+    pub(crate) keep_alive: Duration,
 }
 
 impl Default for Http {

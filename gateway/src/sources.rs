@@ -22,7 +22,7 @@ pub struct SourceSettings {
     pub api_keys: Vec<SecretString>,
     /// Extra header that may carry the key (besides `?token=`,
     /// `Authorization: x-api-key <key>`, `Authorization: Bearer <key>`, `x-api-key`).
-    pub auth_header: Option<String>,
+    pub(crate) auth_header: Option<String>,
     /// Path overrides by route name (`cdr`, `sms`, `postcall`, `event`).
     pub paths: BTreeMap<String, String>,
 }
@@ -49,7 +49,7 @@ pub fn defaults() -> BTreeMap<String, BTreeMap<String, String>> {
 }
 
 /// The configured path of a provider route.
-pub fn path_of<'a>(
+pub(crate) fn path_of<'a>(
     sources: &'a BTreeMap<String, SourceSettings>,
     source: &str,
     route: &'a Route,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+#[cfg(feature = "testkit")]
 pub use actix_web::dev::ServerHandle;
 use actix_web::http::Method as HttpMethod;
 use actix_web::{web, App, HttpRequest, HttpResponse};
@@ -195,6 +196,7 @@ impl Application {
     }
 
     /// Stops the server gracefully when called (tests; signals do it in production).
+    #[cfg(feature = "testkit")]
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }

@@ -16,7 +16,7 @@ use tracing_actix_web::{RequestId, RootSpanBuilder};
 /// successful deliveries are counted in metrics and carry their request id
 /// on their Kafka records. `RUST_LOG=info,callstream_gateway::telemetry=debug`
 /// logs every request.
-pub struct RedactingRootSpan;
+pub(crate) struct RedactingRootSpan;
 
 impl RootSpanBuilder for RedactingRootSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {

@@ -22,7 +22,7 @@ const CONSUME_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// on, so dropping them would skip them. Only a fatal error is returned
 /// (and a batch collected before it is dropped with it: the caller exits,
 /// and what was not committed is read again at the next start).
-pub async fn next_batch<C, T>(
+pub(crate) async fn next_batch<C, T>(
     consumer: &rdkafka::consumer::StreamConsumer<C>,
     max: usize,
     linger: Duration,
@@ -113,7 +113,7 @@ impl TrackingContext {
     }
 
     /// Takes the changes noted since the last call.
-    pub fn take_changes(&self) -> AssignmentChanges {
+    pub(crate) fn take_changes(&self) -> AssignmentChanges {
         std::mem::take(&mut *self.changes.lock().expect("assignment lock"))
     }
 
@@ -171,7 +171,7 @@ impl ConsumerContext for TrackingContext {
 /// Commits the stored offsets synchronously, then closes the consumer,
 /// which leaves the group at once (if this was its last reference: stop
 /// its [`LagReporter`] first).
-pub async fn commit_and_close<C: ConsumerContext + 'static>(
+pub(crate) async fn commit_and_close<C: ConsumerContext + 'static>(
     consumer: Arc<rdkafka::consumer::StreamConsumer<C>>,
 ) {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};

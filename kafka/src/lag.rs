@@ -8,7 +8,7 @@ use rdkafka::Offset;
 
 /// Where a consumer's lag counts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LagFrom {
+pub(crate) enum LagFrom {
     /// The next record the loop will receive: for loops that finish one
     /// record before taking the next.
     Position,
@@ -29,7 +29,7 @@ pub enum LagFrom {
 /// before: no request, but stale while librdkafka's prefetch queue is full
 /// and it does not fetch, which is exactly when a stuck consumer's lag
 /// should rise; and a partition not consumed from counted as 0.)
-pub fn consumer_lag<X: ConsumerContext, C: Consumer<X>>(
+pub(crate) fn consumer_lag<X: ConsumerContext, C: Consumer<X>>(
     consumer: &C,
     from: LagFrom,
     timeout: Duration,
@@ -81,7 +81,7 @@ pub fn consumer_lag<X: ConsumerContext, C: Consumer<X>>(
 }
 
 /// How often [`LagReporter`] measures.
-pub const LAG_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const LAG_EVERY: Duration = Duration::from_secs(2);
 /// How long [`LagReporter`] waits for the brokers' answers.
 const LAG_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -89,7 +89,7 @@ const LAG_TIMEOUT: Duration = Duration::from_secs(5);
 /// its own, so the gauge also moves while the consumer is idle or stuck (it
 /// used to be measured only after a batch). Stops when dropped. When the
 /// brokers do not answer, the gauge keeps its last value.
-pub struct LagReporter {
+pub(crate) struct LagReporter {
     stop: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }

@@ -34,7 +34,7 @@ use crate::settings::TopicNames;
 
 /// A Kafka header: names are mostly constants, but records read back from
 /// the spool carry owned names.
-pub type HeaderPair = (Cow<'static, str>, Vec<u8>);
+pub(crate) type HeaderPair = (Cow<'static, str>, Vec<u8>);
 
 /// One record to publish; the publisher maps the logical topic to its name.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +114,7 @@ pub struct PublishMetrics {
 
 /// The `kind` label of produce errors: no answer in time, or
 /// [`classify`]'s.
-pub const PRODUCE_ERROR_KINDS: [&str; 3] = ["timeout", "retriable", "fatal"];
+pub(crate) const PRODUCE_ERROR_KINDS: [&str; 3] = ["timeout", "retriable", "fatal"];
 
 impl PublishMetrics {
     /// Creates every series of `topics`, so dashboards see them at 0.

@@ -41,7 +41,7 @@ pub struct ClientSettings {
 
 impl ClientSettings {
     /// `properties`, then the role's own (which win).
-    pub fn properties_for(&self, role: Role) -> impl Iterator<Item = (&String, &String)> {
+    pub(crate) fn properties_for(&self, role: Role) -> impl Iterator<Item = (&String, &String)> {
         let own = match role {
             Role::Consumer => &self.consumer_properties,
             Role::Producer => &self.producer_properties,

@@ -18,7 +18,7 @@ use serde_json::Error;
 use sha2::{Digest, Sha256};
 
 /// `value` as canonical JSON, leaving out the top-level fields in `skip`.
-pub fn to_vec_without<T: Serialize + ?Sized>(
+pub(crate) fn to_vec_without<T: Serialize + ?Sized>(
     value: &T,
     skip: &'static [&'static str],
 ) -> Result<Vec<u8>, Error> {
@@ -33,19 +33,19 @@ pub fn to_vec_without<T: Serialize + ?Sized>(
 
 /// [`to_vec_hashed`]'s answer.
 #[derive(Debug)]
-pub struct Hashed {
+pub(crate) struct Hashed {
     /// `to_vec(value)`.
     pub json: Vec<u8>,
     /// SHA-256 of `to_vec_without(value, unhashed)`.
     pub digest: [u8; 32],
     /// Where the value of the top-level field named by `locate` is in `json`.
-    pub located: Option<Range<usize>>,
+    pub(crate) located: Option<Range<usize>>,
 }
 
 /// Canonical JSON of all of `value` and, in the same pass, the SHA-256 of
 /// what [`to_vec_without`]`(value, unhashed)` would write: a record and its
 /// fingerprint for the price of one serialization.
-pub fn to_vec_hashed<T: Serialize + ?Sized>(
+pub(crate) fn to_vec_hashed<T: Serialize + ?Sized>(
     value: &T,
     unhashed: &'static [&'static str],
     locate: &'static str,

@@ -17,7 +17,8 @@ use uuid::Uuid;
 pub const REVISION_HEADER: &str = "cs_revision";
 
 /// Namespace for [`Event::event_id`] (UUIDv5 of the identity).
-pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b2f_1c2e_9a1d_4c55_8f1e_3b7d_0c9a_51e4);
+pub(crate) const EVENT_ID_NAMESPACE: Uuid =
+    Uuid::from_u128(0x6b2f_1c2e_9a1d_4c55_8f1e_3b7d_0c9a_51e4);
 
 /// The provider a delivery came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -130,7 +131,7 @@ pub struct Tag {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub color: Option<String>,
+    pub(crate) color: Option<String>,
 }
 
 /// Where a recording or voicemail can be found. Providers give different
@@ -158,10 +159,10 @@ pub struct Correlation {
     pub call_id: Option<String>,
     /// Groups legs and transfers of one conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conversation_id: Option<String>,
+    pub(crate) conversation_id: Option<String>,
     /// This leg's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub leg_id: Option<String>,
+    pub(crate) leg_id: Option<String>,
     /// Leg name (`a`: agent side, `b`: customer side).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leg: Option<String>,
@@ -200,7 +201,7 @@ pub struct Event {
     pub provider_status: Option<String>,
     /// The provider's own event type (`CDR`, `VM`, `cdr`, `event`, trigger id ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider_event_type: Option<String>,
+    pub(crate) provider_event_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,7 +243,7 @@ pub struct Event {
 
 impl Event {
     /// Builds the identity string from its parts.
-    pub fn identity_for(
+    pub(crate) fn identity_for(
         provider: ProviderId,
         tenant: &str,
         kind: Kind,

@@ -18,9 +18,10 @@ mod time;
 
 use serde_json::Value;
 
-pub use body::{document, json_body, json_object};
-pub use de::{de_number, de_string};
-pub use form::form_to_json;
+pub use body::document;
+pub(crate) use body::{json_body, json_object};
+pub(crate) use de::{de_number, de_string};
+pub(crate) use form::form_to_json;
 pub use time::timestamp;
 
 /// A string, or a number rendered as written (`442000000000`, not
@@ -64,7 +65,7 @@ pub fn number(value: Option<&Value>) -> Option<f64> {
 }
 
 /// A whole number, from a JSON number or a numeric string (`3`, `"3"`, `3.0`).
-pub fn integer(value: Option<&Value>) -> Option<i64> {
+pub(crate) fn integer(value: Option<&Value>) -> Option<i64> {
     match value? {
         Value::Number(n) => n.as_i64().or_else(|| n.as_f64().and_then(whole)),
         Value::String(s) => {
@@ -86,7 +87,7 @@ fn whole(f: f64) -> Option<i64> {
 
 /// A flag: `true`/`false`, `1`/`0`, and the strings `true`, `1`, `yes`, `y`,
 /// `on` (and `false`, `0`, `no`, `n`, `off`), case-insensitive.
-pub fn boolean(value: Option<&Value>) -> Option<bool> {
+pub(crate) fn boolean(value: Option<&Value>) -> Option<bool> {
     match value? {
         Value::Bool(b) => Some(*b),
         number @ Value::Number(_) => match integer(Some(number)) {

@@ -72,7 +72,7 @@ use tables::{Rollup, Statements};
 
 /// The `tenant` label of every tenant not named in
 /// `analytics.metric_tenants`.
-pub const OTHER_TENANTS: &str = "other";
+pub(crate) const OTHER_TENANTS: &str = "other";
 
 /// The tenants that keep their own `tenant` label.
 struct TenantLabels(HashSet<String>);

@@ -122,14 +122,14 @@ pub fn bucket_start(at: DateTime<Utc>, minutes: i32) -> DateTime<Utc> {
 /// What one revision of an event contributes, and under which keys: one
 /// row of `kpi_events`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Contribution {
+pub(crate) struct Contribution {
     pub tenant: String,
     pub provider: String,
     pub kind: String,
     pub direction: String,
     pub status: String,
     /// The time it is bucketed by: `started_at`, else `received_at`.
-    pub event_at: DateTime<Utc>,
+    pub(crate) event_at: DateTime<Utc>,
     pub agent: Option<String>,
     pub number: Option<String>,
     pub counters: Counters,

@@ -55,7 +55,7 @@ struct Key {
 
 /// The changes one batch makes to the rollups.
 #[derive(Default)]
-pub struct Rollup(BTreeMap<Key, Counters>);
+pub(crate) struct Rollup(BTreeMap<Key, Counters>);
 
 impl Rollup {
     /// Counts `c` (`sign` 1) or takes it back (`sign` -1).
@@ -190,7 +190,7 @@ fn counted_sql() -> String {
 }
 
 /// The statements, built once.
-pub struct Statements {
+pub(crate) struct Statements {
     rollup: String,
     counted: String,
 }
@@ -206,7 +206,7 @@ impl Default for Statements {
 
 impl Statements {
     /// What `ids` have contributed so far, at which revision.
-    pub async fn load_counted(
+    pub(crate) async fn load_counted(
         &self,
         tx: &Transaction<'_>,
         ids: &[Uuid],
@@ -260,7 +260,7 @@ impl Statements {
     }
 
     /// Records what each event (id, revision) now contributes.
-    pub async fn store_counted(
+    pub(crate) async fn store_counted(
         &self,
         tx: &Transaction<'_>,
         counted: &[(Uuid, i32, Contribution)],

@@ -26,7 +26,7 @@ const EXCERPT_CHARS: usize = 200;
 
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
-pub enum AttemptError {
+pub(crate) enum AttemptError {
     #[error("HTTP {}: {excerpt}", status.as_u16())]
     Status {
         status: StatusCode,
@@ -59,7 +59,7 @@ impl AttemptError {
     /// retried with back-off, the target slows to one event per
     /// `max_attempts` back-offs, and few events reach the dead letters
     /// before someone fixes the credentials.
-    pub fn is_retriable(&self) -> bool {
+    pub(crate) fn is_retriable(&self) -> bool {
         match self {
             AttemptError::Status { status, .. } => {
                 status.is_server_error()
@@ -129,7 +129,7 @@ fn is_refused_credentials(status: StatusCode) -> bool {
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));

@@ -9,7 +9,7 @@ use prometheus::{
 
 /// What happened to an event, for `callstream_crm_events_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventOutcome {
+pub(crate) enum EventOutcome {
     Delivered,
     DeadLettered,
     /// A kind the target does not take: committed without a request.
@@ -33,7 +33,7 @@ impl EventOutcome {
 }
 
 /// Outcomes of one HTTP attempt, for `callstream_crm_requests_total`.
-pub const REQUEST_OUTCOMES: [&str; 8] = [
+pub(crate) const REQUEST_OUTCOMES: [&str; 8] = [
     "success",
     "rate_limited",
     "server_error",
@@ -45,7 +45,7 @@ pub const REQUEST_OUTCOMES: [&str; 8] = [
 ];
 
 /// The metric families, registered once per process.
-pub struct CrmMetrics {
+pub(crate) struct CrmMetrics {
     events: IntCounterVec,
     requests: IntCounterVec,
     retries: IntCounterVec,
@@ -57,13 +57,13 @@ pub struct CrmMetrics {
 
 /// The metrics of one target, its label already applied.
 #[derive(Clone)]
-pub struct TargetMetrics {
+pub(crate) struct TargetMetrics {
     target: String,
     events: IntCounterVec,
     requests: IntCounterVec,
     pub retries: IntCounter,
-    pub rate_limit_waits: IntCounter,
-    pub dlq_produce_errors: IntCounter,
+    pub(crate) rate_limit_waits: IntCounter,
+    pub(crate) dlq_produce_errors: IntCounter,
     pub request_duration: Histogram,
     pub lag: IntGauge,
 }

@@ -14,7 +14,7 @@ use callstream_schemas::Kind;
 use callstream_runtime::config::{invalid, ConfigError};
 
 /// HubSpot's API base, the default `url` of a `hubspot` target.
-pub const HUBSPOT_API: &str = "https://api.hubapi.com";
+pub(crate) const HUBSPOT_API: &str = "https://api.hubapi.com";
 
 /// Longest a target may spend on one record (all attempts, back-off and
 /// rate-limit waits): it holds the target's later records, and beyond an
@@ -148,7 +148,7 @@ impl CrmSettings {
 
     /// The CRM consumer needs at least one target; the other consumers share
     /// these settings and do not, so this is not part of [`Self::validate`].
-    pub fn require_targets(&self) -> Result<(), ConfigError> {
+    pub(crate) fn require_targets(&self) -> Result<(), ConfigError> {
         if self.targets.is_empty() {
             return Err(invalid(
                 "crm.targets",
@@ -272,14 +272,14 @@ impl TargetSettings {
     }
 
     /// Time between two requests at `rate_per_second`.
-    pub fn request_interval(&self) -> Duration {
+    pub(crate) fn request_interval(&self) -> Duration {
         Duration::try_from_secs_f64(1.0 / self.rate_per_second).unwrap_or(Duration::MAX)
     }
 
     /// The most one event can take before it is delivered or dead-lettered:
     /// every attempt timing out, each after a rate-limit wait, with the
     /// longest back-off between them.
-    pub fn worst_case_record(&self) -> Duration {
+    pub(crate) fn worst_case_record(&self) -> Duration {
         let attempts = self.max_attempts;
         self.timeout()
             .saturating_add(self.request_interval())

@@ -20,7 +20,7 @@ pub(crate) const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// One target's work on a record: deliver it, or dead-letter it. The loop
 /// around it is [`PerRecordLoop`].
-pub struct TargetHandler {
+pub(crate) struct TargetHandler {
     pub name: String,
     pub dead_letters: DeadLetters,
     pub deliverer: Deliverer,

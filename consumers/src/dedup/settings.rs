@@ -9,7 +9,7 @@ use callstream_runtime::config::{invalid, ConfigError};
 pub struct DedupSettings {
     pub group_id: String,
     /// Transactional id of the producer; one per running instance.
-    pub transactional_id: String,
+    pub(crate) transactional_id: String,
     /// How long an identity is remembered. A resend later than this is
     /// forwarded again; state is bounded by this window, not by history.
     pub window_secs: u64,

@@ -13,7 +13,7 @@ pub struct Seen {
     pub revision: u32,
     /// Event time (ms) the identity was last seen; drives the window.
     #[serde(rename = "s")]
-    pub last_seen_ms: i64,
+    pub(crate) last_seen_ms: i64,
     /// Fingerprints forwarded so far (first 64 bits, hex); a few per identity.
     #[serde(rename = "f")]
     pub fingerprints: Vec<u64>,
@@ -80,7 +80,7 @@ impl PartitionState {
     /// Forgets identities not seen within `window_ms` of the newest event
     /// (in sweeps: see [`SWEEP_EVERY_WINDOW_SHARE`]); returns them so
     /// tombstones can be written.
-    pub fn evict(&mut self, window_ms: i64) -> Vec<String> {
+    pub(crate) fn evict(&mut self, window_ms: i64) -> Vec<String> {
         let cutoff = self.high_water_ms.saturating_sub(window_ms);
         if cutoff < self.next_sweep_ms {
             return Vec::new();

@@ -94,7 +94,7 @@ pub struct SinkMetrics {
     pub fenced: IntCounter,
     pub rejected: IntCounter,
     pub db_errors: IntCounter,
-    pub batch_duration: Histogram,
+    pub(crate) batch_duration: Histogram,
     pub lag: IntGauge,
 }
 

@@ -28,9 +28,9 @@ use super::settings::{StoreKind, StoreSettings};
 
 /// What is kept beside each audio object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     /// [`super::source::Handle::digest`] of the handle the audio came from.
-    pub source_sha256: String,
+    pub(crate) source_sha256: String,
     /// The recordings event published for it, published again as it is
     /// when the same revision of the event comes back.
     pub record: RecordingArchived,
@@ -48,7 +48,7 @@ pub enum OpenError {
 }
 
 /// The configured store, and how its objects are named outside.
-pub struct Archive {
+pub(crate) struct Archive {
     store: Arc<dyn ObjectStore>,
     /// `Some` for the local directory: fsync and `file://` locations.
     local: Option<Arc<LocalFileSystem>>,

@@ -34,15 +34,15 @@ pub(crate) const KAFKA_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// unique events; enough that a burst of revisions of one event, whose
 /// first waits on a link that is not ready, does not hold the other events
 /// back.
-pub const MAX_QUEUED: usize = 1024;
+pub(crate) const MAX_QUEUED: usize = 1024;
 
 pub struct ArchiveHandler {
-    pub recordings_topic: String,
+    pub(crate) recordings_topic: String,
     pub dead_letters: DeadLetters,
     pub producer: FutureProducer,
-    pub resolver: Resolver,
-    pub downloader: Downloader,
-    pub redactor: Redactor,
+    pub(crate) resolver: Resolver,
+    pub(crate) downloader: Downloader,
+    pub(crate) redactor: Redactor,
     pub metrics: Metrics,
 }
 

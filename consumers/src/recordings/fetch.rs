@@ -32,7 +32,7 @@ const PARTS_IN_FLIGHT: usize = 2;
 
 /// Why an attempt failed. Texts never hold a URL (it may carry a credential).
 #[derive(Debug, thiserror::Error)]
-pub enum ItemError {
+pub(crate) enum ItemError {
     #[error("HTTP 404: not ready")]
     NotReady,
     #[error("HTTP {0}")]
@@ -132,13 +132,13 @@ pub enum Outcome {
 }
 
 /// One handle of one event revision to archive.
-pub struct Job<'a> {
+pub(crate) struct Job<'a> {
     pub event: &'a Event,
     pub revision: i32,
     pub item: &'a Item,
     pub url: &'a Url,
     /// The URL may reach a non-public address ([`super::template::Resolved`]).
-    pub private_ok: bool,
+    pub(crate) private_ok: bool,
 }
 
 /// What to do given an existing manifest.

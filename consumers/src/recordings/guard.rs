@@ -38,7 +38,7 @@ pub enum Refused {
 
 /// Checks what can be checked without a lookup: scheme, and the host when
 /// it is an address literal.
-pub fn check_url(url: &Url, allow_private: bool) -> Result<(), Refused> {
+pub(crate) fn check_url(url: &Url, allow_private: bool) -> Result<(), Refused> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(Refused::Scheme(url.scheme().to_string()));
     }
@@ -64,7 +64,7 @@ pub fn check_url(url: &Url, allow_private: bool) -> Result<(), Refused> {
 /// and IPv6 forms that embed an IPv4 address (mapped, translated,
 /// compatible, NAT64, 6to4) when that address is refused; local-use NAT64
 /// always.
-pub fn is_public(ip: IpAddr) -> bool {
+pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => public_v4(v4),
         IpAddr::V6(v6) => public_v6(v6),
@@ -121,8 +121,8 @@ fn public_v6(ip: Ipv6Addr) -> bool {
 }
 
 /// Resolves host names and keeps only the addresses the guard allows.
-pub struct GuardedResolver {
-    pub allow_private: bool,
+pub(crate) struct GuardedResolver {
+    pub(crate) allow_private: bool,
 }
 
 impl Resolve for GuardedResolver {
@@ -145,7 +145,7 @@ impl Resolve for GuardedResolver {
 }
 
 /// Follows up to [`MAX_REDIRECTS`] redirects, each checked by [`check_url`].
-pub fn redirect_policy(allow_private: bool) -> redirect::Policy {
+pub(crate) fn redirect_policy(allow_private: bool) -> redirect::Policy {
     redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() >= MAX_REDIRECTS {
             return attempt.error(Refused::TooManyRedirects);
@@ -158,7 +158,7 @@ pub fn redirect_policy(allow_private: bool) -> redirect::Policy {
 }
 
 /// The guard's refusal somewhere in an error's cause chain.
-pub fn find_refusal(error: &(dyn StdError + 'static)) -> Option<Refused> {
+pub(crate) fn find_refusal(error: &(dyn StdError + 'static)) -> Option<Refused> {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(refused) = e.downcast_ref::<Refused>() {

@@ -8,7 +8,7 @@ use callstream_schemas::recording::Media;
 
 /// What happened to one media handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MediaOutcome {
+pub(crate) enum MediaOutcome {
     /// Downloaded, stored, and its event published.
     Archived,
     /// Stored earlier by the same revision: its event published again, no download.
@@ -42,7 +42,7 @@ impl MediaOutcome {
 }
 
 /// Reasons of `callstream_recordings_failures_total` (one per failed handle).
-pub const FAILURE_REASONS: [&str; 15] = [
+pub(crate) const FAILURE_REASONS: [&str; 15] = [
     "not_ready",
     "http_status",
     "timeout",
@@ -61,18 +61,18 @@ pub const FAILURE_REASONS: [&str; 15] = [
 ];
 
 /// Topics of `callstream_recordings_kafka_produce_errors_total`.
-pub const TOPICS: [&str; 2] = ["recordings", "recordings_dlq"];
+pub(crate) const TOPICS: [&str; 2] = ["recordings", "recordings_dlq"];
 
 #[derive(Clone)]
 pub struct Metrics {
     media: IntCounterVec,
     failures: IntCounterVec,
     produce_errors: IntCounterVec,
-    pub not_ready_retries: IntCounter,
+    pub(crate) not_ready_retries: IntCounter,
     pub retries: IntCounter,
-    pub downloaded_bytes: IntCounter,
+    pub(crate) downloaded_bytes: IntCounter,
     pub dead_letters: IntCounter,
-    pub download_duration: Histogram,
+    pub(crate) download_duration: Histogram,
     pub lag: IntGauge,
     pub in_progress: IntGauge,
 }
@@ -180,7 +180,7 @@ impl Metrics {
     }
 
     /// `topic` is one of [`TOPICS`].
-    pub fn produce_error(&self, topic: &'static str) {
+    pub(crate) fn produce_error(&self, topic: &'static str) {
         self.produce_errors.with_label_values(&[topic]).inc();
     }
 }

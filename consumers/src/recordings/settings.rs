@@ -18,7 +18,7 @@ use callstream_runtime::config::{invalid, ConfigError};
 /// Most media handles archived per event (a Xarios call lists a few
 /// `recordingIds`); more are dead-lettered. It bounds how long one record
 /// can take.
-pub const MAX_MEDIA_PER_EVENT: usize = 8;
+pub(crate) const MAX_MEDIA_PER_EVENT: usize = 8;
 
 /// Longest one record may take, about a day: it holds its key's later
 /// records (revisions of one event) until then, and its partition's
@@ -135,12 +135,12 @@ pub struct StoreSettings {
     pub endpoint: Option<String>,
     /// `s3`: access key id; unset: `AWS_ACCESS_KEY_ID`, or the instance's role.
     #[serde(skip_serializing)]
-    pub access_key_id: Option<SecretString>,
+    pub(crate) access_key_id: Option<SecretString>,
     /// `s3`: secret access key; unset: `AWS_SECRET_ACCESS_KEY`, or the role.
     #[serde(skip_serializing)]
-    pub secret_access_key: Option<SecretString>,
+    pub(crate) secret_access_key: Option<SecretString>,
     /// `s3`: allow a plain `http://` endpoint (a local MinIO). Off by default.
-    pub allow_http: bool,
+    pub(crate) allow_http: bool,
 }
 
 impl Default for StoreSettings {
@@ -175,7 +175,7 @@ pub struct TemplateSettings {
     /// Value of `{secret}` per tenant (TeleCMI: one secret per app id),
     /// taking precedence over `secret`.
     #[serde(default)]
-    pub tenant_secrets: BTreeMap<String, SecretString>,
+    pub(crate) tenant_secrets: BTreeMap<String, SecretString>,
 }
 
 impl RecordingsSettings {
@@ -245,7 +245,7 @@ impl RecordingsSettings {
     /// The most one media handle can take: the not-ready window, then every
     /// attempt timing out with the longest back-off between them (plus one
     /// not-ready poll that may overrun the window).
-    pub fn worst_case_item(&self) -> Duration {
+    pub(crate) fn worst_case_item(&self) -> Duration {
         let attempts = self.max_attempts;
         self.not_ready_window()
             .saturating_add(self.max_backoff())
@@ -254,7 +254,7 @@ impl RecordingsSettings {
     }
 
     /// The most one event can take ([`MAX_MEDIA_PER_EVENT`] handles).
-    pub fn worst_case_record(&self) -> Duration {
+    pub(crate) fn worst_case_record(&self) -> Duration {
         self.worst_case_item()
             .saturating_mul(MAX_MEDIA_PER_EVENT as u32)
     }

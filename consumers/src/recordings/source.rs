@@ -132,7 +132,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// `url` without user info, fragment or query values.
-pub fn redact_url(url: &Url) -> String {
+pub(crate) fn redact_url(url: &Url) -> String {
     let mut url = url.clone();
     let _ = url.set_username("");
     let _ = url.set_password(None);
@@ -172,7 +172,7 @@ fn segment(value: &str) -> String {
 /// dated by the call's start (`undated` without one), so that every
 /// revision of an event finds the same manifest (`<base>.manifest.json`).
 /// The audio goes to `<base>-<first 16 hex of the handle's digest>.<ext>`.
-pub fn object_base(prefix: &str, event: &Event, item: &Item) -> String {
+pub(crate) fn object_base(prefix: &str, event: &Event, item: &Item) -> String {
     let date = event.started_at.map_or_else(
         || "undated".to_string(),
         |t| t.format("%Y/%m/%d").to_string(),

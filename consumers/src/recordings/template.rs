@@ -34,7 +34,7 @@ fn encode(value: &str) -> String {
 /// attached), and a media server or a proxy in front of it may decode
 /// `%2e%2e` or `%2F` once more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BadValue {
+pub(crate) enum BadValue {
     #[error("is empty")]
     Empty,
     #[error("is a dot-segment (`.` or `..`, maybe percent-encoded)")]
@@ -118,7 +118,7 @@ enum Part {
 
 /// A parsed `url_template`.
 #[derive(Debug, Clone)]
-pub struct Template {
+pub(crate) struct Template {
     parts: Vec<Part>,
 }
 
@@ -187,7 +187,7 @@ impl Template {
 
     /// Whether the host and port are the template's own: no value a payload
     /// brings (or a tenant, a secret) can change where the request goes.
-    pub fn fixed_host(&self) -> bool {
+    pub(crate) fn fixed_host(&self) -> bool {
         let origin = |v: &str| {
             let filled = self.fill(&Values {
                 handle: v,
@@ -242,7 +242,7 @@ impl Template {
 
 /// Why an item cannot be turned into a request.
 #[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
+pub(crate) enum ResolveError {
     #[error("not a URL")]
     NotAUrl,
     #[error("refused: {0}")]
@@ -277,19 +277,19 @@ struct ProviderTemplate {
 }
 
 /// Turns items into download URLs, checked against the address guard.
-pub struct Resolver {
+pub(crate) struct Resolver {
     templates: HashMap<ProviderId, ProviderTemplate>,
     allow_private_targets: bool,
 }
 
 /// A URL to download, and whether it may reach a non-public address.
 #[derive(Debug)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     pub url: Url,
     /// Only for a URL the operator's template built (with
     /// `allow_private_templates`), or anything with `allow_private_targets`;
     /// never for a URL a payload named.
-    pub private_ok: bool,
+    pub(crate) private_ok: bool,
 }
 
 impl Resolver {
@@ -374,7 +374,7 @@ impl Resolver {
 /// Removes secrets from text bound for logs and dead letters, as given and
 /// percent-encoded (as they appear in a URL).
 #[derive(Debug, Clone, Default)]
-pub struct Redactor {
+pub(crate) struct Redactor {
     needles: Vec<String>,
 }
 

@@ -239,7 +239,10 @@ impl Lookup {
 
     /// The smallest and largest timestamps (ms) of the first and last
     /// records of `ranges`, or `None` when they are all empty.
-    pub fn time_span(&self, ranges: &[PartitionRange]) -> Result<Option<(i64, i64)>, ReplayError> {
+    pub(crate) fn time_span(
+        &self,
+        ranges: &[PartitionRange],
+    ) -> Result<Option<(i64, i64)>, ReplayError> {
         let mut span: Option<(i64, i64)> = None;
         for r in ranges.iter().filter(|r| !r.is_empty()) {
             for offset in [r.start, r.end - 1] {

@@ -51,7 +51,7 @@ const HEAD_END: &[u8] = b"\r\n\r\n";
 const RESPONSE_START: &[u8] = b"HTTP/1.";
 
 /// A connection whose bare 400, 408 and 431 answers get JSON bodies.
-pub struct JsonAnswers<T> {
+pub(crate) struct JsonAnswers<T> {
     io: T,
     state: State,
     /// The start of a head a write ended inside of (`State::Held`).

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes read in one turn of a connection's task: actix-http's own read
 /// size (8 KiB) twice, so a typical webhook's head and body are one turn.
-pub const STEP: usize = 16 * 1024;
+pub(crate) const STEP: usize = 16 * 1024;
 
 pub struct Paced<T> {
     io: T,

@@ -41,10 +41,10 @@ use callstream_kafka::publish::OutRecord;
 
 const VERSION: u8 = 1;
 const MAGIC: [u8; 4] = [0xC5, 0x53, 0x50, 0xF2];
-pub const FRAME_HEADER: usize = 20;
+pub(crate) const FRAME_HEADER: usize = 20;
 const V1_HEADER: usize = 8;
 /// Larger "lengths" are garbage, not records (bodies are capped far lower).
-pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// One spooled delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,13 +114,13 @@ impl Encoded {
     }
 
     /// Bytes the frame takes in a segment.
-    pub fn frame_len(&self) -> usize {
+    pub(crate) fn frame_len(&self) -> usize {
         FRAME_HEADER + self.body.len()
     }
 
     /// Appends the frame as it must stand at `offset` of its segment, as
     /// the segment's `index`-th frame.
-    pub fn write_at(&self, offset: u64, index: u32, out: &mut Vec<u8>) {
+    pub(crate) fn write_at(&self, offset: u64, index: u32, out: &mut Vec<u8>) {
         let len = self.body.len() as u32;
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&len.to_le_bytes());
@@ -369,7 +369,7 @@ pub struct Scan {
 }
 
 impl Scan {
-    pub fn damaged_bytes(&self) -> usize {
+    pub(crate) fn damaged_bytes(&self) -> usize {
         self.damaged.iter().map(|r| r.len()).sum()
     }
 }

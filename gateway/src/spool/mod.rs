@@ -20,6 +20,7 @@ mod segments;
 mod settings;
 mod writer;
 
+#[cfg(feature = "testkit")]
 pub use recover::QUARANTINE_DIR;
 pub use settings::SpoolSettings;
 
@@ -40,7 +41,7 @@ use segments::{
 use writer::{Append, Cmd};
 
 /// Where deliveries Kafka refuses as records are set aside.
-pub const REJECTED_DIR: &str = "rejected";
+pub(crate) const REJECTED_DIR: &str = "rejected";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -66,7 +67,7 @@ pub struct Spool {
 }
 
 /// A sealed segment handed to the drainer.
-pub struct SealedSegment {
+pub(crate) struct SealedSegment {
     pub seq: u64,
     pub deliveries: Vec<Delivery>,
 }
@@ -172,6 +173,7 @@ impl Spool {
     }
 
     /// Whether deliveries for `key` are waiting in the spool.
+    #[cfg(feature = "testkit")]
     pub fn holds(&self, key: &str) -> bool {
         self.holds_hash(key_hash(key))
     }
@@ -196,7 +198,7 @@ impl Spool {
 
     /// The oldest segment, sealing the active one first if it is the only
     /// one with data. `None` when the spool is empty.
-    pub async fn oldest_sealed(&self) -> io::Result<Option<SealedSegment>> {
+    pub(crate) async fn oldest_sealed(&self) -> io::Result<Option<SealedSegment>> {
         if self.oldest_inactive().is_none() && !self.is_empty() {
             let (reply, done) = oneshot::channel();
             if self.writer.send(Cmd::Seal { reply }).is_err() {
@@ -314,7 +316,7 @@ impl Spool {
 
     /// Refreshes the spool gauges (also called before each metrics scrape,
     /// so the age of the oldest delivery keeps moving).
-    pub fn update_gauges(&self) {
+    pub(crate) fn update_gauges(&self) {
         let st = self.state.lock().expect("spool state lock");
         self.metrics.spool_bytes.set(st.bytes as i64);
         self.metrics.spool_records.set(st.deliveries as i64);

@@ -36,8 +36,8 @@ pub(super) type ReadSegment = fn(&Path) -> io::Result<Vec<u8>>;
 /// segment number.
 pub(super) struct Recovered {
     pub state: State,
-    pub quarantined: Vec<u64>,
-    pub next_seq: u64,
+    pub(crate) quarantined: Vec<u64>,
+    pub(crate) next_seq: u64,
 }
 
 pub(super) fn recover(dir: &Path, metrics: &Metrics, read: ReadSegment) -> io::Result<Recovered> {

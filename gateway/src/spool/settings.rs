@@ -15,7 +15,7 @@ pub struct SpoolSettings {
     /// Upper bound of the spool on disk; when full, requests get 503.
     pub max_bytes: u64,
     /// Size at which a segment file is closed and a new one started.
-    pub segment_bytes: u64,
+    pub(crate) segment_bytes: u64,
 }
 
 impl Default for SpoolSettings {

@@ -15,7 +15,7 @@ use crate::provider::{NormalizeError, RawRequest};
 /// object (whose error `json_body` words), or one that a struct refuses
 /// although a JSON object allows it (a repeated key: the last one wins),
 /// goes the long way.
-pub fn json_object<T: DeserializeOwned>(req: &RawRequest<'_>) -> Result<T, NormalizeError> {
+pub(crate) fn json_object<T: DeserializeOwned>(req: &RawRequest<'_>) -> Result<T, NormalizeError> {
     if without_bom(req.body).trim_ascii_start().starts_with(b"{") {
         if let Ok(value) = serde_json::from_slice(without_bom(req.body)) {
             return Ok(value);
@@ -34,7 +34,7 @@ fn without_bom(body: &[u8]) -> &[u8] {
 
 /// The body as a JSON object. A UTF-8 byte order mark and surrounding
 /// whitespace are ignored.
-pub fn json_body(req: &RawRequest<'_>) -> Result<Value, NormalizeError> {
+pub(crate) fn json_body(req: &RawRequest<'_>) -> Result<Value, NormalizeError> {
     let body = without_bom(req.body);
     if body.trim_ascii().is_empty() {
         return Err(NormalizeError::EmptyBody);

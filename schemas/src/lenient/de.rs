@@ -9,7 +9,9 @@ use super::render_number;
 /// Serde adapter: [`string`](super::string) for a payload struct field. Reads the value
 /// as it streams past instead of building a [`Value`](serde_json::Value) first; the answer is
 /// the same (a unit test holds the two together).
-pub fn de_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn de_string<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
     Ok(match deserializer.deserialize_any(ScalarVisitor)? {
         Scalar::Str(s) => {
             let trimmed = s.trim();
@@ -31,7 +33,9 @@ pub fn de_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<St
 
 /// Serde adapter: [`number`](super::number) for a payload struct field (streamed, as
 /// [`de_string`]).
-pub fn de_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+pub(crate) fn de_number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
     let parsed = match deserializer.deserialize_any(ScalarVisitor)? {
         Scalar::Str(s) => s.trim().parse::<f64>().ok(),
         Scalar::I64(n) => Some(n as f64),

@@ -28,7 +28,7 @@ enum Segment {
 /// Conflicting names resolve to the last one seen. Indices only order
 /// entries: `[5]` on a two-element list appends, so a hostile index cannot
 /// allocate a huge array.
-pub fn form_to_json(input: &[u8]) -> Value {
+pub(crate) fn form_to_json(input: &[u8]) -> Value {
     let mut root = Value::Object(Map::new());
     for (name, raw) in form_urlencoded::parse(input) {
         if name.is_empty() {
