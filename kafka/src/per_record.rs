@@ -148,7 +148,11 @@ impl<H: RecordHandler> PerRecordLoop<H> {
                 biased;
                 _ = wait_for(&mut shutdown), if !stop => stop = true,
                 // Before the records in progress: once a revocation is
-                // noted, none of its partitions' work is polled again.
+                // noted, none of its partitions' work is polled again. And
+                // before `recv`: rdkafka's stream yields (Pending, woken)
+                // after each rebalance event it serves, so a change is
+                // always taken before the next record, and a record of a
+                // partition assigned again is never dropped as revoked.
                 _ = context.changed() => {
                     let changes = context.take_changes();
                     state.revoke(&changes.revoked);
