@@ -39,7 +39,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn code() -> Code {
     let mut files = Vec::new();
-    for dir in ["gateway/src", "consumers/src", "schemas/src"] {
+    for dir in ["gateway/src", "consumers/src", "kafka/src", "schemas/src"] {
         rust_files(&root().join(dir), &mut files);
     }
     let mut code = Code {

@@ -346,22 +346,12 @@ impl Originals {
     }
 }
 
-/// The durable publisher, configured for a replay. Its metrics are never
-/// exported: the report is the output.
+/// The durable publisher, configured for a replay: a command, not a
+/// service, so its metrics go to a registry of its own that nothing serves;
+/// the report is the output.
 fn publisher(kafka: &ClientSettings, topics: &TopicNames) -> Result<Publisher, ReplayError> {
-    let metric = |name: &str, labels: &[&str]| {
-        prometheus::IntCounterVec::new(prometheus::Opts::new(name, name), labels)
-            .expect("a valid metric")
-    };
-    let metrics = PublishMetrics {
-        produce_duration: prometheus::HistogramVec::new(
-            prometheus::HistogramOpts::new("produce_duration_seconds", "-"),
-            &["topic"],
-        )
-        .expect("a valid metric"),
-        records_published: metric("records_published", &["topic"]),
-        produce_errors: metric("produce_errors", &["topic", "kind"]),
-    };
+    let metrics =
+        PublishMetrics::register(&prometheus::Registry::new(), "replay").expect("fresh registry");
     Publisher::new(
         client_config(kafka, Role::Producer),
         PublishOptions {

@@ -139,21 +139,7 @@ impl Metrics {
             "Deliveries that could not be normalized and went to the DLQ, by reason.",
             &["source", "reason"],
         );
-        let produce_duration = histogram(
-            "callstream_gateway_kafka_produce_duration_seconds",
-            "Time for Kafka to acknowledge one record, by topic.",
-            &["topic"],
-        );
-        let produce_errors = counter(
-            "callstream_gateway_kafka_produce_errors_total",
-            "Records Kafka did not acknowledge, by topic and kind (timeout, retriable, fatal).",
-            &["topic", "kind"],
-        );
-        let records_published = counter(
-            "callstream_gateway_records_published_total",
-            "Records acknowledged by Kafka, by topic.",
-            &["topic"],
-        );
+        let publish = PublishMetrics::register(&registry, "gateway").expect("unique metrics");
         let embedded_broker_discarded = counter(
             "callstream_gateway_embedded_broker_discarded_records_total",
             "Records the embedded broker discarded to stay within its memory bound, by topic (only with the embedded broker).",
@@ -241,11 +227,7 @@ impl Metrics {
             body_bytes_held,
             auth_failures,
             dlq_records,
-            publish: PublishMetrics {
-                produce_duration,
-                records_published,
-                produce_errors,
-            },
+            publish,
             embedded_broker_discarded,
             spool_records,
             spool_bytes,

@@ -117,6 +117,45 @@ pub struct PublishMetrics {
 pub(crate) const PRODUCE_ERROR_KINDS: [&str; 3] = ["timeout", "retriable", "fatal"];
 
 impl PublishMetrics {
+    /// The publisher's series of `component` (`gateway`: the gateway's),
+    /// registered in `registry`:
+    /// `callstream_<component>_kafka_produce_duration_seconds`,
+    /// `…_kafka_produce_errors_total` and `…_records_published_total`.
+    pub fn register(
+        registry: &prometheus::Registry,
+        component: &str,
+    ) -> prometheus::Result<PublishMetrics> {
+        let produce_duration = HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                format!("callstream_{component}_kafka_produce_duration_seconds"),
+                "Time for Kafka to acknowledge one record, by topic.",
+            ),
+            &["topic"],
+        )?;
+        let produce_errors = IntCounterVec::new(
+            prometheus::Opts::new(
+                format!("callstream_{component}_kafka_produce_errors_total"),
+                "Records Kafka did not acknowledge, by topic and kind (timeout, retriable, fatal).",
+            ),
+            &["topic", "kind"],
+        )?;
+        let records_published = IntCounterVec::new(
+            prometheus::Opts::new(
+                format!("callstream_{component}_records_published_total"),
+                "Records acknowledged by Kafka, by topic.",
+            ),
+            &["topic"],
+        )?;
+        registry.register(Box::new(produce_duration.clone()))?;
+        registry.register(Box::new(produce_errors.clone()))?;
+        registry.register(Box::new(records_published.clone()))?;
+        Ok(PublishMetrics {
+            produce_duration,
+            records_published,
+            produce_errors,
+        })
+    }
+
     /// Creates every series of `topics`, so dashboards see them at 0.
     pub fn prepare(&self, topics: &[Topic]) {
         for topic in topics {
