@@ -8,6 +8,11 @@ use actix_web::{HttpResponse, ResponseError};
 pub(crate) enum ApiError {
     #[error("missing or invalid API key: send it as `Authorization: x-api-key <key>`, `x-api-key: <key>` or `?token=<key>`")]
     Unauthorized,
+    #[error("invalid signature ({scheme}): {reason}")]
+    BadSignature {
+        scheme: &'static str,
+        reason: String,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
@@ -59,7 +64,7 @@ impl std::fmt::Display for Overload {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::BadSignature { .. } => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) | ApiError::MalformedRequest => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout { .. } | ApiError::HeadTimeout { .. } => {

@@ -27,6 +27,7 @@ use crate::body::{Body, OverBudget};
 use crate::deliver::{DeliverError, Deliverer, Stored};
 use crate::error::{ApiError, Overload};
 use crate::metrics::{Metrics, Outcome, SourceMetrics};
+use crate::signature::{unix_now, Signed, Verifier};
 use callstream_kafka::wire::{Delivery, Records};
 
 /// Everything a provider route needs, attached to its actix resource.
@@ -34,8 +35,50 @@ pub(crate) struct SourceRoute {
     pub provider: Arc<dyn Provider>,
     pub route: &'static Route,
     pub auth: Arc<Auth>,
+    /// The source's signature scheme, if it has one.
+    pub signature: Option<Arc<Verifier>>,
+    pub called: Arc<CalledUrl>,
     pub tenant: String,
     pub metrics: SourceMetrics,
+}
+
+/// How to rebuild the URL a platform called, which some signatures cover
+/// (`sources.<name>.public_url`, `trust_forwarded_headers`).
+pub(crate) struct CalledUrl {
+    pub public_url: Option<String>,
+    pub trust_forwarded: bool,
+}
+
+impl CalledUrl {
+    /// `public_url` followed by the request's path and query; else, when
+    /// trusted, what `X-Forwarded-Proto`, `-Host` and `-Prefix` say; else
+    /// `http://` and the `Host` header (the gateway itself speaks plain
+    /// HTTP). The query is the one received, byte for byte.
+    pub fn url(&self, req: &HttpRequest) -> String {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(',').next().unwrap_or(v).trim())
+                .filter(|v| !v.is_empty())
+        };
+        let base = match &self.public_url {
+            Some(public) => public.trim_end_matches('/').to_string(),
+            None => {
+                let forwarded = |name| header(name).filter(|_| self.trust_forwarded);
+                let scheme = forwarded("x-forwarded-proto").unwrap_or("http");
+                let host = forwarded("x-forwarded-host")
+                    .or_else(|| header("host"))
+                    .unwrap_or_default();
+                let prefix = forwarded("x-forwarded-prefix").unwrap_or_default();
+                format!("{scheme}://{host}{}", prefix.trim_end_matches('/'))
+            }
+        };
+        match req.query_string() {
+            "" => format!("{base}{}", req.path()),
+            query => format!("{base}{}?{query}", req.path()),
+        }
+    }
 }
 
 /// Shared by all routes.
@@ -94,7 +137,7 @@ pub async fn handle(
     };
     let outcome = match &result {
         Ok(outcome) => *outcome,
-        Err(ApiError::Unauthorized) => Outcome::Unauthorized,
+        Err(ApiError::Unauthorized | ApiError::BadSignature { .. }) => Outcome::Unauthorized,
         Err(ApiError::PayloadTooLarge { .. }) => Outcome::TooLarge,
         Err(ApiError::Unavailable { .. }) => Outcome::Unavailable,
         Err(ApiError::Overloaded { .. }) => Outcome::Overloaded,
@@ -154,6 +197,33 @@ impl Ingest {
             .map_err(|_| ApiError::BodyTimeout {
                 timeout_ms: self.body_read_timeout.as_millis() as u64,
             })??;
+        if let Some(verifier) = &source.signature {
+            let url = source.called.url(req);
+            let checked = verifier.verify(&Signed {
+                url: &url,
+                headers: req.headers(),
+                content_type: req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok()),
+                body: &body,
+                now: unix_now(),
+            });
+            if let Err(refused) = checked {
+                source.metrics.auth_failures.inc();
+                tracing::warn!(
+                    source = source_name,
+                    request_id,
+                    scheme = verifier.scheme(),
+                    reason = %refused,
+                    "refused: signature does not verify"
+                );
+                return Err(ApiError::BadSignature {
+                    scheme: verifier.scheme(),
+                    reason: refused.to_string(),
+                });
+            }
+        }
         // Microseconds, as in the cs_received_at header: a replay rebuilds
         // the event from that header and must produce the same bytes.
         let received_at = Utc::now().trunc_subsecs(6);

@@ -16,6 +16,7 @@ pub(crate) mod ingest;
 mod keylock;
 pub(crate) mod metrics;
 mod server;
+pub(crate) mod signature;
 pub(crate) mod sources;
 #[cfg(feature = "testkit")]
 pub mod spool;

@@ -11,6 +11,8 @@ use callstream_runtime::config::{invalid, ConfigError};
 pub use callstream_schemas::DEFAULT_TENANT;
 use callstream_schemas::{providers, Route};
 
+use crate::signature::{SignatureSettings, Verifier};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceSettings {
@@ -25,6 +27,18 @@ pub struct SourceSettings {
     pub(crate) auth_header: Option<String>,
     /// Path overrides by route name (`cdr`, `sms`, `postcall`, `event`).
     pub paths: BTreeMap<String, String>,
+    /// How a delivery proves itself beyond a key: a signature scheme
+    /// ([`crate::signature`]). None: keys only.
+    pub(crate) signature: Option<SignatureSettings>,
+    /// The scheme, host (and optional port and path prefix) the platform
+    /// calls, when a proxy stands in front: the URL a signature covers is
+    /// this followed by the request's path and query.
+    pub(crate) public_url: Option<String>,
+    /// Without `public_url`: take the scheme and host from
+    /// `X-Forwarded-Proto` / `X-Forwarded-Host` (and a path prefix from
+    /// `X-Forwarded-Prefix`). Only behind a proxy that sets them: a client
+    /// could send them too.
+    pub(crate) trust_forwarded_headers: bool,
 }
 
 impl Default for SourceSettings {
@@ -35,6 +49,9 @@ impl Default for SourceSettings {
             api_keys: Vec::new(),
             auth_header: None,
             paths: BTreeMap::new(),
+            signature: None,
+            public_url: None,
+            trust_forwarded_headers: false,
         }
     }
 }
@@ -98,6 +115,23 @@ pub fn validate(sources: &BTreeMap<String, SourceSettings>) -> Result<(), Config
                 return Err(invalid(
                     format!("{setting}.paths.{}", route.name),
                     format!("`{path}` is already used by {other}"),
+                ));
+            }
+        }
+        if let Some(signature) = &cfg.signature {
+            Verifier::new(signature, &format!("{setting}.signature"))?;
+        }
+        if let Some(url) = &cfg.public_url {
+            let ok = url.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && !rest.is_empty()
+                    && !rest.starts_with('/')
+                    && !rest.contains(['?', '#'])
+            });
+            if !ok {
+                return Err(invalid(
+                    format!("{setting}.public_url"),
+                    "must be an http:// or https:// URL with a host, and no query",
                 ));
             }
         }

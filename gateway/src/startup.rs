@@ -24,9 +24,11 @@ use crate::auth::Auth;
 use crate::config::Settings;
 use crate::deliver::Deliverer;
 use crate::error::ApiError;
+use crate::ingest::CalledUrl;
 use crate::ingest::{self, Ingest, SourceRoute};
 use crate::metrics::Metrics;
 use crate::server::{self, Http};
+use crate::signature::Verifier;
 use crate::spool::Spool;
 use crate::telemetry::RedactingRootSpan;
 use crate::PUBLISHED_TOPICS;
@@ -247,7 +249,29 @@ fn source_routes(settings: &Settings, metrics: &Metrics) -> Vec<(String, web::Da
             continue;
         }
         let auth = Arc::new(Auth::new(&cfg.api_keys, cfg.auth_header.clone()));
-        if auth.is_open() {
+        let signature = cfg.signature.as_ref().map(|s| {
+            Arc::new(
+                Verifier::new(s, &format!("sources.{name}.signature"))
+                    .expect("checked when the settings were loaded"),
+            )
+        });
+        let called = Arc::new(CalledUrl {
+            public_url: cfg.public_url.clone(),
+            trust_forwarded: cfg.trust_forwarded_headers,
+        });
+        if let Some(verifier) = &signature {
+            tracing::info!(
+                source = name,
+                scheme = verifier.scheme(),
+                "deliveries must be signed"
+            );
+            if verifier.signs_url() && cfg.public_url.is_none() && !cfg.trust_forwarded_headers {
+                tracing::warn!(
+                    source = name,
+                    "the signature covers the URL the platform called, taken from the Host header: behind a proxy, set sources.{name}.public_url"
+                );
+            }
+        } else if auth.is_open() {
             tracing::warn!(
                 source = name,
                 "no API key configured: accepting every request (set sources.{name}.api_keys)"
@@ -262,6 +286,8 @@ fn source_routes(settings: &Settings, metrics: &Metrics) -> Vec<(String, web::Da
                     provider: provider.clone(),
                     route,
                     auth: auth.clone(),
+                    signature: signature.clone(),
+                    called: called.clone(),
                     tenant: cfg.tenant.clone(),
                     metrics: metrics.source(name),
                 }),

@@ -8,6 +8,7 @@ mod admin;
 mod answers;
 mod outages;
 mod providers;
+mod signatures;
 
 use callstream_schemas::Topic;
 use callstream_testkit::{assert_valid_event, spawn_gateway, Record, TestGateway};
