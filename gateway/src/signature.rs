@@ -78,6 +78,12 @@ pub enum SignatureSettings {
         /// Clock skew allowed on `exp`, `nbf` and `iat`.
         #[serde(default = "default_leeway_secs")]
         leeway_secs: u64,
+        /// Refuse a token whose `iat` is older than this (Vonage's tokens
+        /// carry no `exp`). 0, the default: no limit, since a platform
+        /// that retries with the first token would otherwise have its
+        /// retries refused, and the event lost.
+        #[serde(default)]
+        max_age_secs: u64,
     },
 }
 
@@ -184,6 +190,7 @@ enum Scheme {
         keys: Vec<hmac::Key>,
         token_in: TokenIn,
         leeway: u64,
+        max_age: Option<u64>,
     },
 }
 
@@ -289,10 +296,12 @@ impl Verifier {
                 secrets,
                 token_in,
                 leeway_secs,
+                max_age_secs,
             } => Scheme::Jwt {
                 keys: keys(secrets, hmac::HMAC_SHA256)?,
                 token_in: *token_in,
                 leeway: *leeway_secs,
+                max_age: (*max_age_secs > 0).then_some(*max_age_secs),
             },
         };
         Ok(Verifier { scheme })
@@ -382,7 +391,8 @@ impl Verifier {
                 keys,
                 token_in,
                 leeway,
-            } => verify_jwt(keys, *token_in, *leeway, signed),
+                max_age,
+            } => verify_jwt(keys, *token_in, *leeway, *max_age, signed),
         }
     }
 }
@@ -491,7 +501,9 @@ fn query_param(url: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The URL as given, and with its default port removed or added.
+/// The URL as given, with its default port added when it has none, and
+/// without its port when it has one: what Twilio's Python library tries
+/// ("signature generation on the back end is inconsistent").
 fn url_variants(url: &str) -> Vec<String> {
     let mut out = vec![url.to_string()];
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -510,8 +522,7 @@ fn url_variants(url: &str) -> Vec<String> {
         _ => (authority, None),
     };
     match port {
-        Some(p) if p == default => out.push(format!("{scheme}://{host}{tail}")),
-        Some(_) => {}
+        Some(_) => out.push(format!("{scheme}://{host}{tail}")),
         None => out.push(format!("{scheme}://{host}:{default}{tail}")),
     }
     out
@@ -524,6 +535,7 @@ fn verify_jwt(
     keys: &[hmac::Key],
     token_in: TokenIn,
     leeway: u64,
+    max_age: Option<u64>,
     signed: &Signed<'_>,
 ) -> Result<(), Refused> {
     let token = match token_in {
@@ -576,6 +588,11 @@ fn verify_jwt(
     if time("exp").is_some_and(|exp| now > exp.saturating_add(leeway))
         || time("nbf").is_some_and(|nbf| nbf > now.saturating_add(leeway))
         || time("iat").is_some_and(|iat| iat > now.saturating_add(leeway))
+        || max_age.is_some_and(|max| match time("iat") {
+            // No `iat`: the age cannot be told, so the limit refuses it.
+            None => true,
+            Some(iat) => now > iat.saturating_add(max).saturating_add(leeway),
+        })
     {
         return Err(Refused::Expired);
     }
@@ -693,6 +710,93 @@ mod tests {
         assert_eq!(
             v.verify(&signed(url, &HeaderMap::new(), form, body, 0)),
             Err(Refused::Missing("x-twilio-signature".into()))
+        );
+    }
+
+    /// twilio-python's own test vectors: repeated parameters (every value,
+    /// sorted), a JSON body through `bodySHA256`, and URLs with ports.
+    #[test]
+    fn twilio_library_vectors() {
+        let v = verifier("scheme = \"twilio\"\nsecrets = [\"12345\"]");
+        let form = Some("application/x-www-form-urlencoded");
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        let check = |url: &str, ct, body: &[u8], sig: &str| {
+            let h = headers(&[("x-twilio-signature", sig)]);
+            v.verify(&signed(url, &h, ct, body, 0))
+        };
+        let repeated = b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1234";
+        assert_eq!(
+            check(url, form, repeated, "IK+Dwps556ElfBT0I3Rgjkr1wJU="),
+            Ok(())
+        );
+        let json = br#"{"property": "value", "boolean": true}"#;
+        let json_url = "https://mycompany.com/myapp.php?foo=1&bar=2&bodySHA256=0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
+        let json_ct = Some("application/json");
+        assert_eq!(
+            check(json_url, json_ct, json, "a9nBmqA0ju/hNViExpshrM61xv4="),
+            Ok(())
+        );
+        let row2 = b"CallSid=CA1234567890ABCDE&Digits=1234&From=%2B14158675309&To=%2B18005551212&Caller=%2B14158675309";
+        assert_eq!(
+            check(url, form, row2, "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+            Ok(())
+        );
+        // Signed with `:443`, received without it; signed with `:80`,
+        // received without it; signed with the non-default port received.
+        assert_eq!(
+            check(url, form, row2, "kvajT1Ptam85bY51eRf/AJRuM3w="),
+            Ok(())
+        );
+        let http = "http://mycompany.com/myapp.php?foo=1&bar=2";
+        assert_eq!(
+            check(http, form, row2, "0ZXoZLH/DfblKGATFgpif+LLRf4="),
+            Ok(())
+        );
+        let port = "http://mycompany.com:1234/myapp.php?foo=1&bar=2";
+        assert_eq!(
+            check(port, form, row2, "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="),
+            Ok(())
+        );
+        assert_eq!(
+            check(url, form, row2, "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="),
+            Err(Refused::Mismatch)
+        );
+    }
+
+    /// GitHub's documented example (`X-Hub-Signature-256`).
+    #[test]
+    fn github_documented_example() {
+        let v = verifier(
+            "scheme = \"hmac\"\nsecrets = [\"It's a Secret to Everybody\"]\nheader = \"X-Hub-Signature-256\"\nprefix = \"sha256=\"",
+        );
+        let h = headers(&[(
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        )]);
+        assert_eq!(v.verify(&signed("", &h, None, b"Hello, World!", 0)), Ok(()));
+    }
+
+    /// A token with Vonage's documented claims (no `exp`): freshness, when
+    /// wanted, comes from `iat` and `max_age_secs`.
+    #[test]
+    fn vonage_token_and_max_age() {
+        let token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpYXQiOjE3MDAwMDAwMDAsImp0aSI6ImM1YmE4ZjI0LTFhMTQtNGMxMC1iZmRmLTNmYmU4Y2U1MTFiNSIsImlzcyI6IlZvbmFnZSIsInBheWxvYWRfaGFzaCI6IjNjOTBhNjQxMWRlOTg4ZWE2ZGYzYWRhNWMxOWE3MWM2Mjc1YjdiZjc2Y2NhNTZmZjFkYTNiNTMxNTcwZWE2ZjIiLCJhcGlfa2V5IjoiYTFiMmMzZCIsImFwcGxpY2F0aW9uX2lkIjoiYWFhYWFhYWEtYmJiYi1jY2NjLWRkZGQtMDEyMzQ1Njc4OWFiIn0.oAw9vwPSZMhFaqE7LvcU8jdc7VWY2fxhebJz__Dr_dk";
+        let body = br#"{"status":"completed","uuid":"aaaaaaaa-bbbb-cccc-dddd-0123456789ab"}"#;
+        let h = headers(&[("authorization", &format!("Bearer {token}"))]);
+        let settings = "scheme = \"jwt\"\nsecrets = [\"signature_secret_example_0123456789\"]\ntoken_in = \"bearer\"";
+        let v = verifier(settings);
+        assert_eq!(v.verify(&signed("", &h, None, body, 1_700_000_000)), Ok(()));
+        // Without a limit an old token still verifies (a retry sent with the
+        // first token must not be lost); with one, it does not.
+        assert_eq!(v.verify(&signed("", &h, None, body, 1_800_000_000)), Ok(()));
+        let limited = verifier(&format!("{settings}\nmax_age_secs = 300"));
+        assert_eq!(
+            limited.verify(&signed("", &h, None, body, 1_700_000_200)),
+            Ok(())
+        );
+        assert_eq!(
+            limited.verify(&signed("", &h, None, body, 1_700_001_000)),
+            Err(Refused::Expired)
         );
     }
 
@@ -910,7 +1014,7 @@ mod tests {
         );
         assert_eq!(
             url_variants("https://a.example:8443/x"),
-            ["https://a.example:8443/x"]
+            ["https://a.example:8443/x", "https://a.example/x"]
         );
         assert_eq!(
             url_variants("https://[::1]/x"),
