@@ -70,7 +70,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub spool: SpoolSettings,
     pub topics: TopicNames,
-    /// Per provider, keyed by provider name (`onoff`, `xarios`, `telecmi`).
+    /// Per provider, keyed by provider name (`onoff`, `xarios`, `telecmi`, `twilio`).
     pub sources: BTreeMap<String, SourceSettings>,
 }
 
@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(s.max_body_bytes, 1024 * 1024);
         assert!(s.kafka.publish_timeout_ms <= MAX_PUBLISH_TIMEOUT_MS);
         assert_eq!(s.topics.name(Topic::Raw), "callstream.raw.v1");
-        for source in ["onoff", "xarios", "telecmi"] {
+        for source in ["onoff", "xarios", "telecmi", "twilio"] {
             let cfg = &s.sources[source];
             assert!(cfg.enabled && cfg.api_keys.is_empty() && cfg.tenant == "default");
         }
@@ -412,8 +412,8 @@ mod tests {
                 "`kafka.properties.acks`",
             ),
             (
-                Box::new(|f: Figment| f.merge(("sources.twilio.enabled", true))),
-                "`sources.twilio`",
+                Box::new(|f: Figment| f.merge(("sources.genesys.enabled", true))),
+                "`sources.genesys`",
             ),
             (
                 Box::new(|f: Figment| f.merge(("sources.onoff.paths.voice", "/x"))),

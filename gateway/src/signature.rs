@@ -307,6 +307,41 @@ impl Verifier {
         Ok(Verifier { scheme })
     }
 
+    /// A source's verifier: its `signature` section, or Twilio's scheme
+    /// when it lists `auth_tokens` (`sources.twilio.auth_tokens`), or none.
+    /// `at` names the source's settings (`sources.<name>`) in errors.
+    pub fn of_source(
+        signature: Option<&SignatureSettings>,
+        auth_tokens: &[SecretString],
+        at: &str,
+    ) -> Result<Option<Verifier>, ConfigError> {
+        match (signature, auth_tokens) {
+            (Some(_), [_, ..]) => Err(invalid(
+                format!("{at}.auth_tokens"),
+                "and a `signature` section are both set: keep one",
+            )),
+            (Some(s), []) => Verifier::new(s, &format!("{at}.signature")).map(Some),
+            (None, []) => Ok(None),
+            (None, tokens) => {
+                if tokens.iter().any(|t| t.expose_secret().is_empty()) {
+                    return Err(invalid(format!("{at}.auth_tokens"), "has an empty token"));
+                }
+                let keys = tokens
+                    .iter()
+                    .map(|t| {
+                        hmac::Key::new(
+                            hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+                            t.expose_secret().as_bytes(),
+                        )
+                    })
+                    .collect();
+                Ok(Some(Verifier {
+                    scheme: Scheme::Twilio { keys },
+                }))
+            }
+        }
+    }
+
     /// The scheme's name, for logs and metrics.
     pub fn scheme(&self) -> &'static str {
         match self.scheme {

@@ -1,6 +1,6 @@
 //! The `sources` section: per provider, whether it is served, where (route
 //! paths), for which tenant and with which keys ([`crate::auth`] checks
-//! them). Keyed by provider name (`onoff`, `xarios`, `telecmi`).
+//! them). Keyed by provider name (`onoff`, `xarios`, `telecmi`, `twilio`).
 
 use std::collections::BTreeMap;
 
@@ -30,6 +30,10 @@ pub struct SourceSettings {
     /// How a delivery proves itself beyond a key: a signature scheme
     /// ([`crate::signature`]). None: keys only.
     pub(crate) signature: Option<SignatureSettings>,
+    /// Twilio's auth tokens (several, for rotation): deliveries must carry
+    /// a valid `X-Twilio-Signature`. The same as `signature.scheme =
+    /// "twilio"` with these as its secrets.
+    pub(crate) auth_tokens: Vec<SecretString>,
     /// The scheme, host (and optional port and path prefix) the platform
     /// calls, when a proxy stands in front: the URL a signature covers is
     /// this followed by the request's path and query.
@@ -50,6 +54,7 @@ impl Default for SourceSettings {
             auth_header: None,
             paths: BTreeMap::new(),
             signature: None,
+            auth_tokens: Vec::new(),
             public_url: None,
             trust_forwarded_headers: false,
         }
@@ -88,7 +93,13 @@ pub fn validate(sources: &BTreeMap<String, SourceSettings>) -> Result<(), Config
         let provider = known
             .iter()
             .find(|p| p.id().as_str() == source)
-            .ok_or_else(|| invalid(&setting, "is not a known provider (onoff, xarios, telecmi)"))?;
+            .ok_or_else(|| {
+                let names: Vec<_> = known.iter().map(|p| p.id().as_str()).collect();
+                invalid(
+                    &setting,
+                    format!("is not a known provider ({})", names.join(", ")),
+                )
+            })?;
         for route in cfg.paths.keys() {
             if !provider.routes().iter().any(|r| r.name == route) {
                 let names: Vec<_> = provider.routes().iter().map(|r| r.name).collect();
@@ -118,9 +129,7 @@ pub fn validate(sources: &BTreeMap<String, SourceSettings>) -> Result<(), Config
                 ));
             }
         }
-        if let Some(signature) = &cfg.signature {
-            Verifier::new(signature, &format!("{setting}.signature"))?;
-        }
+        Verifier::of_source(cfg.signature.as_ref(), &cfg.auth_tokens, &setting)?;
         if let Some(url) = &cfg.public_url {
             let ok = url.split_once("://").is_some_and(|(scheme, rest)| {
                 matches!(scheme, "http" | "https")

@@ -249,12 +249,13 @@ fn source_routes(settings: &Settings, metrics: &Metrics) -> Vec<(String, web::Da
             continue;
         }
         let auth = Arc::new(Auth::new(&cfg.api_keys, cfg.auth_header.clone()));
-        let signature = cfg.signature.as_ref().map(|s| {
-            Arc::new(
-                Verifier::new(s, &format!("sources.{name}.signature"))
-                    .expect("checked when the settings were loaded"),
-            )
-        });
+        let signature = Verifier::of_source(
+            cfg.signature.as_ref(),
+            &cfg.auth_tokens,
+            &format!("sources.{name}"),
+        )
+        .expect("checked when the settings were loaded")
+        .map(Arc::new);
         let called = Arc::new(CalledUrl {
             public_url: cfg.public_url.clone(),
             trust_forwarded: cfg.trust_forwarded_headers,
@@ -274,7 +275,7 @@ fn source_routes(settings: &Settings, metrics: &Metrics) -> Vec<(String, web::Da
         } else if auth.is_open() {
             tracing::warn!(
                 source = name,
-                "no API key configured: accepting every request (set sources.{name}.api_keys)"
+                "no API key or signature configured: accepting every request (set sources.{name}.api_keys, or a signature: docs/signatures.md)"
             );
         }
         for route in provider.routes() {

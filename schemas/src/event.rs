@@ -27,6 +27,7 @@ pub enum ProviderId {
     Onoff,
     Xarios,
     Telecmi,
+    Twilio,
 }
 
 impl ProviderId {
@@ -35,6 +36,7 @@ impl ProviderId {
             ProviderId::Onoff => "onoff",
             ProviderId::Xarios => "xarios",
             ProviderId::Telecmi => "telecmi",
+            ProviderId::Twilio => "twilio",
         }
     }
 }

@@ -513,3 +513,68 @@ fn a_wrong_signature_setting_names_itself() {
     .to_string();
     assert!(err.contains("rot13"), "{err}");
 }
+
+/// The built-in Twilio source: `sources.twilio.auth_tokens` and
+/// `public_url`, a status callback and a recording callback signed as
+/// Twilio signs them, each normalized; an unsigned one refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_voice_callbacks_end_to_end() {
+    let gw = spawn_gateway(|f| {
+        f.merge(("sources.twilio.auth_tokens", ["old-token", "auth-token"]))
+            .merge(("sources.twilio.public_url", "https://hooks.example.com"))
+    })
+    .await;
+    let status = "AccountSid=AC0123&CallSid=CA42&CallStatus=no-answer&CallDuration=0&Direction=inbound&From=%2B14155550100&To=%2B14155550199&Timestamp=Sun%2C%2025%20Mar%202018%2009%3A53%3A19%20%2B0000";
+    let recording = "AccountSid=AC0123&CallSid=CA43&RecordingSid=RE7&RecordingUrl=https%3A%2F%2Fapi.twilio.com%2F2010-04-01%2FAccounts%2FAC0123%2FRecordings%2FRE7&RecordingStatus=completed&RecordingDuration=37";
+    let url = "https://hooks.example.com/v1/twilio/voice";
+    let post = |form: &'static str, signature: Option<String>| {
+        let mut req = gw
+            .client
+            .post(gw.url("/v1/twilio/voice"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form);
+        if let Some(sig) = signature {
+            req = req.header("x-twilio-signature", sig);
+        }
+        req.send()
+    };
+    let ok = post(status, Some(twilio_signature("auth-token", url, status)))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let rotated = post(
+        recording,
+        Some(twilio_signature("old-token", url, recording)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let unsigned = post(status, None).await.unwrap();
+    assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
+    let events: Vec<serde_json::Value> =
+        gw.read(Topic::Events, 2).iter().map(Record::json).collect();
+    assert_eq!(events.len(), 2);
+    for event in &events {
+        assert_valid_event(event);
+        assert_eq!(event["provider"], "twilio");
+    }
+    let call = events
+        .iter()
+        .find(|e| e["kind"] == "call")
+        .expect("the call");
+    assert_eq!(
+        (
+            &call["status"],
+            &call["direction"],
+            &call["external"]["number"]
+        ),
+        (&"missed".into(), &"inbound".into(), &"+14155550100".into())
+    );
+    let rec = events
+        .iter()
+        .find(|e| e["kind"] == "recording")
+        .expect("the recording");
+    assert_eq!(rec["recording"]["ids"][0], "RE7");
+    assert_eq!(gw.count(Topic::Raw), 2, "the unsigned one left nothing");
+    gw.stop().await;
+}

@@ -5,6 +5,7 @@ pub mod onoff;
 pub mod telecmi;
 #[cfg(test)]
 mod testkit;
+pub mod twilio;
 pub mod xarios;
 
 use crate::{Provider, Route};
@@ -15,6 +16,7 @@ pub fn all() -> Vec<Box<dyn Provider>> {
         Box::new(onoff::Onoff),
         Box::new(xarios::Xarios),
         Box::new(telecmi::Telecmi),
+        Box::new(twilio::Twilio),
     ]
 }
 
