@@ -299,7 +299,8 @@ impl Statements {
     }
 }
 
-/// A `kpi_events` row: the revision counted and its contribution.
+/// A `kpi_events` row: the revision counted and its contribution. (Two
+/// struct literals of `row.try_get` lines: alike in shape, one column each.)
 fn counted_from_row(row: &Row) -> Result<(i32, Contribution), tokio_postgres::Error> {
     let counters = Counters {
         calls_offered: row.try_get("calls_offered")?,
