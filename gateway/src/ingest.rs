@@ -192,11 +192,12 @@ impl Ingest {
         }
         // `_held` keeps the body's share of the budget until the answer:
         // the body, and the records made from it, live until then.
-        let (body, _held) = tokio::time::timeout(self.body_read_timeout, self.read_body(req, body))
-            .await
-            .map_err(|_| ApiError::BodyTimeout {
-                timeout_ms: self.body_read_timeout.as_millis() as u64,
-            })??;
+        let (mut body, _held) =
+            tokio::time::timeout(self.body_read_timeout, self.read_body(req, body))
+                .await
+                .map_err(|_| ApiError::BodyTimeout {
+                    timeout_ms: self.body_read_timeout.as_millis() as u64,
+                })??;
         if let Some(verifier) = &source.signature {
             let url = source.called.url(req);
             let checked = verifier.verify(&Signed {
@@ -222,6 +223,10 @@ impl Ingest {
                     scheme: verifier.scheme(),
                     reason: refused.to_string(),
                 });
+            }
+            // A credential carried in the body does not go to Kafka.
+            if let Some(redacted) = verifier.redact(&body) {
+                body = redacted.into();
             }
         }
         // Microseconds, as in the cs_received_at header: a replay rebuilds

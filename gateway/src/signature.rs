@@ -71,6 +71,14 @@ pub enum SignatureSettings {
         #[serde(default = "default_tolerance_secs")]
         tolerance_secs: u64,
     },
+    /// A shared token in a top-level field of a JSON body (Aircall's
+    /// `token`): not a signature, only a password in the body. The field's
+    /// value is blanked in the raw record (see [`Verifier::redact`]).
+    BodyToken {
+        secrets: Vec<SecretString>,
+        #[serde(default = "default_token_field")]
+        field: String,
+    },
     Jwt {
         secrets: Vec<SecretString>,
         #[serde(default)]
@@ -124,6 +132,9 @@ fn default_ed25519_signature_header() -> String {
 fn default_ed25519_timestamp_header() -> String {
     "telnyx-timestamp".into()
 }
+fn default_token_field() -> String {
+    "token".into()
+}
 fn default_tolerance_secs() -> u64 {
     300
 }
@@ -136,6 +147,8 @@ fn default_leeway_secs() -> u64 {
 pub enum Refused {
     #[error("no `{0}` header")]
     Missing(String),
+    #[error("no `{0}` field in the body")]
+    MissingField(String),
     #[error("`{0}` is not in the expected form")]
     Malformed(String),
     #[error("the signature does not match")]
@@ -185,6 +198,11 @@ enum Scheme {
         signature_header: HeaderName,
         timestamp_header: HeaderName,
         tolerance: u64,
+    },
+    BodyToken {
+        /// SHA-256 of each token: the tokens themselves are not kept.
+        digests: Vec<[u8; 32]>,
+        field: String,
     },
     Jwt {
         keys: Vec<hmac::Key>,
@@ -292,6 +310,19 @@ impl Verifier {
                     tolerance: tolerance(*tolerance_secs)?,
                 }
             }
+            SignatureSettings::BodyToken { secrets, field } => {
+                keys(secrets, hmac::HMAC_SHA256)?; // the same checks
+                if field.is_empty() {
+                    return Err(invalid(format!("{at}.field"), "must name a field"));
+                }
+                Scheme::BodyToken {
+                    digests: secrets
+                        .iter()
+                        .map(|s| sha256(s.expose_secret().as_bytes()))
+                        .collect(),
+                    field: field.clone(),
+                }
+            }
             SignatureSettings::Jwt {
                 secrets,
                 token_in,
@@ -349,6 +380,7 @@ impl Verifier {
             Scheme::Timestamped { .. } => "hmac_timestamped",
             Scheme::Twilio { .. } => "twilio",
             Scheme::Ed25519 { .. } => "ed25519",
+            Scheme::BodyToken { .. } => "body_token",
             Scheme::Jwt { .. } => "jwt",
         }
     }
@@ -422,6 +454,15 @@ impl Verifier {
                 }
                 ok.then_some(()).ok_or(Refused::Mismatch)
             }
+            Scheme::BodyToken { digests, field } => {
+                let token = body_token(signed.body, field)?;
+                let presented = sha256(token.as_bytes());
+                let mut ok = false;
+                for digest in digests {
+                    ok |= bool::from(subtle::ConstantTimeEq::ct_eq(&presented[..], &digest[..]));
+                }
+                ok.then_some(()).ok_or(Refused::Mismatch)
+            }
             Scheme::Jwt {
                 keys,
                 token_in,
@@ -430,6 +471,68 @@ impl Verifier {
             } => verify_jwt(keys, *token_in, *leeway, *max_age, signed),
         }
     }
+}
+
+impl Verifier {
+    /// The body as the raw record keeps it: for `body_token`, with the
+    /// token's value replaced by `[redacted]` (a credential must not reach
+    /// Kafka); `None` to keep the body as received. The replacement is made
+    /// in place where the value appears as a plain JSON string, so the rest
+    /// stays byte-exact; otherwise the document is written out again.
+    pub fn redact(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let Scheme::BodyToken { field, .. } = &self.scheme else {
+            return None;
+        };
+        let token = body_token(body, field).ok()?;
+        let literal = serde_json::to_string(&token).ok()?;
+        let key = serde_json::to_string(field).ok()?;
+        // `"token"` then optional blanks, `:`, blanks, then the literal.
+        let mut at = 0;
+        while let Some(found) = find(&body[at..], key.as_bytes()) {
+            let mut i = at + found + key.len();
+            while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+                i += 1;
+            }
+            if body.get(i) == Some(&b':') {
+                i += 1;
+                while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+                    i += 1;
+                }
+                if body[i..].starts_with(literal.as_bytes()) {
+                    let mut out = Vec::with_capacity(body.len());
+                    out.extend_from_slice(&body[..i]);
+                    out.extend_from_slice(b"\"[redacted]\"");
+                    out.extend_from_slice(&body[i + literal.len()..]);
+                    return Some(out);
+                }
+            }
+            at += found + 1;
+        }
+        let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+        doc[field.as_str()] = serde_json::Value::from("[redacted]");
+        serde_json::to_vec(&doc).ok()
+    }
+}
+
+/// The string in `body`'s top-level `field` (a JSON object).
+fn body_token(body: &[u8], field: &str) -> Result<String, Refused> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| Refused::Malformed("body".into()))?;
+    match doc.get(field) {
+        Some(serde_json::Value::String(token)) if !token.is_empty() => Ok(token.clone()),
+        Some(_) => Err(Refused::Malformed(field.into())),
+        None => Err(Refused::MissingField(field.into())),
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+    out
 }
 
 /// Seconds since the Unix epoch, now.
@@ -1016,6 +1119,45 @@ mod tests {
             v.verify(&signed("", &HeaderMap::new(), None, body, 1000)),
             Err(Refused::Missing("authorization".into()))
         );
+    }
+
+    /// Aircall's `token` in the body: checked, then blanked for Kafka with
+    /// the rest of the body byte for byte.
+    #[test]
+    fn body_token_checked_and_redacted() {
+        let v = verifier("scheme = \"body_token\"\nsecrets = [\"old\", \"cebcaac65\"]");
+        let body = br#"{"resource":"call","event":"call.created","timestamp":1732622896,"token" : "cebcaac65","data":{"id":123}}"#;
+        let none = HeaderMap::new();
+        assert_eq!(v.verify(&signed("", &none, None, body, 0)), Ok(()));
+        let redacted = v.redact(body).expect("redacted");
+        assert_eq!(
+            std::str::from_utf8(&redacted).unwrap(),
+            r#"{"resource":"call","event":"call.created","timestamp":1732622896,"token" : "[redacted]","data":{"id":123}}"#
+        );
+        let wrong = br#"{"token":"guess","data":{"id":123}}"#;
+        assert_eq!(
+            v.verify(&signed("", &none, None, wrong, 0)),
+            Err(Refused::Mismatch)
+        );
+        let missing = br#"{"data":{"id":123}}"#;
+        assert_eq!(
+            v.verify(&signed("", &none, None, missing, 0)),
+            Err(Refused::MissingField("token".into()))
+        );
+        assert_eq!(
+            v.verify(&signed("", &none, None, b"token=cebcaac65", 0)),
+            Err(Refused::Malformed("body".into()))
+        );
+        // Written with an escape: found by value, the document rewritten.
+        let escaped = br#"{"token":"cebca\u0061c65","data":{"id":1}}"#;
+        assert_eq!(v.verify(&signed("", &none, None, escaped, 0)), Ok(()));
+        let out: serde_json::Value = serde_json::from_slice(&v.redact(escaped).unwrap()).unwrap();
+        assert_eq!(out["token"], "[redacted]");
+        assert_eq!(out["data"]["id"], 1);
+        // Other schemes keep the body as received.
+        assert!(verifier("scheme = \"twilio\"\nsecrets = [\"t\"]")
+            .redact(body)
+            .is_none());
     }
 
     #[test]

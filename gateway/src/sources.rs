@@ -1,6 +1,6 @@
 //! The `sources` section: per provider, whether it is served, where (route
 //! paths), for which tenant and with which keys ([`crate::auth`] checks
-//! them). Keyed by provider name (`onoff`, `xarios`, `telecmi`, `twilio`).
+//! them). Keyed by provider name (`onoff`, `xarios`, `telecmi`, `twilio`, `aircall`).
 
 use std::collections::BTreeMap;
 

@@ -28,6 +28,7 @@ pub enum ProviderId {
     Xarios,
     Telecmi,
     Twilio,
+    Aircall,
 }
 
 impl ProviderId {
@@ -37,6 +38,7 @@ impl ProviderId {
             ProviderId::Xarios => "xarios",
             ProviderId::Telecmi => "telecmi",
             ProviderId::Twilio => "twilio",
+            ProviderId::Aircall => "aircall",
         }
     }
 }

@@ -578,3 +578,59 @@ async fn twilio_voice_callbacks_end_to_end() {
     assert_eq!(gw.count(Topic::Raw), 2, "the unsigned one left nothing");
     gw.stop().await;
 }
+
+/// Aircall: the body's `token` checked (`body_token`), blanked in the raw
+/// record, and the call normalized; a wrong or missing token refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aircall_body_token_end_to_end() {
+    const TOKEN: &str = "cebcaac65f00d";
+    let gw = spawn_gateway(|f| {
+        f.merge(("sources.aircall.signature.scheme", "body_token"))
+            .merge(("sources.aircall.signature.secrets", [TOKEN]))
+    })
+    .await;
+    let ended = |token: &str| {
+        serde_json::json!({"resource":"call","event":"call.ended","timestamp":1732622960,"token":token,
+            "data":{"id":123,"direction":"inbound","status":"done","started_at":1732622895,
+            "answered_at":1732622900,"ended_at":1732622959,"duration":64,"raw_digits":"+1 800-123-4567",
+            "user":{"id":456,"name":"Jane Agent"},"number":{"digits":"+33 1 23 45 67 89"}}})
+        .to_string()
+    };
+    let post = |body: String| {
+        gw.client
+            .post(gw.url("/v1/aircall/webhook"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(ended(TOKEN)).await.unwrap().status(), StatusCode::OK);
+    for (what, body) in [
+        ("wrong token", ended("guess")),
+        ("no token", {
+            let mut doc: serde_json::Value = serde_json::from_str(&ended(TOKEN)).unwrap();
+            doc.as_object_mut().unwrap().remove("token");
+            doc.to_string()
+        }),
+    ] {
+        let resp = post(body).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert!(error_of(resp)
+            .await
+            .contains("invalid signature (body_token)"));
+    }
+    let raw = gw.read(Topic::Raw, 1);
+    assert_eq!(raw.len(), 1, "refused deliveries left nothing");
+    let stored = String::from_utf8(raw[0].payload.clone()).unwrap();
+    assert!(!stored.contains(TOKEN), "the token reached Kafka: {stored}");
+    assert_eq!(stored, ended("[redacted]"), "the rest byte for byte");
+    let event = gw.read(Topic::Events, 1)[0].json();
+    assert_valid_event(&event);
+    assert_eq!(
+        (&event["provider"], &event["kind"], &event["status"]),
+        (&"aircall".into(), &"call".into(), &"answered".into())
+    );
+    for r in gw.read_all(Topic::Events) {
+        assert!(!String::from_utf8_lossy(&r.payload).contains(TOKEN));
+    }
+    gw.stop().await;
+}

@@ -181,7 +181,9 @@ impl CallSpec {
                 }
                 normalize(ProviderId::Telecmi, "cdr", &body, ctx)
             }
-            ProviderId::Twilio => unreachable!("the workload makes no Twilio calls"),
+            ProviderId::Twilio | ProviderId::Aircall => {
+                unreachable!("the workload makes no {:?} calls", self.provider)
+            }
         }
     }
 }
@@ -332,7 +334,7 @@ pub fn spec(prefix: &str, i: usize, base: DateTime<Utc>) -> Spec {
         ProviderId::Onoff => format!("agent{}@{tenant}.example", i % 5),
         ProviderId::Xarios => format!("{}", 2100 + i % 5),
         ProviderId::Telecmi => format!("{}_{tenant}", 200 + i % 5),
-        ProviderId::Twilio => unreachable!("not among the providers above"),
+        ProviderId::Twilio | ProviderId::Aircall => unreachable!("not among the providers above"),
     };
     Spec::Call(CallSpec {
         provider,

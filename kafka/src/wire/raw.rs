@@ -21,7 +21,7 @@ pub struct Delivery<'a> {
     /// Unique per delivery, logged by the gateway; the key of a record
     /// that did not normalize.
     pub request_id: Cow<'a, str>,
-    /// Provider name (`onoff`, `xarios`, `telecmi`, `twilio`).
+    /// Provider name (`onoff`, `xarios`, `telecmi`, `twilio`, `aircall`).
     pub source: Cow<'a, str>,
     /// The provider's route name (`cdr`, `sms`, `postcall`, `event`).
     pub route: Cow<'a, str>,

@@ -1,6 +1,7 @@
 //! One file per provider. Adding a provider: write `providers/<name>.rs`
 //! implementing [`crate::Provider`], then add one line to [`all`].
 
+pub mod aircall;
 pub mod onoff;
 pub mod telecmi;
 #[cfg(test)]
@@ -17,6 +18,7 @@ pub fn all() -> Vec<Box<dyn Provider>> {
         Box::new(xarios::Xarios),
         Box::new(telecmi::Telecmi),
         Box::new(twilio::Twilio),
+        Box::new(aircall::Aircall),
     ]
 }
 
