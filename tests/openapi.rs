@@ -242,6 +242,7 @@ async fn each_documented_way_of_sending_the_key_is_accepted() {
             .merge(("sources.telecmi.api_keys", [KEY]))
             .merge(("sources.twilio.api_keys", [KEY]))
             .merge(("sources.aircall.api_keys", [KEY]))
+            .merge(("sources.telnyx.api_keys", [KEY]))
             .merge(("max_body_bytes", 4096))
     })
     .await;

@@ -70,7 +70,8 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub spool: SpoolSettings,
     pub topics: TopicNames,
-    /// Per provider, keyed by provider name (`onoff`, `xarios`, `telecmi`, `twilio`, `aircall`).
+    /// Per source, keyed by provider name (`onoff`, `xarios`, `telecmi`,
+    /// `twilio`, `aircall`, `telnyx`) or a declarative source's name.
     pub sources: BTreeMap<String, SourceSettings>,
 }
 
@@ -330,7 +331,7 @@ mod tests {
         assert_eq!(s.max_body_bytes, 1024 * 1024);
         assert!(s.kafka.publish_timeout_ms <= MAX_PUBLISH_TIMEOUT_MS);
         assert_eq!(s.topics.name(Topic::Raw), "callstream.raw.v1");
-        for source in ["onoff", "xarios", "telecmi", "twilio", "aircall"] {
+        for source in ["onoff", "xarios", "telecmi", "twilio", "aircall", "telnyx"] {
             let cfg = &s.sources[source];
             assert!(cfg.enabled && cfg.api_keys.is_empty() && cfg.tenant == "default");
         }

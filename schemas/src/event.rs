@@ -20,18 +20,33 @@ pub const REVISION_HEADER: &str = "cs_revision";
 pub(crate) const EVENT_ID_NAMESPACE: Uuid =
     Uuid::from_u128(0x6b2f_1c2e_9a1d_4c55_8f1e_3b7d_0c9a_51e4);
 
-/// The provider a delivery came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+/// The provider a delivery came from: a built-in one, or a declarative
+/// source (`sources.<name>.declared`, [`crate::declared`]) by its name.
+/// Written as its name (`"onoff"`, `"acme_pbx"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProviderId {
     Onoff,
     Xarios,
     Telecmi,
     Twilio,
     Aircall,
+    Telnyx,
+    /// A declarative source: its name, interned (names are few and live
+    /// as long as the process).
+    Declared(&'static str),
 }
 
 impl ProviderId {
+    /// Every built-in provider.
+    pub const BUILT_IN: [ProviderId; 6] = [
+        ProviderId::Onoff,
+        ProviderId::Xarios,
+        ProviderId::Telecmi,
+        ProviderId::Twilio,
+        ProviderId::Aircall,
+        ProviderId::Telnyx,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderId::Onoff => "onoff",
@@ -39,7 +54,89 @@ impl ProviderId {
             ProviderId::Telecmi => "telecmi",
             ProviderId::Twilio => "twilio",
             ProviderId::Aircall => "aircall",
+            ProviderId::Telnyx => "telnyx",
+            ProviderId::Declared(name) => name,
         }
+    }
+
+    /// The provider written `name`: a built-in one, else a declarative
+    /// source's, if `name` is a valid source name
+    /// ([`ProviderId::is_valid_declared_name`]).
+    pub fn from_name(name: &str) -> Option<ProviderId> {
+        if let Some(built_in) = ProviderId::BUILT_IN
+            .into_iter()
+            .find(|p| p.as_str() == name)
+        {
+            return Some(built_in);
+        }
+        ProviderId::is_valid_declared_name(name).then(|| ProviderId::Declared(intern(name)))
+    }
+
+    /// A declarative source's name: a lowercase ASCII letter, then up to
+    /// 62 lowercase letters, digits or `_` (it is a config key, a metric
+    /// label and the first part of every identity), and not a built-in
+    /// provider's.
+    pub fn is_valid_declared_name(name: &str) -> bool {
+        let mut bytes = name.bytes();
+        bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+            && name.len() <= 63
+            && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !ProviderId::BUILT_IN.iter().any(|p| p.as_str() == name)
+    }
+}
+
+/// `name`, stored once for the life of the process.
+fn intern(name: &str) -> &'static str {
+    use std::collections::BTreeSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<BTreeSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+impl Serialize for ProviderId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        ProviderId::from_name(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{name}` is neither a built-in provider nor a valid declarative source name"
+            ))
+        })
+    }
+}
+
+impl JsonSchema for ProviderId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ProviderId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let built_in: Vec<&str> = ProviderId::BUILT_IN.iter().map(|p| p.as_str()).collect();
+        schemars::json_schema!({
+            "description": "The provider a delivery came from: a built-in provider, or a declarative source's name (`sources.<name>.declared`).",
+            "type": "string",
+            "anyOf": [
+                { "description": "A built-in provider.", "enum": built_in },
+                {
+                    "description": "A declarative source, by its name.",
+                    "pattern": "^[a-z][a-z0-9_]{0,62}$"
+                }
+            ]
+        })
     }
 }
 

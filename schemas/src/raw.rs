@@ -73,7 +73,7 @@ fn is_token_pair(pair: &str) -> bool {
 pub struct RawMeta {
     /// `cs_request_id`: unique per delivery, also logged by the gateway.
     pub cs_request_id: String,
-    /// `cs_source`: provider name (`onoff`, `xarios`, `telecmi`, `twilio`, `aircall`).
+    /// `cs_source`: provider name (`onoff`, `xarios`, `telecmi`, `twilio`, `aircall`, `telnyx`).
     pub cs_source: String,
     /// `cs_route`: the provider route name (`cdr`, `sms`, `postcall`, `event`).
     pub cs_route: String,

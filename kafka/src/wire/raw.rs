@@ -21,7 +21,8 @@ pub struct Delivery<'a> {
     /// Unique per delivery, logged by the gateway; the key of a record
     /// that did not normalize.
     pub request_id: Cow<'a, str>,
-    /// Provider name (`onoff`, `xarios`, `telecmi`, `twilio`, `aircall`).
+    /// Source name: a provider's (`onoff`, `xarios`, `telecmi`, `twilio`,
+    /// `aircall`, `telnyx`) or a declarative source's.
     pub source: Cow<'a, str>,
     /// The provider's route name (`cdr`, `sms`, `postcall`, `event`).
     pub route: Cow<'a, str>,

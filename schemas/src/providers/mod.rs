@@ -4,8 +4,9 @@
 pub mod aircall;
 pub mod onoff;
 pub mod telecmi;
+pub mod telnyx;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 pub mod twilio;
 pub mod xarios;
 
@@ -19,6 +20,7 @@ pub fn all() -> Vec<Box<dyn Provider>> {
         Box::new(telecmi::Telecmi),
         Box::new(twilio::Twilio),
         Box::new(aircall::Aircall),
+        Box::new(telnyx::Telnyx),
     ]
 }
 

@@ -6,7 +6,7 @@ use callstream_schemas::{
 };
 use chrono::{TimeZone, Utc};
 use Expect::{Normalized, Refused};
-use ProviderId::{Onoff, Telecmi, Xarios};
+use ProviderId::{Aircall, Onoff, Telecmi, Telnyx, Twilio, Xarios};
 
 const JSON: Option<&str> = Some("application/json");
 const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
@@ -103,6 +103,24 @@ pub const CASES: &[Case] = &[
     case!(Telecmi, "telecmi/missing-cmiuuid.json", "POST", "cdr", JSON, Refused("missing_field")),
     case!(Telecmi, "telecmi/unknown-type.json", "POST", "event", JSON, Refused("unknown_event_type")),
     case!(Telecmi, "telecmi/epoch-seconds.json", "POST", "cdr", JSON, Refused("invalid_field")),
+    case!(Twilio, "twilio/status-completed-doc.form", "POST", "voice", FORM, Normalized),
+    case!(Twilio, "twilio/status-ringing-child-leg.form", "POST", "voice", FORM, Normalized),
+    case!(Twilio, "twilio/recording-completed-doc.form", "POST", "voice", FORM, Normalized),
+    case!(Twilio, "twilio/status-no-answer-get.query", "GET", "voice", None, Normalized),
+    case!(Twilio, "twilio/missing-call-sid.form", "POST", "voice", FORM, Refused("missing_field")),
+    case!(Aircall, "aircall/call-created-doc.json", "POST", "webhook", JSON, Normalized),
+    case!(Aircall, "aircall/call-ended-answered.json", "POST", "webhook", JSON, Normalized),
+    case!(Aircall, "aircall/call-ended-missed.json", "POST", "webhook", JSON, Normalized),
+    case!(Aircall, "aircall/call-ended-voicemail.json", "POST", "webhook", JSON, Normalized),
+    case!(Aircall, "aircall/user-created-not-a-call.json", "POST", "webhook", JSON, Refused("unknown_event_type")),
+    case!(Telnyx, "telnyx/call-initiated-doc.json", "POST", "webhook", JSON, Normalized),
+    case!(Telnyx, "telnyx/call-initiated-outgoing.json", "POST", "webhook", JSON, Normalized),
+    case!(Telnyx, "telnyx/call-answered.json", "POST", "webhook", JSON, Normalized),
+    case!(Telnyx, "telnyx/call-hangup-doc.json", "POST", "webhook", JSON, Normalized),
+    case!(Telnyx, "telnyx/call-hangup-normal-clearing.json", "POST", "webhook", JSON, Normalized),
+    case!(Telnyx, "telnyx/call-recording-saved-doc.json", "POST", "webhook", JSON, Normalized),
+    case!(Telnyx, "telnyx/conference-recording-saved-doc.json", "POST", "webhook", JSON, Refused("unknown_event_type")),
+    case!(Telnyx, "telnyx/hangup-bad-start-time.json", "POST", "webhook", JSON, Refused("invalid_field")),
 ];
 
 pub fn ctx() -> Context<'static> {

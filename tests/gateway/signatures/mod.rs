@@ -5,6 +5,7 @@
 //! and behind a proxy, `public_url` makes a URL signature verify.
 
 mod macs;
+mod telnyx;
 mod tokens;
 mod twilio;
 
