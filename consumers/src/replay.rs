@@ -118,6 +118,10 @@ pub struct ReplayOptions {
     /// (`cs_source_tenant`, the gateway's `sources.<provider>.tenant`);
     /// records without it take this, else `default`.
     pub tenants: BTreeMap<String, String>,
+    /// The gateway's configuration file, for its declarative sources
+    /// (`sources.<name>.declared`): their raw records are normalized with
+    /// the mapping it holds now. `None`: built-in providers only.
+    pub gateway_config: Option<std::path::PathBuf>,
 }
 
 /// One `--tenant PROVIDER=TENANT`.
@@ -188,7 +192,11 @@ pub async fn run(
     options: &ReplayOptions,
     mut on_record: impl FnMut(&Outcome),
 ) -> Result<Report, ReplayError> {
-    let renormalizer = Renormalizer::new(&options.tenants, topics.name(Topic::Raw))?;
+    let renormalizer = Renormalizer::new(
+        &options.tenants,
+        options.gateway_config.as_deref(),
+        topics.name(Topic::Raw),
+    )?;
     let topic = topics.name(options.source.topic()).to_string();
     let (ranges, span) = {
         let (kafka, topic) = (kafka.clone(), topic.clone());

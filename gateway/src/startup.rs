@@ -17,7 +17,6 @@ use tracing_actix_web::TracingLogger;
 
 use callstream_kafka::publish::{PublishOptions, Publisher};
 use callstream_schemas::provider::Method;
-use callstream_schemas::providers;
 use rdkafka::ClientConfig;
 
 use crate::auth::Auth;
@@ -29,6 +28,7 @@ use crate::ingest::{self, Ingest, SourceRoute};
 use crate::metrics::Metrics;
 use crate::server::{self, Http};
 use crate::signature::Verifier;
+use crate::sources;
 use crate::spool::Spool;
 use crate::telemetry::RedactingRootSpan;
 use crate::PUBLISHED_TOPICS;
@@ -238,12 +238,10 @@ impl Application {
 /// (path, route) for every enabled source route, with its auth and tenant.
 fn source_routes(settings: &Settings, metrics: &Metrics) -> Vec<(String, web::Data<SourceRoute>)> {
     let mut out = Vec::new();
-    for provider in providers::all() {
-        let provider: Arc<dyn callstream_schemas::Provider> = Arc::from(provider);
-        let name = provider.id().as_str();
-        let Some(cfg) = settings.sources.get(name) else {
-            continue;
-        };
+    let served =
+        sources::providers_of(&settings.sources).expect("checked when the settings were loaded");
+    for (name, provider) in served {
+        let cfg = &settings.sources[name];
         if !cfg.enabled {
             tracing::info!(source = name, "source disabled");
             continue;

@@ -13,6 +13,7 @@
 //! when they drift.
 
 pub mod canonical;
+pub mod declared;
 pub mod event;
 pub mod lenient;
 pub mod provider;

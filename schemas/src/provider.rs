@@ -78,12 +78,20 @@ pub enum NormalizeError {
     },
     #[error("required field `{0}` is missing or empty")]
     MissingField(&'static str),
+    /// A declarative source's mapping named the missing field
+    /// (`missing_field("...")`).
+    #[error("required field `{0}` is missing or empty")]
+    MissingFieldNamed(String),
     #[error("field `{field}` has an invalid value: {detail}")]
     InvalidField { field: &'static str, detail: String },
     #[error("unknown event type `{0}`")]
     UnknownEventType(String),
     #[error("empty body")]
     EmptyBody,
+    /// A declarative source's mapping failed on this delivery (a jq error,
+    /// no value, more than one), not by refusing it.
+    #[error("the mapping failed: {0}")]
+    MappingFailed(String),
     /// Normalized, but its record would exceed what the producer may send
     /// (`max_body_bytes` + 64 KiB): a body that grows in JSON, such as
     /// form data full of control characters (six bytes each once escaped).
@@ -95,24 +103,28 @@ pub enum NormalizeError {
 
 impl NormalizeError {
     /// Every [`NormalizeError::code`].
-    pub const CODES: [&'static str; 6] = [
+    pub const CODES: [&'static str; 7] = [
         "malformed",
         "missing_field",
         "invalid_field",
         "unknown_event_type",
         "empty_body",
         "event_too_large",
+        "mapping_failed",
     ];
 
     /// Short machine-readable reason, for the `cs_dlq_reason` header.
     pub fn code(&self) -> &'static str {
         match self {
             NormalizeError::Malformed { .. } => "malformed",
-            NormalizeError::MissingField(_) => "missing_field",
+            NormalizeError::MissingField(_) | NormalizeError::MissingFieldNamed(_) => {
+                "missing_field"
+            }
             NormalizeError::InvalidField { .. } => "invalid_field",
             NormalizeError::UnknownEventType(_) => "unknown_event_type",
             NormalizeError::EmptyBody => "empty_body",
             NormalizeError::EventTooLarge { .. } => "event_too_large",
+            NormalizeError::MappingFailed(_) => "mapping_failed",
         }
     }
 }
@@ -149,8 +161,13 @@ mod tests {
             NormalizeError::UnknownEventType(String::new()),
             NormalizeError::EmptyBody,
             NormalizeError::EventTooLarge { bytes: 2, limit: 1 },
+            NormalizeError::MappingFailed(String::new()),
         ];
         let codes: Vec<&str> = all.iter().map(NormalizeError::code).collect();
+        assert_eq!(
+            NormalizeError::MissingFieldNamed(String::new()).code(),
+            "missing_field"
+        );
         assert_eq!(codes, NormalizeError::CODES);
     }
 }

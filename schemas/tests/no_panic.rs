@@ -5,7 +5,8 @@
 
 mod common;
 
-use callstream_schemas::{providers, Provider, RawRequest};
+use callstream_schemas::declared::{Declaration, DeclaredSource};
+use callstream_schemas::{providers, NormalizeError, Provider, RawRequest};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -165,11 +166,32 @@ fn check_all(
     for provider in providers::all() {
         check(provider.as_ref(), &req)?;
     }
+    check(declared_aircall(), &req)?;
     Ok(())
 }
 
+/// The worked example of `docs/declared-sources.md`: a declared source runs
+/// jq on whatever arrives, so it is tried with the rest.
+fn declared_aircall() -> &'static DeclaredSource {
+    static SOURCE: std::sync::OnceLock<DeclaredSource> = std::sync::OnceLock::new();
+    SOURCE.get_or_init(|| {
+        let text = include_str!("../../docs/examples/aircall-declared.toml");
+        let doc: toml::Value = toml::from_str(text).expect("the example is TOML");
+        let declaration: Declaration = doc["sources"]["aircall_declared"]["declared"]
+            .clone()
+            .try_into()
+            .expect("a declaration");
+        DeclaredSource::compile("aircall_declared", &declaration).expect("the example compiles")
+    })
+}
+
 fn check(provider: &dyn Provider, req: &RawRequest<'_>) -> Result<(), TestCaseError> {
-    if let Ok(event) = provider.normalize(req, &common::ctx()) {
+    let normalized = provider.normalize(req, &common::ctx());
+    // A declared source turns a panic into a dead letter; it must not panic either.
+    if let Err(NormalizeError::MappingFailed(detail)) = &normalized {
+        prop_assert!(!detail.contains("panicked"), "{}", detail);
+    }
+    if let Ok(event) = normalized {
         prop_assert_eq!(event.provider, provider.id());
         let prefix = format!("{}:", provider.id().as_str());
         prop_assert!(

@@ -6,6 +6,7 @@
 
 mod admin;
 mod answers;
+mod declared;
 mod outages;
 mod providers;
 mod signatures;

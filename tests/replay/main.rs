@@ -54,6 +54,7 @@ fn options(source: Source, from: Option<&str>, to: Option<&str>, dry_run: bool) 
         to: to.map(bound),
         dry_run,
         tenants: BTreeMap::new(),
+        gateway_config: None,
     }
 }
 

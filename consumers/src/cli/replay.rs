@@ -80,6 +80,10 @@ struct Common {
     /// `sources.<provider>.tenant` was not `default`. Repeat per provider.
     #[arg(long = "tenant", value_name = "PROVIDER=TENANT")]
     tenants: Vec<TenantOverride>,
+    /// The gateway's TOML configuration file: its declarative sources
+    /// (`sources.<name>.declared`) are replayed with the mapping it holds.
+    #[arg(long, env = "CALLSTREAM_GATEWAY_CONFIG", value_name = "FILE")]
+    gateway_config: Option<PathBuf>,
 }
 
 /// The whole of `callstream-replay`: parses the command line, loads the
@@ -118,6 +122,7 @@ pub async fn run() -> anyhow::Result<()> {
             .into_iter()
             .map(|t| (t.provider, t.tenant))
             .collect(),
+        gateway_config: common.gateway_config,
     };
     let show = |b: &Option<Bound>| b.as_ref().map_or_else(|| "-".to_string(), Bound::to_string);
     tracing::info!(

@@ -12,10 +12,16 @@
 //! default.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
 
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 
+use callstream_schemas::declared::{Declaration, DeclaredSource};
 use callstream_schemas::{providers, Provider, Sealed};
 
 use super::ReplayError;
@@ -41,6 +47,43 @@ impl Failure {
     }
 }
 
+/// The declarative sources of the gateway's configuration file, compiled
+/// as the gateway compiles them; a wrong one stops the replay with the
+/// gateway's own message.
+fn declared_sources(path: &Path) -> Result<Vec<Box<dyn Provider>>, ReplayError> {
+    #[derive(Deserialize)]
+    struct GatewayFile {
+        #[serde(default)]
+        sources: BTreeMap<String, Source>,
+    }
+    /// Only `declared`: the rest of a source's settings is the gateway's.
+    #[derive(Deserialize)]
+    struct Source {
+        declared: Option<Declaration>,
+    }
+    let file: GatewayFile = Figment::from(Toml::file_exact(path))
+        .extract()
+        .map_err(|e| {
+            ReplayError::InvalidOption(format!("--gateway-config {}: {e}", path.display()))
+        })?;
+    let mut out: Vec<Box<dyn Provider>> = Vec::new();
+    for (name, source) in file.sources {
+        let Some(declaration) = source.declared else {
+            continue;
+        };
+        let compiled = DeclaredSource::compile(&name, &declaration).map_err(|e| {
+            ReplayError::InvalidOption(format!(
+                "--gateway-config {}: `sources.{name}.{}` {}",
+                path.display(),
+                e.setting,
+                e.problem
+            ))
+        })?;
+        out.push(Box::new(compiled));
+    }
+    Ok(out)
+}
+
 pub(crate) struct Renormalizer {
     providers: Vec<Box<dyn Provider>>,
     /// `--tenant`: the tenant per provider name, over the record's own.
@@ -51,12 +94,17 @@ pub(crate) struct Renormalizer {
 }
 
 impl Renormalizer {
-    /// `overrides` replaces the source's tenant per provider name.
+    /// `overrides` replaces the source's tenant per provider name;
+    /// `gateway_config` adds the declarative sources of that file.
     pub fn new(
         overrides: &BTreeMap<String, String>,
+        gateway_config: Option<&Path>,
         raw_topic: &str,
     ) -> Result<Renormalizer, ReplayError> {
-        let providers = providers::all();
+        let mut providers = providers::all();
+        if let Some(path) = gateway_config {
+            providers.extend(declared_sources(path)?);
+        }
         for (provider, tenant) in overrides {
             if !providers.iter().any(|p| p.id().as_str() == provider) {
                 let known: Vec<&str> = providers.iter().map(|p| p.id().as_str()).collect();
@@ -87,7 +135,12 @@ impl Renormalizer {
             .providers
             .iter()
             .find(|p| p.id().as_str() == source)
-            .ok_or_else(|| Failure::new("unknown_source", format!("no provider `{source}`")))?;
+            .ok_or_else(|| {
+                Failure::new(
+                    "unknown_source",
+                    format!("no provider `{source}` (a declarative source? pass the gateway's configuration: --gateway-config)"),
+                )
+            })?;
         if !provider.routes().iter().any(|r| r.name == route) {
             return Err(Failure::new(
                 "unknown_route",

@@ -198,7 +198,7 @@ impl Provider for Aircall {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::providers::testkit::{post, JSON};
 
@@ -207,7 +207,7 @@ mod tests {
     }
 
     /// Aircall's documented `call.created` sample.
-    fn created() -> Value {
+    pub(crate) fn created() -> Value {
         serde_json::json!({"resource":"call","event":"call.created","timestamp":1732622896,"token":"cebcaac65XXXXXXXXXx",
             "data":{"id":123,"direct_link":"https://api.aircall.io/v1/calls/123","direction":"outbound",
             "call_uuid":"CAed058bba60a84d62c77cee898a852b05","status":"initial","missed_call_reason":null,
@@ -218,7 +218,7 @@ mod tests {
     }
 
     /// The same call, ended (the shape the field reference describes).
-    fn ended(answered: bool) -> Value {
+    pub(crate) fn ended(answered: bool) -> Value {
         let mut body = created();
         body["event"] = "call.ended".into();
         body["timestamp"] = 1732622960.into();
