@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use callstream_schemas::{raw, NormalizeError, Topic};
+use callstream_schemas::{providers, raw, Context, NormalizeError, RawRequest, Topic};
 use serde_json::Value;
 
 fn crate_dir() -> &'static Path {
@@ -305,4 +305,72 @@ fn promised_headers_are_the_ones_the_code_writes() {
         .map(|k| format!("io.callstream.{}.v1", k["const"].as_str().expect("const")))
         .collect();
     assert_eq!(ce_types, kinds, "ce_type values");
+}
+
+/// The raw topic's examples: one per built-in provider, each with headers
+/// the raw-headers schema accepts, the provider's default path for its
+/// route, and a body that provider normalizes.
+#[test]
+fn every_provider_has_a_raw_example_that_normalizes() {
+    let doc = document();
+    let examples = doc
+        .pointer("/components/messages/rawDelivery/examples")
+        .and_then(Value::as_array)
+        .expect("rawDelivery has examples");
+    let headers_schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate_dir().join("json/callstream.raw.v1.headers.schema.json"))
+            .expect("the raw headers schema"),
+    )
+    .expect("JSON");
+    let validator = jsonschema::options()
+        .build(&headers_schema)
+        .expect("a valid schema");
+    let mut seen = BTreeSet::new();
+    for example in examples {
+        let headers = &example["headers"];
+        assert!(
+            validator.is_valid(headers),
+            "{}: {:?}",
+            example["name"],
+            validator
+                .iter_errors(headers)
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        );
+        let source = headers["cs_source"].as_str().expect("cs_source");
+        let route = headers["cs_route"].as_str().expect("cs_route");
+        let provider = providers::all()
+            .into_iter()
+            .find(|p| p.id().as_str() == source)
+            .unwrap_or_else(|| panic!("no provider `{source}`"));
+        let declared = provider
+            .routes()
+            .iter()
+            .find(|r| r.name == route)
+            .unwrap_or_else(|| panic!("{source} has no route `{route}`"));
+        assert_eq!(headers["cs_path"], declared.default_path, "{source}");
+        let body = example["payload"].as_str().expect("a payload");
+        let req = RawRequest {
+            method: headers["cs_method"].as_str().expect("cs_method"),
+            route,
+            query: headers["cs_query"].as_str().unwrap_or_default(),
+            content_type: headers["cs_content_type"].as_str(),
+            body: body.as_bytes(),
+        };
+        let ctx = Context {
+            default_tenant: "default",
+            received_at: chrono::Utc::now(),
+            request_id: "example",
+            raw_topic: Topic::Raw.default_name(),
+        };
+        if let Err(e) = provider.normalize(&req, &ctx) {
+            panic!("{source}'s example does not normalize: {e}");
+        }
+        seen.insert(source.to_string());
+    }
+    let all: BTreeSet<String> = providers::all()
+        .iter()
+        .map(|p| p.id().as_str().to_string())
+        .collect();
+    assert_eq!(seen, all, "one example per provider");
 }
