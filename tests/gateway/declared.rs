@@ -241,3 +241,127 @@ async fn a_declared_source_from_a_toml_file_reaches_the_store_and_replays() {
         .any(|v| matches!(v, Verdict::Updated { .. })));
     gw.stop().await;
 }
+
+/// A source declared for GET and form deliveries, behind an API key: the
+/// key never reaches the mapping or a record, and what the mapping cannot
+/// place is dead-lettered with the field's name, answered 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_source_takes_query_and_form_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(
+        &file,
+        r#"
+[sources.acme_pbx]
+tenant = "acme"
+api_keys = ["k-acme-77"]
+
+[sources.acme_pbx.declared]
+formats = ["query", "form"]
+time_format = "%Y-%m-%d %H:%M:%S"
+routes.cdr = { path = "/v1/acme/cdr", methods = ["GET", "POST"] }
+
+[sources.acme_pbx.declared.fields]
+id = "/uniqueid"
+kind = { value = "call" }
+status = { pointer = "/disposition", map = { ANSWERED = "answered", "NO ANSWER" = "missed", BUSY = "busy", FAILED = "failed", BOGUS = "bogus" }, default = "unknown" }
+started_at = "/start"
+duration_seconds = "/billsec"
+"external.number" = "/src"
+"internal.number" = "/dst"
+custom = { jq = "$query" }
+"#,
+    )
+    .unwrap();
+    let gw = spawn_gateway(|f| f.merge(Toml::file(&file))).await;
+    let get = |query: String| {
+        let gw = &gw;
+        async move {
+            gw.client
+                .get(gw.url(&format!("/v1/acme/cdr?{query}")))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let answered = "uniqueid=1733.1&disposition=ANSWERED&start=2026-12-01+10%3A00%3A00&billsec=42&src=%2B447700900123&dst=2001";
+    assert_eq!(
+        get(answered.to_string()).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(format!("{answered}&token=k-acme-77")).await.status(),
+        StatusCode::OK
+    );
+    let form = gw
+        .client
+        .post(gw.url("/v1/acme/cdr"))
+        .header("x-api-key", "k-acme-77")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("uniqueid=1733.2&disposition=NO+ANSWER&start=2026-12-01+10%3A05%3A00&src=%2B447700900124")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::OK);
+    // JSON is not among its formats; a status outside the event's is not
+    // placed: both dead-lettered, both answered 200.
+    let json = gw
+        .client
+        .post(gw.url("/v1/acme/cdr"))
+        .header("x-api-key", "k-acme-77")
+        .header("content-type", "application/json")
+        .body(r#"{"uniqueid": "1733.3"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), StatusCode::OK);
+    assert_eq!(
+        get("uniqueid=1733.4&disposition=BOGUS&token=k-acme-77".into())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let events: Vec<Value> = gw.read(Topic::Events, 2).iter().map(|r| r.json()).collect();
+    let by_id = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["identity"] == format!("acme_pbx:acme:call:{id}"))
+            .unwrap_or_else(|| panic!("no event {id} in {events:?}"))
+    };
+    let first = by_id("1733.1");
+    callstream_testkit::assert_valid_event(first);
+    assert_eq!(first["status"], "answered");
+    assert_eq!(first["started_at"], "2026-12-01T10:00:00Z");
+    assert_eq!(first["duration_seconds"], 42.0);
+    assert_eq!(first["external"]["number"], "+447700900123");
+    assert!(
+        first["custom"].get("token").is_none(),
+        "the key is not handed to the mapping: {first}"
+    );
+    assert_eq!(first["custom"]["billsec"], "42");
+    assert_eq!(by_id("1733.2")["status"], "missed");
+    let dead = gw.read(Topic::Dlq, 2);
+    let reasons: Vec<_> = dead
+        .iter()
+        .map(|r| r.header("cs_dlq_reason").unwrap_or_default().to_string())
+        .collect();
+    assert!(reasons.contains(&"malformed".to_string()), "{reasons:?}");
+    assert!(
+        reasons.contains(&"invalid_field".to_string()),
+        "{reasons:?}"
+    );
+    for record in gw.read_all(Topic::Raw) {
+        assert!(!String::from_utf8_lossy(&record.payload).contains("k-acme-77"));
+        assert!(!record
+            .header("cs_query")
+            .unwrap_or_default()
+            .contains("k-acme-77"));
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("source=\"acme_pbx\""),
+        "the source has its own label"
+    );
+    gw.stop().await;
+}
