@@ -14,7 +14,8 @@ use callstream_testkit::count_records;
 use callstream_testkit::expected::{actual, assert_kpis, expected, Kpi};
 use callstream_testkit::sinks::{produce, setup, start_sink, wait_caught_up};
 use callstream_testkit::unique::{
-    at, finals, scenario, spec, unique_topic, Outcome, Revision, Spec,
+    a_call_and_its_update_after_the_window, at, finals, scenario, spec, unique_topic, Outcome,
+    Revision, Spec,
 };
 
 const GROUP: &str = "callstream-analytics";
@@ -386,5 +387,44 @@ async fn a_record_postgresql_refuses_is_set_aside_and_the_rest_counted() {
         1
     );
     assert_eq!(sink.metrics.rejected.get(), 1);
+    sink.stop().await;
+}
+
+/// A missed call reported answered a week later, after dedup's window
+/// (revision 1 again, received later), moves the counts; the same content
+/// later still, and the original replayed, change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_after_the_dedup_window_moves_the_counts_once() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let (first, late) = a_call_and_its_update_after_the_window(|s| {
+        if let Spec::Call(c) = s {
+            c.outcome = Outcome::Answered;
+            c.talk_seconds = 42;
+        }
+    });
+    let mut late_resend = late.clone();
+    late_resend.received_at = at("2024-06-11T09:00:00Z");
+    let records = vec![first.clone(), late, late_resend, first];
+    let writer = AnalyticsWriter::new(&Registry::new(), &[]).expect("metrics register");
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer).await;
+    // One record at a time, so each meets what is counted, not a batch-mate.
+    for (i, record) in records.iter().enumerate() {
+        produce(&bootstrap, std::slice::from_ref(record), Some(0)).await;
+        wait_caught_up(&client, GROUP, i as i64 + 1, CATCH_UP).await;
+    }
+    let want = expected(&newest(&records));
+    assert_kpis(&actual(&client).await, &want);
+    let totals = want.iter().filter(|(k, _)| k.0 == "all" && k.2 == 15).fold(
+        (0, 0, 0),
+        |(offered, answered, missed), (_, k)| {
+            (
+                offered + k.offered,
+                answered + k.answered,
+                missed + k.missed,
+            )
+        },
+    );
+    assert_eq!(totals, (1, 1, 0), "one call, answered");
     sink.stop().await;
 }

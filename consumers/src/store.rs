@@ -4,16 +4,20 @@
 //! Guarantee: exactly-once into the database, from [`crate::pg_sink`]: a
 //! batch's rows and the partition positions after it commit in one
 //! transaction. On top of that the write is an idempotent upsert that
-//! replaces a row only with a *higher* revision, so the table holds the
-//! newest revision of every event whatever order revisions arrive in (an
-//! older revision after a newer one, or an exact resend, changes nothing).
+//! replaces a row only with *newer, different* content (received later,
+//! then a higher revision: [`crate::unique::content_order`]), so the table
+//! holds the newest content of every event whatever order revisions arrive
+//! in: an older revision after a newer one, or an exact resend (even one
+//! after dedup's window), changes nothing, and an update after the window
+//! (revision 1 again, received later) is not lost.
 //!
 //! Each batch is one statement (`INSERT ... SELECT FROM unnest(arrays)`),
-//! after keeping only the newest revision of each event in the batch.
+//! after keeping only the newest content of each event in the batch.
 //!
 //! What would break it: writing rows outside the transaction the sink
-//! hands over, or an upstream that reuses a revision number for different
-//! content (the second content would be dropped as a resend).
+//! hands over. A platform that resends an *old* version of an event after
+//! dedup's window would have it stored over the newer one: nothing in a
+//! delivery says which content is older.
 
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
@@ -69,8 +73,8 @@ const COLUMNS: &[(&str, &str)] = &[
     ("event", "jsonb"),
 ];
 
-/// The batched upsert: insert new events, replace a row only with a higher
-/// revision.
+/// The batched upsert: insert new events, replace a row only with newer,
+/// different content.
 fn upsert_sql() -> String {
     let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
     let arrays: Vec<String> = COLUMNS
@@ -86,7 +90,8 @@ fn upsert_sql() -> String {
     format!(
         "INSERT INTO events ({}) SELECT * FROM unnest({})
          ON CONFLICT (event_id) DO UPDATE SET {}, stored_at = now()
-         WHERE events.revision < EXCLUDED.revision",
+         WHERE (events.received_at, events.revision) < (EXCLUDED.received_at, EXCLUDED.revision)
+           AND events.fingerprint <> EXCLUDED.fingerprint",
         names.join(", "),
         arrays.join(", "),
         updates.join(", "),
@@ -96,7 +101,7 @@ fn upsert_sql() -> String {
 /// The store's [`PgWriter`].
 pub struct StoreWriter {
     sql: String,
-    /// Records that changed nothing (resends, revisions not newer than the
+    /// Records that changed nothing (resends, contents not newer than the
     /// row): how out of order the input is.
     stale: IntCounter,
 }
@@ -105,7 +110,7 @@ impl StoreWriter {
     pub fn new(registry: &Registry) -> prometheus::Result<StoreWriter> {
         let stale = IntCounter::with_opts(Opts::new(
             "callstream_store_stale_records_total",
-            "Records that changed no row: resends, or revisions not newer than the stored one.",
+            "Records that changed no row: resends, or contents not newer than the stored one.",
         ))?;
         registry.register(Box::new(stale.clone()))?;
         Ok(StoreWriter {
@@ -282,6 +287,8 @@ mod tests {
         let sql = upsert_sql();
         assert_eq!(Columns::default().params().len(), COLUMNS.len());
         assert!(sql.contains(&format!("${}::jsonb[]", COLUMNS.len())));
-        assert!(sql.contains("WHERE events.revision < EXCLUDED.revision"));
+        assert!(sql.contains(
+            "WHERE (events.received_at, events.revision) < (EXCLUDED.received_at, EXCLUDED.revision)"
+        ));
     }
 }

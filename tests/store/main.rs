@@ -22,7 +22,9 @@ use callstream_testkit::postgres::TestDatabase;
 use callstream_testkit::sinks::{
     produce, produce_events, setup, start_sink, stored_position, wait_caught_up,
 };
-use callstream_testkit::unique::{at, scenario, set_notes, spec, unique_topic, Revision};
+use callstream_testkit::unique::{
+    a_call_and_its_update_after_the_window, at, scenario, set_notes, spec, unique_topic, Revision,
+};
 
 const GROUP: &str = "callstream-store";
 const CATCH_UP: Duration = Duration::from_secs(60);
@@ -215,4 +217,44 @@ async fn migrations_upgrade_a_filled_table_in_place() {
         count("SELECT count(*) FROM events WHERE call_id = 'onoff:Acme:call:2'").await,
         1
     );
+}
+
+/// Dedup numbers revisions only while its window remembers an identity: an
+/// update that arrives after it comes out as revision 1 again, received
+/// later. The store keeps it over the revision 2 it holds; the same content
+/// later still, and the original replayed with its original time, change
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_after_the_dedup_window_is_kept_and_a_late_resend_changes_nothing() {
+    let (broker, db, client) = setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let (first, late) =
+        a_call_and_its_update_after_the_window(|s| set_notes(s, "added a week later"));
+    let mut within = first.updated(2, |s| set_notes(s, "within the window"));
+    within.received_at = at("2024-06-03T10:20:00Z");
+    let mut late_resend = late.clone();
+    late_resend.received_at = at("2024-06-11T09:00:00Z");
+    let replayed = first.clone();
+    let records = vec![first, within, late.clone(), late_resend, replayed];
+    let sink = start_sink(&bootstrap, &db.url, GROUP, "kafka-group", writer()).await;
+    // One wave at a time, so each meets a stored row, not a batch-mate.
+    for (wave, end) in [(&records[..2], 2), (&records[2..3], 3), (&records[3..], 5)] {
+        produce(&bootstrap, wave, Some(0)).await;
+        wait_caught_up(&client, GROUP, end, CATCH_UP).await;
+    }
+    assert_newest_revisions(&client, &records).await;
+    let row = client
+        .query_one(
+            "SELECT event->'custom'->>'notes', revision, received_at FROM events WHERE identity = $1",
+            &[&late.event().identity],
+        )
+        .await
+        .expect("the row");
+    let notes: Option<String> = row.get(0);
+    let received_at: DateTime<Utc> = row.get(2);
+    assert_eq!(
+        (notes.as_deref(), row.get::<_, i32>(1), received_at),
+        (Some("added a week later"), 1, late.received_at)
+    );
+    sink.stop().await;
 }

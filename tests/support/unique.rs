@@ -266,19 +266,46 @@ impl Revision {
     }
 }
 
-/// The newest record of each identity (the first of equal revisions).
+/// The newest content of each identity, as the consumers keep it: received
+/// later, then a higher revision; the first of equal ones, and never the
+/// same content again (an exact resend, even received later).
 pub fn finals(records: &[Revision]) -> HashMap<String, Revision> {
     let mut out: HashMap<String, Revision> = HashMap::new();
     for r in records {
-        let identity = r.event().identity;
-        if out
-            .get(&identity)
-            .is_none_or(|have| have.revision < r.revision)
-        {
-            out.insert(identity, r.clone());
+        let event = r.event();
+        let newer = match out.get(&event.identity) {
+            None => true,
+            Some(have) => {
+                (have.received_at, have.revision) < (r.received_at, r.revision)
+                    && have.event().fingerprint != event.fingerprint
+            }
+        };
+        if newer {
+            out.insert(event.identity, r.clone());
         }
     }
     out
+}
+
+/// A missed Xarios call received at 10:01, and `update` of it received a
+/// week later as revision 1 again: what dedup forwards once its window has
+/// forgotten the call.
+pub fn a_call_and_its_update_after_the_window(
+    update: impl FnOnce(&mut Spec),
+) -> (Revision, Revision) {
+    let first = Revision {
+        spec: spec("late", 4, at("2024-06-03T10:00:00Z")),
+        revision: 1,
+        received_at: at("2024-06-03T10:01:00Z"),
+    };
+    assert!(
+        matches!(&first.spec, Spec::Call(c) if c.outcome == Outcome::Missed),
+        "{:?}",
+        first.spec
+    );
+    let mut late = first.updated(1, update);
+    late.received_at = at("2024-06-10T09:00:00Z");
+    (first, late)
 }
 
 /// Sets a spec's notes (an update that changes no count).

@@ -4,14 +4,17 @@
 //! whole centre, per agent and per external-facing number (views
 //! `kpi_by_interval`, `kpi_by_agent`, `kpi_by_number`, with rates).
 //!
-//! Guarantee: every event is counted exactly once, in its newest revision.
+//! Guarantee: every event is counted exactly once, in its newest content.
 //! The rollups change in the transaction that stores the partition
 //! positions ([`crate::pg_sink`]), so a crash or a replay never applies a
 //! batch twice. Independently of Kafka positions, `kpi_events` keeps what
-//! each `event_id` contributed and at which revision: a resend (even one the
-//! dedup window let through again) or an older revision changes nothing, and
-//! a newer revision first takes the old contribution back, then adds its own,
-//! so an update that changes the status or the times moves the counts.
+//! each `event_id` contributed and from which content (revision,
+//! `received_at`, fingerprint): a resend (even one the dedup window let
+//! through again) or an older revision changes nothing, and newer content
+//! (received later, then a higher revision: [`crate::unique::content_order`],
+//! so an update after the window counts too) first takes the old
+//! contribution back, then adds its own, so an update that changes the
+//! status or the times moves the counts.
 //!
 //! Counting rules, per event:
 //!
@@ -68,7 +71,7 @@ pub use rules::{agent_of, bucket_start, number_of, Counters, INTERVALS_MINUTES};
 pub use settings::AnalyticsSettings;
 
 use rules::Contribution;
-use tables::{Rollup, Statements};
+use tables::{Counted, Rollup, Statements};
 
 /// The `tenant` label of every tenant not named in
 /// `analytics.metric_tenants`.
@@ -177,10 +180,19 @@ impl PgWriter for AnalyticsWriter {
         let mut counted = Vec::new();
         let mut pending = Pending::default();
         for record in latest {
-            let new = Contribution::of(&record.event);
+            let mut new = Contribution::of(&record.event);
             match before.get(&record.event.event_id) {
-                Some((revision, _)) if *revision >= record.revision => continue,
-                Some((_, old)) => {
+                Some(counted) if !counted.is_replaced_by(&record.event, record.revision) => {
+                    continue
+                }
+                Some(counted) => {
+                    let old = &counted.contribution;
+                    // Without a time of its own an event stays in the
+                    // interval it was first counted in: an update (notes
+                    // added later) is not a call at the update's time.
+                    if record.event.started_at.is_none() {
+                        new.event_at = old.event_at;
+                    }
                     if *old != new {
                         rollup.add(old, -1);
                         rollup.add(&new, 1);
@@ -202,7 +214,15 @@ impl PgWriter for AnalyticsWriter {
                     }
                 }
             }
-            counted.push((record.event.event_id, record.revision, new));
+            counted.push((
+                record.event.event_id,
+                Counted {
+                    revision: record.revision,
+                    received_at: Some(record.event.received_at),
+                    fingerprint: Some(record.event.fingerprint.clone()),
+                    contribution: new,
+                },
+            ));
         }
         self.statements.apply(tx, &rollup).await?;
         self.statements.store_counted(tx, &counted).await?;

@@ -25,9 +25,11 @@ const COUNTER_COLUMNS: [(&str, &str); 10] = [
 ];
 
 /// Columns of `kpi_events` besides the counters.
-const EVENT_COLUMNS: [(&str, &str); 10] = [
+const EVENT_COLUMNS: [(&str, &str); 12] = [
     ("event_id", "uuid"),
     ("revision", "int"),
+    ("received_at", "timestamptz"),
+    ("fingerprint", "text"),
     ("tenant", "text"),
     ("provider", "text"),
     ("kind", "text"),
@@ -173,7 +175,9 @@ fn rollup_sql() -> String {
     )
 }
 
-/// Records contributions in `kpi_events`, replacing only older revisions.
+/// Records contributions in `kpi_events`, replacing only older content
+/// (received earlier, then a lower revision; a row counted before
+/// `V7__content_age.sql` has no `received_at` and compares by revision).
 fn counted_sql() -> String {
     let replace: Vec<String> = EVENT_COLUMNS
         .iter()
@@ -183,7 +187,8 @@ fn counted_sql() -> String {
         .collect();
     format!(
         "{} ON CONFLICT (event_id) DO UPDATE SET {}, counted_at = now()
-         WHERE t.revision < EXCLUDED.revision",
+         WHERE CASE WHEN t.received_at IS NULL THEN t.revision < EXCLUDED.revision
+                    ELSE (t.received_at, t.revision) < (EXCLUDED.received_at, EXCLUDED.revision) END",
         insert_from_arrays("kpi_events", &EVENT_COLUMNS),
         replace.join(", ")
     )
@@ -205,12 +210,12 @@ impl Default for Statements {
 }
 
 impl Statements {
-    /// What `ids` have contributed so far, at which revision.
+    /// What `ids` have contributed so far, and which content of each.
     pub(crate) async fn load_counted(
         &self,
         tx: &Transaction<'_>,
         ids: &[Uuid],
-    ) -> Result<HashMap<Uuid, (i32, Contribution)>, tokio_postgres::Error> {
+    ) -> Result<HashMap<Uuid, Counted>, tokio_postgres::Error> {
         let mut out = HashMap::new();
         if ids.is_empty() {
             return Ok(out);
@@ -259,19 +264,25 @@ impl Statements {
         Ok(())
     }
 
-    /// Records what each event (id, revision) now contributes.
+    /// Records what each event now contributes, and from which content.
     pub(crate) async fn store_counted(
         &self,
         tx: &Transaction<'_>,
-        counted: &[(Uuid, i32, Contribution)],
+        counted: &[(Uuid, Counted)],
     ) -> Result<(), tokio_postgres::Error> {
         if counted.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = counted.iter().map(|(id, _, _)| *id).collect();
-        let revisions: Vec<i32> = counted.iter().map(|(_, rev, _)| *rev).collect();
+        let ids: Vec<Uuid> = counted.iter().map(|(id, _)| *id).collect();
+        let revisions: Vec<i32> = counted.iter().map(|(_, c)| c.revision).collect();
+        let received: Vec<Option<DateTime<Utc>>> =
+            counted.iter().map(|(_, c)| c.received_at).collect();
+        let fingerprints: Vec<Option<&str>> = counted
+            .iter()
+            .map(|(_, c)| c.fingerprint.as_deref())
+            .collect();
         let text = |f: fn(&Contribution) -> &str| -> Vec<&str> {
-            counted.iter().map(|(_, _, c)| f(c)).collect()
+            counted.iter().map(|(_, c)| f(&c.contribution)).collect()
         };
         let (tenant, provider, kind) = (
             text(|c| &c.tenant),
@@ -279,18 +290,34 @@ impl Statements {
             text(|c| &c.kind),
         );
         let (direction, status) = (text(|c| &c.direction), text(|c| &c.status));
-        let event_at: Vec<DateTime<Utc>> = counted.iter().map(|(_, _, c)| c.event_at).collect();
-        let agent: Vec<Option<&str>> = counted.iter().map(|(_, _, c)| c.agent.as_deref()).collect();
+        let event_at: Vec<DateTime<Utc>> = counted
+            .iter()
+            .map(|(_, c)| c.contribution.event_at)
+            .collect();
+        let agent: Vec<Option<&str>> = counted
+            .iter()
+            .map(|(_, c)| c.contribution.agent.as_deref())
+            .collect();
         let number: Vec<Option<&str>> = counted
             .iter()
-            .map(|(_, _, c)| c.number.as_deref())
+            .map(|(_, c)| c.contribution.number.as_deref())
             .collect();
         let mut counters = CounterArrays::default();
-        for (_, _, c) in counted {
-            counters.push(&c.counters);
+        for (_, c) in counted {
+            counters.push(&c.contribution.counters);
         }
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &ids, &revisions, &tenant, &provider, &kind, &direction, &status, &event_at, &agent,
+            &ids,
+            &revisions,
+            &received,
+            &fingerprints,
+            &tenant,
+            &provider,
+            &kind,
+            &direction,
+            &status,
+            &event_at,
+            &agent,
             &number,
         ];
         params.extend(counters.params());
@@ -299,9 +326,36 @@ impl Statements {
     }
 }
 
-/// A `kpi_events` row: the revision counted and its contribution. (Two
-/// struct literals of `row.try_get` lines: alike in shape, one column each.)
-fn counted_from_row(row: &Row) -> Result<(i32, Contribution), tokio_postgres::Error> {
+/// What `kpi_events` holds for one event: the content counted (its
+/// revision, and its `received_at` and fingerprint, absent on rows counted
+/// before `V7__content_age.sql`) and what it contributes.
+#[derive(Debug, Clone)]
+pub(crate) struct Counted {
+    pub revision: i32,
+    pub received_at: Option<DateTime<Utc>>,
+    pub fingerprint: Option<String>,
+    pub contribution: Contribution,
+}
+
+impl Counted {
+    /// Whether `event` at `revision` is newer content than this: received
+    /// later, then a higher revision (by revision alone for a row without
+    /// `received_at`). The same content again (an exact resend, even after
+    /// dedup's window) never is.
+    pub fn is_replaced_by(&self, event: &callstream_schemas::Event, revision: i32) -> bool {
+        if self.fingerprint.as_deref() == Some(event.fingerprint.as_str()) {
+            return false;
+        }
+        match self.received_at {
+            None => self.revision < revision,
+            Some(at) => (at, self.revision) < (event.received_at, revision),
+        }
+    }
+}
+
+/// A `kpi_events` row. (Two struct literals of `row.try_get` lines: alike
+/// in shape, one column each.)
+fn counted_from_row(row: &Row) -> Result<Counted, tokio_postgres::Error> {
     let counters = Counters {
         calls_offered: row.try_get("calls_offered")?,
         calls_answered: row.try_get("calls_answered")?,
@@ -325,7 +379,12 @@ fn counted_from_row(row: &Row) -> Result<(i32, Contribution), tokio_postgres::Er
         number: row.try_get("number")?,
         counters,
     };
-    Ok((row.try_get("revision")?, contribution))
+    Ok(Counted {
+        revision: row.try_get("revision")?,
+        received_at: row.try_get("received_at")?,
+        fingerprint: row.try_get("fingerprint")?,
+        contribution,
+    })
 }
 
 #[cfg(test)]
@@ -340,6 +399,6 @@ mod tests {
             "ON CONFLICT (tenant, dimension, interval_minutes, bucket_start, provider, direction, dimension_value)"
         ));
         let sql = counted_sql();
-        assert!(sql.contains("$20::bigint[]") && !sql.contains("$21"));
+        assert!(sql.contains("$22::bigint[]") && !sql.contains("$23"));
     }
 }
