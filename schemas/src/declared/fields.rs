@@ -14,12 +14,36 @@ use super::program::{Program, RunError};
 
 /// One field, as configured: a pointer (`"/data/id"`), a list of pointers
 /// (the first present wins), or a table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum FieldSpec {
     Pointer(String),
     FirstOf(Vec<String>),
     Table(FieldTable),
+}
+
+/// By hand rather than `untagged`, whose only error is "data did not match
+/// any variant": a table's misspelt key is named, and anything else says
+/// what a field may be.
+impl<'de> Deserialize<'de> for FieldSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let what = "a field is a JSON pointer (\"/data/id\"), a list of them, or a table with one of `pointer`, `value`, `template`, `jq`";
+        match Value::deserialize(deserializer)? {
+            Value::String(pointer) => Ok(FieldSpec::Pointer(pointer)),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(pointer) => Ok(pointer),
+                    other => Err(D::Error::custom(format!("`{other}` in a list: {what}"))),
+                })
+                .collect::<Result<_, _>>()
+                .map(FieldSpec::FirstOf),
+            table @ Value::Object(_) => serde_json::from_value(table)
+                .map(FieldSpec::Table)
+                .map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!("`{other}`: {what}"))),
+        }
+    }
 }
 
 /// A field as a table: exactly one of `pointer`, `value`, `template`, `jq`,
@@ -437,6 +461,14 @@ mod tests {
             let spec: FieldSpec = serde_json::from_str(spec).unwrap();
             Field::compile(name, &spec, &[]).unwrap_err()
         };
+        let unreadable = |spec: &str| {
+            serde_json::from_str::<FieldSpec>(spec)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(unreadable(r#"{"pointer": "/a", "colour": 1}"#).contains("unknown field `colour`"));
+        assert!(unreadable("7").contains("a field is a JSON pointer"));
+        assert!(unreadable(r#"["/a", 7]"#).contains("in a list"));
         assert!(wrong("stauts", r#""/s""#).contains("not a field"));
         assert!(wrong("status", r#"{"pointer": "/s", "jq": "."}"#).contains("exactly one"));
         assert!(wrong("status", r#"{"template": "{/s"}"#).contains("without"));
