@@ -12,6 +12,7 @@
 //! (`cargo run -p callstream-schemas --bin callstream-schemas`); a test fails
 //! when they drift.
 
+pub mod call;
 pub mod canonical;
 pub mod declared;
 pub mod event;
