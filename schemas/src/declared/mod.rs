@@ -154,7 +154,8 @@ pub struct DeclaredSource {
     routes: &'static [Route],
     formats: Vec<BodyFormat>,
     times: TimeFormat,
-    vars: Vec<fields::VarSource>,
+    /// With their names, for a failure's message.
+    vars: Vec<(String, fields::VarSource)>,
     fields: Vec<Field>,
 }
 
@@ -251,7 +252,7 @@ impl DeclaredSource {
             }
             let compiled = fields::VarSource::compile(var, &names)
                 .map_err(|e| refused(format!("declared.vars[{i}] ({})", var.name), e))?;
-            vars.push(compiled);
+            vars.push((var.name.clone(), compiled));
             names.push(name);
         }
         for required in ["id", "kind"] {
@@ -329,8 +330,13 @@ impl DeclaredSource {
         globals.push(jaq_json::Val::from(req.route.to_string()));
         globals.push(jaq_json::Val::from(req.method.to_string()));
         globals.push(query);
-        for var in &self.vars {
-            let value = var.value(&input, &globals).map_err(failed)?;
+        for (name, var) in &self.vars {
+            let value = var.value(&input, &globals).map_err(|e| match failed(e) {
+                NormalizeError::MappingFailed(detail) => {
+                    NormalizeError::MappingFailed(format!("variable `{name}`: {detail}"))
+                }
+                other => other,
+            })?;
             globals.push(value);
         }
         let mut object = serde_json::Map::new();

@@ -311,6 +311,9 @@ fn a_delivery_the_mapping_cannot_handle_is_refused_with_a_reason() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("field `notes`"), "{e}");
+    let vars = "vars = [{ name = \"deep\", jq = \".a.b\" }]";
+    let e = map_one(ID_KIND, vars, r#"{"id": 1, "a": 1}"#, JSON).unwrap_err();
+    assert!(e.to_string().contains("variable `deep`"), "{e}");
 }
 
 #[test]
