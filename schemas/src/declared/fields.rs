@@ -466,7 +466,7 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(unreadable(r#"{"pointer": "/a", "colour": 1}"#).contains("unknown field `colour`"));
+        assert!(unreadable(r#"{"pointer": "/a", "shade": 1}"#).contains("unknown field `shade`"));
         assert!(unreadable("7").contains("a field is a JSON pointer"));
         assert!(unreadable(r#"["/a", 7]"#).contains("in a list"));
         assert!(wrong("stauts", r#""/s""#).contains("not a field"));
