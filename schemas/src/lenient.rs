@@ -18,8 +18,8 @@ mod time;
 
 use serde_json::Value;
 
-pub use body::document;
-pub(crate) use body::{json_body, json_object};
+pub use body::{document, BodyFormat};
+pub(crate) use body::{json_body, json_object, without_bom};
 pub(crate) use de::{de_number, de_string};
 pub(crate) use form::form_to_json;
 pub use time::timestamp;

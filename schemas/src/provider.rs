@@ -6,11 +6,14 @@
 //! why it cannot. It must never panic: a property test feeds it garbage.
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 
 use crate::event::{ProviderId, Sealed};
 
-/// HTTP methods a route may accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// HTTP methods a route may accept (`GET`, `POST`, `PUT` in a
+/// declarative source's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     Get,
     Post,

@@ -27,6 +27,7 @@ use program::RunError;
 
 use crate::event::{ProviderId, Sealed};
 use crate::lenient;
+pub use crate::lenient::BodyFormat;
 use crate::provider::{Context, Method, NormalizeError, Provider, RawRequest, Route};
 
 /// The `declared` table of a source, as configured.
@@ -81,56 +82,11 @@ fn json_only() -> Vec<BodyFormat> {
 pub struct DeclaredRoute {
     pub path: String,
     #[serde(default = "post_only")]
-    pub methods: Vec<MethodName>,
+    pub methods: Vec<Method>,
 }
 
-fn post_only() -> Vec<MethodName> {
-    vec![MethodName::Post]
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum MethodName {
-    #[serde(rename = "GET")]
-    Get,
-    #[serde(rename = "POST")]
-    Post,
-    #[serde(rename = "PUT")]
-    Put,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BodyFormat {
-    Json,
-    Form,
-    Query,
-}
-
-impl BodyFormat {
-    fn as_str(self) -> &'static str {
-        match self {
-            BodyFormat::Json => "json",
-            BodyFormat::Form => "form",
-            BodyFormat::Query => "query",
-        }
-    }
-
-    /// How `lenient::document` reads this delivery.
-    fn of(req: &RawRequest<'_>) -> BodyFormat {
-        let body = req.body.trim_ascii();
-        if body.is_empty() {
-            return BodyFormat::Query;
-        }
-        let content_type = req.content_type.unwrap_or_default().to_ascii_lowercase();
-        if content_type.contains("json")
-            || body.starts_with(b"{")
-            || body.starts_with(b"\xEF\xBB\xBF")
-        {
-            BodyFormat::Json
-        } else {
-            BodyFormat::Form
-        }
-    }
+fn post_only() -> Vec<Method> {
+    vec![Method::Post]
 }
 
 /// Why a declaration cannot be served: the setting, below
@@ -202,7 +158,7 @@ impl DeclaredSource {
                     "needs at least one of GET, POST, PUT",
                 ));
             }
-            if declared.methods.contains(&MethodName::Get)
+            if declared.methods.contains(&Method::Get)
                 && !declaration.formats.contains(&BodyFormat::Query)
             {
                 return Err(refused(
@@ -210,15 +166,7 @@ impl DeclaredSource {
                     "GET carries its fields in the query string: add `query` to declared.formats",
                 ));
             }
-            let mut methods: Vec<Method> = declared
-                .methods
-                .iter()
-                .map(|m| match m {
-                    MethodName::Get => Method::Get,
-                    MethodName::Post => Method::Post,
-                    MethodName::Put => Method::Put,
-                })
-                .collect();
+            let mut methods = declared.methods.clone();
             methods.dedup();
             routes.push(Route {
                 name: Box::leak(route.clone().into_boxed_str()),
@@ -304,10 +252,9 @@ impl DeclaredSource {
         // (half the cost of going through a `serde_json::Value`); any
         // other body, and every refusal's wording, as the built-in
         // providers read them.
-        let body = req.body.trim_ascii();
         let direct = match format {
             BodyFormat::Json => {
-                jaq_json::read::parse_single(body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body))
+                jaq_json::read::parse_single(lenient::without_bom(req.body.trim_ascii()))
                     .ok()
                     .filter(|v| matches!(v, jaq_json::Val::Obj(_)))
             }

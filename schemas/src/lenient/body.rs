@@ -2,6 +2,7 @@
 //! straight into a payload struct), a form body or the query string.
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{form_to_json, type_name};
@@ -28,7 +29,7 @@ pub(crate) fn json_object<T: DeserializeOwned>(req: &RawRequest<'_>) -> Result<T
 }
 
 /// `body` without a leading UTF-8 byte order mark.
-fn without_bom(body: &[u8]) -> &[u8] {
+pub(crate) fn without_bom(body: &[u8]) -> &[u8] {
     body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
 }
 
@@ -53,36 +54,76 @@ pub(crate) fn json_body(req: &RawRequest<'_>) -> Result<Value, NormalizeError> {
     }
 }
 
-/// The delivery as one JSON object, wherever it was carried: a JSON body, an
+/// How a delivery carries its fields, as [`document`] reads them; also
+/// the formats a declarative source accepts (`json`, `form`, `query`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyFormat {
+    Json,
+    Form,
+    Query,
+}
+
+impl BodyFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyFormat::Json => "json",
+            BodyFormat::Form => "form",
+            BodyFormat::Query => "query",
+        }
+    }
+
+    /// An empty body: the query string. A body is JSON when the content
+    /// type says so or when it starts with `{` (senders mislabel JSON as
+    /// form data more often than the reverse); any other is form data.
+    pub fn of(req: &RawRequest<'_>) -> BodyFormat {
+        let body = req.body.trim_ascii();
+        if body.is_empty() {
+            return BodyFormat::Query;
+        }
+        let content_type = req.content_type.unwrap_or_default().to_ascii_lowercase();
+        if content_type.contains("json")
+            || body.starts_with(b"{")
+            || body.starts_with(b"\xEF\xBB\xBF")
+        {
+            BodyFormat::Json
+        } else {
+            BodyFormat::Form
+        }
+    }
+}
+
+/// The delivery as one JSON object, wherever it was carried
+/// ([`BodyFormat::of`]): a JSON body, an
 /// `application/x-www-form-urlencoded` body, or (for GET, and any request
-/// with an empty body) the query string.
-///
-/// A body is JSON when the content type says so or when it starts with `{`
-/// (senders mislabel JSON as form data more often than the reverse); any other
-/// non-empty body is read as form data. `multipart/form-data` is refused
+/// with an empty body) the query string. `multipart/form-data` is refused
 /// rather than misread as url-encoded pairs.
 pub fn document(req: &RawRequest<'_>) -> Result<Value, NormalizeError> {
-    let body = req.body.trim_ascii();
-    if body.is_empty() {
-        let query = req.query.trim();
-        return if query.is_empty() {
-            Err(NormalizeError::EmptyBody)
-        } else {
-            Ok(form_to_json(query.as_bytes()))
-        };
-    }
-    let content_type = req.content_type.unwrap_or_default().to_ascii_lowercase();
-    if content_type.contains("json") || body.starts_with(b"{") || body.starts_with(b"\xEF\xBB\xBF")
-    {
-        json_body(req)
-    } else if content_type.starts_with("multipart/") {
-        Err(NormalizeError::Malformed {
-            format: "form",
-            detail: "multipart/form-data is not supported; configure url-encoded form data or JSON"
-                .into(),
-        })
-    } else {
-        Ok(form_to_json(body))
+    match BodyFormat::of(req) {
+        BodyFormat::Query => {
+            let query = req.query.trim();
+            if query.is_empty() {
+                Err(NormalizeError::EmptyBody)
+            } else {
+                Ok(form_to_json(query.as_bytes()))
+            }
+        }
+        BodyFormat::Json => json_body(req),
+        BodyFormat::Form
+            if req
+                .content_type
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+                .starts_with("multipart/") =>
+        {
+            Err(NormalizeError::Malformed {
+                format: "form",
+                detail:
+                    "multipart/form-data is not supported; configure url-encoded form data or JSON"
+                        .into(),
+            })
+        }
+        BodyFormat::Form => Ok(form_to_json(req.body.trim_ascii())),
     }
 }
 
