@@ -148,19 +148,6 @@ impl Pointer {
         ))
     }
 
-    /// The same, in a JSON value.
-    fn get_json<'v>(&self, document: &'v Value) -> Option<&'v Value> {
-        let mut at = document;
-        for (key, _, index) in &self.0 {
-            at = match at {
-                Value::Object(object) => object.get(key)?,
-                Value::Array(items) => items.get((*index)?)?,
-                _ => return None,
-            };
-        }
-        Some(at)
-    }
-
     /// The value it points at; `None` through anything absent.
     pub(super) fn get<'v>(&self, document: &'v Val) -> Option<&'v Val> {
         let mut at = document;
@@ -193,7 +180,7 @@ enum Part {
 #[derive(Debug)]
 enum Source {
     Pointers(Vec<Pointer>),
-    Value(Value),
+    Value(Val),
     Template(Vec<Part>),
     Jq(Program),
 }
@@ -323,7 +310,7 @@ impl Field {
                 OneOrMany::Many(list) => pointers(list)?,
             })
         } else if let Some(value) = &table.value {
-            Source::Value(value.clone())
+            Source::Value(super::to_val(value))
         } else if let Some(text) = &table.template {
             Source::Template(template(text)?)
         } else {
@@ -346,7 +333,7 @@ impl Field {
             Source::Pointers(pointers) => pointers
                 .iter()
                 .find_map(|p| p.get(document).filter(|v| present(v)))
-                .map(|v| to_json(v.clone())),
+                .cloned(),
             Source::Value(value) => Some(value.clone()),
             Source::Template(parts) => {
                 let mut out = String::new();
@@ -361,46 +348,41 @@ impl Field {
                 // Trimmed, so that `{/first} {/last}` with one of them
                 // absent gives the other alone.
                 let out = out.trim();
-                (!out.is_empty()).then(|| Value::String(out.to_string()))
+                (!out.is_empty()).then(|| Val::from(out.to_string()))
             }
-            Source::Jq(program) => program.run(document.clone(), globals)?.map(to_json),
+            Source::Jq(program) => program.run(document.clone(), globals)?,
         };
-        let found = found.filter(|v| !v.is_null());
+        let found = found.filter(|v| !matches!(v, Val::Null));
         let found = match (&self.each, found) {
-            (Some(each), Some(Value::Array(items))) => Some(Value::Array(
+            (Some(each), Some(Val::Arr(items))) => Some(
                 items
                     .iter()
                     .filter_map(|item| {
-                        each.get_json(item)
-                            .filter(|v| {
-                                super::mapped::json_text(v).is_some()
-                                    || v.is_object()
-                                    || v.is_array()
-                            })
+                        each.get(item)
+                            .filter(|v| matches!(v, Val::Arr(_) | Val::Obj(_)) || text(v).is_some())
                             .cloned()
                     })
                     .collect(),
-            )),
+            ),
             (_, found) => found,
         };
         let found = match (&self.join, found) {
             (Some(separator), Some(found)) => {
                 let texts: Vec<String> = match &found {
-                    Value::Array(items) => {
-                        items.iter().filter_map(super::mapped::json_text).collect()
-                    }
-                    scalar => super::mapped::json_text(scalar).into_iter().collect(),
+                    Val::Arr(items) => items.iter().filter_map(text).collect(),
+                    scalar => text(scalar).into_iter().collect(),
                 };
-                (!texts.is_empty()).then(|| Value::String(texts.join(separator)))
+                (!texts.is_empty()).then(|| Val::from(texts.join(separator)))
             }
             (_, found) => found,
         };
         Ok(match &self.map {
             Some(map) => found
-                .and_then(|v| super::mapped::json_text(&v))
+                .as_ref()
+                .and_then(text)
                 .and_then(|key| map.get(&key).cloned())
                 .or_else(|| self.default.clone()),
-            None => found.or_else(|| self.default.clone()),
+            None => found.as_ref().map(to_json).or_else(|| self.default.clone()),
         })
     }
 }

@@ -346,13 +346,13 @@ pub(super) fn json_text(value: &Value) -> Option<String> {
 /// A jaq value as JSON: byte strings as (lossy) text, numbers as JSON
 /// numbers (NaN and infinities as `null`, as jq prints them), non-text
 /// object keys as their JSON text.
-pub(super) fn to_json(value: Val) -> Value {
+pub(super) fn to_json(value: &Val) -> Value {
     match value {
         Val::Null => Value::Null,
-        Val::Bool(b) => Value::Bool(b),
-        Val::Num(n) => number(&n),
-        Val::TStr(s) | Val::BStr(s) => Value::String(String::from_utf8_lossy(&s).into_owned()),
-        Val::Arr(items) => Value::Array(items.iter().cloned().map(to_json).collect()),
+        Val::Bool(b) => Value::Bool(*b),
+        Val::Num(n) => number(n),
+        Val::TStr(s) | Val::BStr(s) => Value::String(String::from_utf8_lossy(s).into_owned()),
+        Val::Arr(items) => Value::Array(items.iter().map(to_json).collect()),
         Val::Obj(object) => Value::Object(
             object
                 .iter()
@@ -361,7 +361,7 @@ pub(super) fn to_json(value: Val) -> Value {
                         Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s).into_owned(),
                         other => other.to_string(),
                     };
-                    (key, to_json(v.clone()))
+                    (key, to_json(v))
                 })
                 .collect(),
         ),
@@ -424,7 +424,7 @@ mod tests {
             br#"{"a": [1, 2.5, "x", null, true], "big": 123456789012345678901234567890}"#,
         )
         .unwrap();
-        let json = to_json(val);
+        let json = to_json(&val);
         assert_eq!(json["a"], serde_json::json!([1, 2.5, "x", null, true]));
         assert!(json["big"].is_number());
     }

@@ -332,7 +332,7 @@ fn refusal(reason: &str, detail: String) -> NormalizeError {
     }
 }
 
-fn to_val(value: &Value) -> jaq_json::Val {
+pub(super) fn to_val(value: &Value) -> jaq_json::Val {
     use serde::Deserialize as _;
     jaq_json::Val::deserialize(value).expect("every JSON value is a jaq value")
 }
