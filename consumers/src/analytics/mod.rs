@@ -182,9 +182,7 @@ impl PgWriter for AnalyticsWriter {
         for record in latest {
             let mut new = Contribution::of(&record.event);
             match before.get(&record.event.event_id) {
-                Some(counted) if !counted.is_replaced_by(&record.event, record.revision) => {
-                    continue
-                }
+                Some(counted) if !counted.is_replaced_by(record) => continue,
                 Some(counted) => {
                     let old = &counted.contribution;
                     // Without a time of its own an event stays in the

@@ -9,6 +9,8 @@ use tokio_postgres::{Row, Transaction};
 use uuid::Uuid;
 
 use super::rules::{bucket_start, Contribution, Counters, INTERVALS_MINUTES};
+use crate::unique::content_order;
+use callstream_kafka::wire::UniqueEvent;
 
 /// The additive counters of every KPI table, in column order.
 const COUNTER_COLUMNS: [(&str, &str); 10] = [
@@ -338,17 +340,17 @@ pub(crate) struct Counted {
 }
 
 impl Counted {
-    /// Whether `event` at `revision` is newer content than this: received
-    /// later, then a higher revision (by revision alone for a row without
+    /// Whether `record` is newer content than this ([`content_order`]:
+    /// received later, then a higher revision (by revision alone for a row without
     /// `received_at`). The same content again (an exact resend, even after
     /// dedup's window) never is.
-    pub fn is_replaced_by(&self, event: &callstream_schemas::Event, revision: i32) -> bool {
-        if self.fingerprint.as_deref() == Some(event.fingerprint.as_str()) {
+    pub fn is_replaced_by(&self, record: &UniqueEvent) -> bool {
+        if self.fingerprint.as_deref() == Some(record.event.fingerprint.as_str()) {
             return false;
         }
         match self.received_at {
-            None => self.revision < revision,
-            Some(at) => (at, self.revision) < (event.received_at, revision),
+            None => self.revision < record.revision,
+            Some(at) => (at, self.revision) < content_order(record),
         }
     }
 }
