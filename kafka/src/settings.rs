@@ -64,6 +64,7 @@ pub struct TopicNames {
     pub crm_dlq: String,
     pub recordings: String,
     pub recordings_dlq: String,
+    pub calls: String,
 }
 
 impl Default for TopicNames {
@@ -77,6 +78,7 @@ impl Default for TopicNames {
             crm_dlq: Topic::CrmDlq.default_name().into(),
             recordings: Topic::Recordings.default_name().into(),
             recordings_dlq: Topic::RecordingsDlq.default_name().into(),
+            calls: Topic::Calls.default_name().into(),
         }
     }
 }
@@ -92,6 +94,7 @@ impl TopicNames {
             Topic::CrmDlq => &self.crm_dlq,
             Topic::Recordings => &self.recordings,
             Topic::RecordingsDlq => &self.recordings_dlq,
+            Topic::Calls => &self.calls,
         }
     }
 

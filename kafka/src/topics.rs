@@ -23,6 +23,9 @@ pub enum Owned {
     /// write (`auto.create.topics.enable`), or an operator must, and each
     /// write is retried until it is there.
     Output,
+    /// Records for others that are state (the current call per call key):
+    /// compacted, otherwise as [`Owned::Output`].
+    CompactedOutput,
 }
 
 /// How long [`ensure_topic`] waits for the brokers' answers.
@@ -57,7 +60,7 @@ pub fn ensure_topic(
                 input: input.to_string(),
                 why,
             }),
-            Owned::Output => {
+            Owned::Output | Owned::CompactedOutput => {
                 tracing::warn!(%topic, reason = %why, "topic does not exist and could not be created; writes to it are retried until it does");
                 Ok(None)
             }
@@ -136,7 +139,7 @@ fn new_topic(topic: &str, partitions: i32, owned: Owned) -> rdkafka::admin::NewT
     use rdkafka::admin::{NewTopic, TopicReplication};
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     match owned {
-        Owned::Changelog => new.set("cleanup.policy", "compact"),
+        Owned::Changelog | Owned::CompactedOutput => new.set("cleanup.policy", "compact"),
         Owned::Output => new,
     }
 }
@@ -179,5 +182,7 @@ mod tests {
             output.config.is_empty(),
             "the brokers' default cleanup policy"
         );
+        let calls = new_topic("calls", 4, Owned::CompactedOutput);
+        assert_eq!(calls.config, [("cleanup.policy", "compact")]);
     }
 }

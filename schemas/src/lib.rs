@@ -4,6 +4,8 @@
 //!   becomes one normalized [`Event`]. Framework-free (a [`RawRequest`] in,
 //!   an [`Event`] out) so the gateway, replay tooling and fuzzers share them.
 //! * [`event`]: the cross-provider event published on `callstream.events.v1`.
+//! * [`call`]: which events describe one call, and the merged call
+//!   published on `callstream.calls.v1`.
 //! * [`topics`]: every topic the system reads or writes, in one place.
 //! * [`raw`]: the Kafka header layout of `callstream.raw.v1` and the DLQ,
 //!   and the `cs_*` headers consumers add to their dead letters.
@@ -37,6 +39,10 @@ pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
         (
             "callstream.raw.v1.headers.schema.json",
             schemars::schema_for!(raw::RawMeta),
+        ),
+        (
+            "callstream.calls.v1.schema.json",
+            schemars::schema_for!(call::Call),
         ),
         (
             "callstream.recordings.v1.schema.json",

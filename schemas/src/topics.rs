@@ -23,10 +23,13 @@ pub enum Topic {
     Recordings,
     /// Recordings or voicemails that could not be archived.
     RecordingsDlq,
+    /// The current state of each call ([`crate::call::Call`]), keyed by
+    /// its call key; compacted.
+    Calls,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::Raw,
         Topic::Events,
         Topic::Dlq,
@@ -35,6 +38,7 @@ impl Topic {
         Topic::CrmDlq,
         Topic::Recordings,
         Topic::RecordingsDlq,
+        Topic::Calls,
     ];
 
     /// The topic's default name.
@@ -48,6 +52,7 @@ impl Topic {
             Topic::CrmDlq => "callstream.crm.dlq.v1",
             Topic::Recordings => "callstream.recordings.v1",
             Topic::RecordingsDlq => "callstream.recordings.dlq.v1",
+            Topic::Calls => "callstream.calls.v1",
         }
     }
 
@@ -62,6 +67,7 @@ impl Topic {
             Topic::CrmDlq => "crm_dlq",
             Topic::Recordings => "recordings",
             Topic::RecordingsDlq => "recordings_dlq",
+            Topic::Calls => "calls",
         }
     }
 }

@@ -72,7 +72,7 @@ pub enum DecodeError {
 }
 
 /// On-disk topic tags. Part of the format: never renumber, only append.
-const TOPIC_TAGS: [(Topic, u8); 8] = [
+const TOPIC_TAGS: [(Topic, u8); 9] = [
     (Topic::Raw, 0),
     (Topic::Events, 1),
     (Topic::Dlq, 2),
@@ -81,6 +81,7 @@ const TOPIC_TAGS: [(Topic, u8); 8] = [
     (Topic::Recordings, 5),
     (Topic::DedupState, 6),
     (Topic::RecordingsDlq, 7),
+    (Topic::Calls, 8),
 ];
 
 fn topic_tag(topic: Topic) -> u8 {

@@ -2,7 +2,7 @@
 //! what the gateway writes and replay reads back ([`raw`]: raw, DLQ), the
 //! normalized events and dedup's unique events ([`events`]), and the dead
 //! letters of the consumers that read the latter ([`letters`]), and the
-//! archiver's recordings ([`recordings`]); and the step from a delivery to
+//! archiver's recordings ([`recordings`]), the merged calls ([`calls`]); and the step from a delivery to
 //! its records, which the gateway, replay and the benchmarks share
 //! ([`records`]). Header names are
 //! `callstream_schemas::raw`'s (`cs_*`) and CloudEvents' Kafka binding
@@ -10,12 +10,14 @@
 
 use rdkafka::message::{Headers, Message};
 
+pub mod calls;
 pub mod events;
 pub mod letters;
 pub mod raw;
 pub mod recordings;
 pub mod records;
 
+pub use calls::{call_record, decode_call};
 pub use events::{decode_unique, event_record, fingerprint, unique_headers, UniqueEvent};
 pub use letters::{crm_target, By, GaveUp, Letter};
 pub use raw::{dlq_record, raw_record, DeadLetter, Delivery};
