@@ -11,7 +11,7 @@ use prometheus::Registry;
 use callstream_consumers::analytics::AnalyticsWriter;
 use callstream_runtime::server::MetricsServer;
 use callstream_testkit::count_records;
-use callstream_testkit::expected::{actual, assert_kpis, expected, Kpi};
+use callstream_testkit::expected::{actual, assert_counted_once, assert_kpis, expected, totals};
 use callstream_testkit::sinks::{produce, setup, start_sink, wait_caught_up};
 use callstream_testkit::unique::{
     a_call_and_its_update_after_the_window, at, finals, scenario, spec, unique_topic, Outcome,
@@ -61,11 +61,7 @@ async fn kpis_are_exact_with_resends_updates_and_uncounted_events() {
     let newest = newest(&records);
     let want = expected(&newest);
     assert_kpis(&actual(&client).await, &want);
-    assert_eq!(
-        count(&client, "SELECT count(*) FROM kpi_events").await,
-        newest.len() as i64,
-        "one contribution per event"
-    );
+    assert_counted_once(&client, &newest).await;
 
     // The scenario exercises what it claims to: recounts, voicemail, SMS,
     // calls bucketed by receipt, uncounted kinds.
@@ -74,17 +70,7 @@ async fn kpis_are_exact_with_resends_updates_and_uncounted_events() {
         .filter(|r| matches!(&r.spec, Spec::Call(c) if c.talk_seconds == 42))
         .count();
     assert!(recounted >= 3, "{recounted} missed calls answered later");
-    let totals = want.iter().filter(|(k, _)| k.0 == "all" && k.2 == 15).fold(
-        Kpi::default(),
-        |mut sum, (_, k)| {
-            sum.offered += k.offered;
-            sum.answered += k.answered;
-            sum.voicemail += k.voicemail;
-            sum.sms_sent += k.sms_sent;
-            sum.sms_received += k.sms_received;
-            sum
-        },
-    );
+    let totals = totals(&want);
     assert!(totals.voicemail > 0 && totals.sms_sent > 0 && totals.sms_received > 0);
     assert!(newest
         .iter()

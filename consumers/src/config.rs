@@ -114,7 +114,7 @@ impl Settings {
     }
 
     /// The database URL, or an error naming the setting.
-    pub(crate) fn require_database_url(&self) -> Result<&SecretString, ConfigError> {
+    pub fn require_database_url(&self) -> Result<&SecretString, ConfigError> {
         self.database_url
             .as_ref()
             .ok_or_else(|| invalid("database_url", "is required (set DATABASE_URL)"))

@@ -4,7 +4,9 @@
 //! * `callstream-dedup` ([`dedup`]): events → `callstream.events.unique.v1`,
 //!   each distinct event once, updates as revisions; exactly-once with
 //!   Kafka transactions.
-//! * `callstream-store` ([`store`]): unique events → PostgreSQL rows.
+//! * `callstream-store` ([`store`]): unique events → PostgreSQL rows, and
+//!   the calls they make ([`calls`]) → the `calls` table and
+//!   `callstream.calls.v1`.
 //! * `callstream-analytics` ([`analytics`]): unique events → KPI tables.
 //! * `callstream-crm` ([`crm`]): unique events → CRM HTTP targets.
 //! * `callstream-replay` ([`replay`]): raw or DLQ records → events again,
@@ -18,6 +20,7 @@
 //! command line every binary shares.
 
 pub mod analytics;
+pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod crm;

@@ -14,6 +14,11 @@
 //! Each batch is one statement (`INSERT ... SELECT FROM unnest(arrays)`),
 //! after keeping only the newest content of each event in the batch.
 //!
+//! Calls: each row names its call (`call_key`), and the calls of the events
+//! a batch changed are merged again into the `calls` table in the same
+//! transaction ([`crate::calls`]); the binary publishes them to
+//! `callstream.calls.v1` from there ([`crate::calls::outbox`]).
+//!
 //! What would break it: writing rows outside the transaction the sink
 //! hands over. A platform that resends an *old* version of an event after
 //! dedup's window would have it stored over the newer one: nothing in a
@@ -26,6 +31,14 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use callstream_schemas::call::call_key;
+
+use crate::calls;
 use crate::pg::settings::BatchSettings;
 use crate::pg_sink::PgWriter;
 use crate::unique::{direction_str, latest_revisions, status_str};
@@ -69,6 +82,7 @@ const COLUMNS: &[(&str, &str)] = &[
     ("external_name", "text"),
     ("external_company", "text"),
     ("call_id", "text"),
+    ("call_key", "text"),
     ("received_at", "timestamptz"),
     ("event", "jsonb"),
 ];
@@ -91,7 +105,8 @@ fn upsert_sql() -> String {
         "INSERT INTO events ({}) SELECT * FROM unnest({})
          ON CONFLICT (event_id) DO UPDATE SET {}, stored_at = now()
          WHERE (events.received_at, events.revision) < (EXCLUDED.received_at, EXCLUDED.revision)
-           AND events.fingerprint <> EXCLUDED.fingerprint",
+           AND events.fingerprint <> EXCLUDED.fingerprint
+         RETURNING call_key",
         names.join(", "),
         arrays.join(", "),
         updates.join(", "),
@@ -104,6 +119,10 @@ pub struct StoreWriter {
     /// Records that changed nothing (resends, contents not newer than the
     /// row): how out of order the input is.
     stale: IntCounter,
+    /// Calls whose merged state changed.
+    calls_changed: IntCounter,
+    /// Told when a commit changed calls: the outbox publishes them.
+    nudge: Arc<Notify>,
 }
 
 impl StoreWriter {
@@ -112,11 +131,23 @@ impl StoreWriter {
             "callstream_store_stale_records_total",
             "Records that changed no row: resends, or contents not newer than the stored one.",
         ))?;
+        let calls_changed = IntCounter::with_opts(Opts::new(
+            "callstream_store_calls_changed_total",
+            "Calls whose merged state a batch created or changed in the calls table.",
+        ))?;
         registry.register(Box::new(stale.clone()))?;
+        registry.register(Box::new(calls_changed.clone()))?;
         Ok(StoreWriter {
             sql: upsert_sql(),
             stale,
+            calls_changed,
+            nudge: Arc::new(Notify::new()),
         })
+    }
+
+    /// What the calls outbox ([`calls::outbox::Outbox`]) waits on.
+    pub fn nudge(&self) -> Arc<Notify> {
+        self.nudge.clone()
     }
 }
 
@@ -148,6 +179,7 @@ struct Columns<'a> {
     external_name: Vec<Option<&'a str>>,
     external_company: Vec<Option<&'a str>>,
     call_id: Vec<Option<&'a str>>,
+    call_key: Vec<Option<String>>,
     received_at: Vec<DateTime<Utc>>,
     event: Vec<RawJsonb<'a>>,
 }
@@ -180,12 +212,13 @@ impl<'a> Columns<'a> {
         self.external_name.push(e.external.name.as_deref());
         self.external_company.push(e.external.company.as_deref());
         self.call_id.push(e.correlation.call_id.as_deref());
+        self.call_key.push(call_key(e));
         self.received_at.push(e.received_at);
         self.event.push(RawJsonb(&record.json));
     }
 
     /// The parameters, in [`COLUMNS`] order.
-    fn params(&self) -> [&(dyn ToSql + Sync); 27] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 28] {
         [
             &self.event_id,
             &self.identity,
@@ -212,6 +245,7 @@ impl<'a> Columns<'a> {
             &self.external_name,
             &self.external_company,
             &self.call_id,
+            &self.call_key,
             &self.received_at,
             &self.event,
         ]
@@ -245,17 +279,19 @@ impl ToSql for RawJsonb<'_> {
 // The trait's signature repeats in `analytics/mod.rs`; the bodies differ.
 impl PgWriter for StoreWriter {
     /// Rows are keyed by `event_id`, derived from the identity the topic is
-    /// keyed by: partitions never share a row.
+    /// keyed by: partitions never share a row. They do share `calls` rows
+    /// (a call's events have different identities), which the call's
+    /// advisory lock serializes ([`crate::calls`]).
     const PARTITION_PARALLEL: bool = true;
 
-    /// Stale records of the batch, counted once it commits.
-    type Applied = u64;
+    /// Stale records of the batch and calls changed, counted once it commits.
+    type Applied = (u64, u64);
 
     async fn write<'a>(
         &'a self,
         tx: &'a Transaction<'a>,
         batch: &'a [UniqueEvent],
-    ) -> Result<u64, tokio_postgres::Error> {
+    ) -> Result<(u64, u64), tokio_postgres::Error> {
         let mut latest = latest_revisions(batch);
         // Rows locked in one order by every transaction: should partitions
         // ever share an event (a topic whose partition count changed), two
@@ -265,16 +301,29 @@ impl PgWriter for StoreWriter {
         for record in &latest {
             columns.push(record);
         }
-        let changed = if latest.is_empty() {
-            0
-        } else {
-            tx.execute(self.sql.as_str(), &columns.params()).await?
-        };
-        Ok((batch.len() as u64).saturating_sub(changed))
+        if latest.is_empty() {
+            return Ok((batch.len() as u64, 0));
+        }
+        // The calls of the events that changed are merged again, in
+        // this transaction (see `crate::calls`).
+        let changed = tx.query(self.sql.as_str(), &columns.params()).await?;
+        let keys: BTreeSet<String> = changed
+            .iter()
+            .filter_map(|row| row.get::<_, Option<String>>(0))
+            .collect();
+        let calls = calls::merge(tx, &keys).await?;
+        Ok((
+            (batch.len() as u64).saturating_sub(changed.len() as u64),
+            calls,
+        ))
     }
 
-    fn committed(&self, stale: u64) {
+    fn committed(&self, (stale, calls): (u64, u64)) {
         self.stale.inc_by(stale);
+        if calls > 0 {
+            self.calls_changed.inc_by(calls);
+            self.nudge.notify_one();
+        }
     }
 }
 

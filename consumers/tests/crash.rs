@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use callstream_kafka::embedded::EmbeddedBroker;
-use callstream_testkit::expected::{actual, assert_kpis, assert_newest_revisions, expected};
+use callstream_testkit::expected::{
+    actual, assert_calls, assert_counted_once, assert_kpis, assert_newest_revisions, expected,
+    expected_calls,
+};
 use callstream_testkit::postgres::TestDatabase;
 use callstream_testkit::sinks::{broker, produce, stored_position, wait_caught_up};
 use callstream_testkit::unique::{at, finals, scenario, unique_topic, Revision};
@@ -132,6 +135,45 @@ async fn store_killed_mid_batch_loses_and_duplicates_nothing() {
     let setup = setup("store").await;
     crash_until_done(STORE, "callstream-store", &setup).await;
     assert_newest_revisions(&setup.db, &setup.records).await;
+    // One row per call, whole, and every call's newest state published:
+    // the outbox finished before the clean stop, or the topic and the
+    // table would disagree below.
+    let calls = expected_calls(finals(&setup.records).values());
+    assert_calls(&setup.db, &calls).await;
+    let behind: i64 = setup
+        .db
+        .query_one(
+            "SELECT count(*) FROM calls WHERE published_revision <> revision",
+            &[],
+        )
+        .await
+        .expect("calls is readable")
+        .get(0);
+    assert_eq!(behind, 0, "every call state published");
+    let topic = callstream_schemas::Topic::Calls.default_name();
+    let mut newest: std::collections::BTreeMap<String, (i64, serde_json::Value)> =
+        std::collections::BTreeMap::new();
+    for record in callstream_testkit::read_all(&setup.broker.bootstrap_servers(), topic) {
+        let revision: i64 = record
+            .header("cs_revision")
+            .expect("a revision")
+            .parse()
+            .expect("a number");
+        let key = String::from_utf8(record.key.clone()).expect("UTF-8");
+        // Per key, never an older state after a newer one.
+        if let Some((before, _)) = newest.insert(key.clone(), (revision, record.json())) {
+            assert!(
+                before <= revision,
+                "{key}: revision {revision} after {before}"
+            );
+        }
+    }
+    assert_eq!(newest.len(), calls.len(), "one key per call in the topic");
+    for (key, (_, json)) in &newest {
+        let published: callstream_schemas::call::Call =
+            serde_json::from_value(json.clone()).expect("a call");
+        assert_eq!(&published, &calls[key], "{key}: the topic's newest state");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,11 +182,5 @@ async fn analytics_killed_mid_batch_counts_every_event_exactly_once() {
     crash_until_done(ANALYTICS, "callstream-analytics", &setup).await;
     let newest: Vec<Revision> = finals(&setup.records).into_values().collect();
     assert_kpis(&actual(&setup.db).await, &expected(&newest));
-    let counted: i64 = setup
-        .db
-        .query_one("SELECT count(*) FROM kpi_events", &[])
-        .await
-        .expect("kpi_events is readable")
-        .get(0);
-    assert_eq!(counted, newest.len() as i64);
+    assert_counted_once(&setup.db, &newest).await;
 }

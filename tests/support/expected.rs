@@ -52,6 +52,17 @@ impl Kpi {
     }
 }
 
+/// The sum of the whole-centre 15-minute rows of `kpis`: the totals.
+pub fn totals(kpis: &BTreeMap<KpiKey, Kpi>) -> Kpi {
+    kpis.iter().filter(|(k, _)| k.0 == "all" && k.2 == 15).fold(
+        Kpi::default(),
+        |mut sum, (_, k)| {
+            sum.add(k);
+            sum
+        },
+    )
+}
+
 fn floor(t: DateTime<Utc>, minutes: i32) -> DateTime<Utc> {
     let step = i64::from(minutes) * 60;
     DateTime::from_timestamp(t.timestamp() / step * step, 0).expect("a time after 1970")
@@ -249,4 +260,89 @@ pub async fn assert_newest_revisions(db: &tokio_postgres::Client, records: &[Rev
             "{identity}"
         );
     }
+}
+
+/// The calls the newest revisions in `finals` make: their events grouped by
+/// call key and merged (`callstream_schemas::call`, unit-tested per
+/// provider there), by call key.
+pub fn expected_calls<'a>(
+    finals: impl IntoIterator<Item = &'a Revision>,
+) -> BTreeMap<String, callstream_schemas::call::Call> {
+    let mut by_call: BTreeMap<String, Vec<callstream_schemas::Event>> = BTreeMap::new();
+    for r in finals {
+        let event = r.event();
+        if let Some(key) = callstream_schemas::call::call_key(&event) {
+            by_call.entry(key).or_default().push(event);
+        }
+    }
+    by_call
+        .into_iter()
+        .map(|(key, events)| {
+            let call = callstream_schemas::call::Call::from_events(&events).expect("a call");
+            (key, call)
+        })
+        .collect()
+}
+
+/// Asserts `calls` holds exactly `expected`: one row per call, with its
+/// merged state, and its columns agreeing with it.
+pub async fn assert_calls(
+    db: &tokio_postgres::Client,
+    expected: &BTreeMap<String, callstream_schemas::call::Call>,
+) {
+    let rows = db
+        .query(
+            "SELECT call_key, call, status, tenant, revision FROM calls",
+            &[],
+        )
+        .await
+        .expect("calls is readable");
+    assert_eq!(rows.len(), expected.len(), "one row per call");
+    for row in rows {
+        let key: String = row.get(0);
+        let stored: callstream_schemas::call::Call =
+            serde_json::from_value(row.get(1)).expect("a call");
+        let want = expected
+            .get(&key)
+            .unwrap_or_else(|| panic!("unexpected call {key}"));
+        assert_eq!(&stored, want, "{key}");
+        let status: String = row.get(2);
+        assert_eq!(
+            serde_json::to_value(want.status).unwrap(),
+            serde_json::Value::from(status),
+            "{key}"
+        );
+        assert_eq!(row.get::<_, String>(3), want.tenant);
+        assert!(row.get::<_, i64>(4) >= 1);
+    }
+}
+
+/// Asserts analytics counted each call once (`kpi_calls`) and each other
+/// event once (`kpi_events`).
+pub async fn assert_counted_once<'a>(
+    db: &tokio_postgres::Client,
+    finals: impl IntoIterator<Item = &'a Revision>,
+) {
+    let finals: Vec<&Revision> = finals.into_iter().collect();
+    let calls = expected_calls(finals.iter().copied()).len() as i64;
+    let others = finals
+        .iter()
+        .filter(|r| callstream_schemas::call::call_key(&r.event()).is_none())
+        .count() as i64;
+    let count = |sql: &'static str| async move {
+        db.query_one(sql, &[])
+            .await
+            .expect("readable")
+            .get::<_, i64>(0)
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM kpi_calls").await,
+        calls,
+        "one kpi_calls row per call"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM kpi_events").await,
+        others,
+        "one kpi_events row per event that is no call's"
+    );
 }

@@ -4,7 +4,10 @@
 //! whole centre, per agent and per external-facing number (views
 //! `kpi_by_interval`, `kpi_by_agent`, `kpi_by_number`, with rates).
 //!
-//! Guarantee: every event is counted exactly once, in its newest content.
+//! Guarantee: every call is counted exactly once, in the merge of its
+//! events' newest contents ([`calls`]: two Xarios triggers, an Onoff CDR and
+//! its voicemail update, a TeleCMI step and its CDR are one call each), and
+//! every event that names no call (SMS) once, in its newest content.
 //! The rollups change in the transaction that stores the partition
 //! positions ([`crate::pg_sink`]), so a crash or a replay never applies a
 //! batch twice. Independently of Kafka positions, `kpi_events` keeps what
@@ -16,7 +19,8 @@
 //! contribution back, then adds its own, so an update that changes the
 //! status or the times moves the counts.
 //!
-//! Counting rules, per event:
+//! Counting rules, per event that names no call (`kpi_events`) and per
+//! merged call (`kpi_calls`, [`Counters::of_call`]):
 //!
 //! * bucket: the event's own time, `started_at`, else `received_at`, floored
 //!   to the interval; a late event lands in its own interval, not "now".
@@ -59,10 +63,13 @@ use prometheus::{CounterVec, IntCounter, IntCounterVec, Opts, Registry};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
+use callstream_schemas::call::call_key;
+
 use crate::pg_sink::PgWriter;
 use crate::unique::latest_revisions;
 use callstream_kafka::wire::UniqueEvent;
 
+mod calls;
 mod rules;
 mod settings;
 mod tables;
@@ -114,6 +121,24 @@ struct FirstCount {
 pub struct Pending {
     counted: Vec<FirstCount>,
     recounted: u64,
+}
+
+impl Pending {
+    /// `new` counted for the first time (if it counts for anything), for
+    /// the live counters.
+    fn first_count(&mut self, new: &Contribution) {
+        if !new.counters.is_zero() {
+            self.counted.push(FirstCount {
+                labels: [
+                    new.tenant.clone(),
+                    new.provider.clone(),
+                    new.direction.clone(),
+                    new.status.clone(),
+                ],
+                talk_seconds: new.counters.talk_seconds_sum,
+            });
+        }
+    }
 }
 
 /// The analytics [`PgWriter`].
@@ -179,7 +204,26 @@ impl PgWriter for AnalyticsWriter {
         let mut rollup = Rollup::default();
         let mut counted = Vec::new();
         let mut pending = Pending::default();
+        // Events of a call count as their call (`calls`); an event counted
+        // on its own before calls were (migration V8) is taken back first.
+        let mut of_calls = Vec::new();
+        let mut forget = Vec::new();
+        let mut singles = Vec::new();
         for record in latest {
+            match call_key(&record.event) {
+                Some(key) => {
+                    if let Some(counted) = before.get(&record.event.event_id) {
+                        rollup.add(&counted.contribution, -1);
+                        forget.push(record.event.event_id);
+                    }
+                    of_calls.push((key, record));
+                }
+                None => singles.push(record),
+            }
+        }
+        self.statements.forget_events(tx, &forget).await?;
+        calls::count(&self.statements, tx, of_calls, &mut rollup, &mut pending).await?;
+        for record in singles {
             let mut new = Contribution::of(&record.event);
             match before.get(&record.event.event_id) {
                 Some(counted) if !counted.is_replaced_by(record) => continue,
@@ -199,17 +243,7 @@ impl PgWriter for AnalyticsWriter {
                 }
                 None => {
                     rollup.add(&new, 1);
-                    if !new.counters.is_zero() {
-                        pending.counted.push(FirstCount {
-                            labels: [
-                                new.tenant.clone(),
-                                new.provider.clone(),
-                                new.direction.clone(),
-                                new.status.clone(),
-                            ],
-                            talk_seconds: new.counters.talk_seconds_sum,
-                        });
-                    }
+                    pending.first_count(&new);
                 }
             }
             counted.push((

@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 
-use callstream_schemas::{Direction, Event, Kind, ProviderId, Status};
+use callstream_schemas::call::Call;
+use callstream_schemas::{Direction, Event, Kind, Party, ProviderId, Status};
 
 use crate::unique::{direction_str, status_str};
 
@@ -33,22 +34,17 @@ impl Counters {
             Kind::Call | Kind::Recording | Kind::Voicemail
                 if !is_click_to_call_agent_leg(event) =>
             {
-                c.calls_offered = 1;
-                if event.status == Status::Answered {
-                    c.calls_answered = 1;
-                    if let Some(talk) = event.talk_seconds.or(event.duration_seconds) {
-                        c.talk_seconds_sum = talk;
-                        c.talk_count = 1;
-                    }
-                } else if event.status == Status::Voicemail || event.kind == Kind::Voicemail {
-                    c.calls_voicemail = 1;
+                // A voicemail event counts as voicemail unless answered.
+                let status = if event.kind == Kind::Voicemail && event.status != Status::Answered {
+                    Status::Voicemail
                 } else {
-                    c.calls_missed = 1;
-                }
-                if let Some(ring) = event.ring_seconds {
-                    c.ring_seconds_sum = ring;
-                    c.ring_count = 1;
-                }
+                    event.status
+                };
+                c = Counters::one_call(
+                    status,
+                    event.talk_seconds.or(event.duration_seconds),
+                    event.ring_seconds,
+                );
             }
             Kind::Sms => match event.direction {
                 Direction::Outbound => c.sms_sent = 1,
@@ -56,6 +52,54 @@ impl Counters {
                 Direction::Internal | Direction::Unknown => {}
             },
             _ => {}
+        }
+        c
+    }
+
+    /// The counters of a merged call: one call offered with its final
+    /// status, as an event of kind `call` counts; nothing for a call with
+    /// only live steps, or that is only the agent leg of a TeleCMI
+    /// click-to-call.
+    pub fn of_call(call: &Call) -> Counters {
+        let agent_leg_only = call.provider == ProviderId::Telecmi
+            && call.direction == Direction::Outbound
+            && call.external.number.is_none()
+            && !call.legs.is_empty()
+            && call.legs.iter().all(|l| {
+                l.leg
+                    .as_deref()
+                    .is_some_and(|leg| leg.eq_ignore_ascii_case("a"))
+            });
+        if !call.r#final || agent_leg_only {
+            return Counters::default();
+        }
+        Counters::one_call(
+            call.status,
+            call.talk_seconds.or(call.duration_seconds),
+            call.ring_seconds,
+        )
+    }
+
+    /// One call offered that ended with `status`.
+    fn one_call(status: Status, talk: Option<f64>, ring: Option<f64>) -> Counters {
+        let mut c = Counters {
+            calls_offered: 1,
+            ..Counters::default()
+        };
+        match status {
+            Status::Answered => {
+                c.calls_answered = 1;
+                if let Some(talk) = talk {
+                    c.talk_seconds_sum = talk;
+                    c.talk_count = 1;
+                }
+            }
+            Status::Voicemail => c.calls_voicemail = 1,
+            _ => c.calls_missed = 1,
+        }
+        if let Some(ring) = ring {
+            c.ring_seconds_sum = ring;
+            c.ring_count = 1;
         }
         c
     }
@@ -99,7 +143,10 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 
 /// The agent: the internal party's id, else email, else number, else name.
 pub fn agent_of(event: &Event) -> Option<&str> {
-    let p = &event.internal;
+    party_agent(&event.internal)
+}
+
+fn party_agent(p: &Party) -> Option<&str> {
     non_empty(&p.id)
         .or_else(|| non_empty(&p.email))
         .or_else(|| non_empty(&p.number))
@@ -147,6 +194,25 @@ impl Contribution {
             agent: agent_of(event).map(str::to_string),
             number: number_of(event).map(str::to_string),
             counters: Counters::of(event),
+        }
+    }
+
+    /// What a merged call contributes: bucketed by its start, else by when
+    /// its first event was received.
+    pub fn of_call(call: &Call) -> Contribution {
+        Contribution {
+            tenant: call.tenant.clone(),
+            provider: call.provider.as_str().to_string(),
+            kind: Kind::Call.as_str().to_string(),
+            direction: direction_str(call.direction).to_string(),
+            status: status_str(call.status).to_string(),
+            event_at: call
+                .started_at
+                .or_else(|| call.timeline.iter().map(|s| s.received_at).min())
+                .unwrap_or_default(),
+            agent: party_agent(&call.internal).map(str::to_string),
+            number: non_empty(&call.internal.number).map(str::to_string),
+            counters: Counters::of_call(call),
         }
     }
 }

@@ -26,12 +26,20 @@ const COUNTER_COLUMNS: [(&str, &str); 10] = [
     ("sms_received", "bigint"),
 ];
 
-/// Columns of `kpi_events` besides the counters.
-const EVENT_COLUMNS: [(&str, &str); 12] = [
+/// Columns of `kpi_events` besides the contribution.
+const EVENT_COLUMNS: [(&str, &str); 4] = [
     ("event_id", "uuid"),
     ("revision", "int"),
     ("received_at", "timestamptz"),
     ("fingerprint", "text"),
+];
+
+/// Columns of `kpi_calls` besides the contribution.
+const CALL_COLUMNS: [(&str, &str); 2] = [("call_key", "text"), ("members", "jsonb")];
+
+/// What a contribution is keyed by, in `kpi_events` and `kpi_calls`,
+/// before its counters.
+const CONTRIBUTION_COLUMNS: [(&str, &str); 8] = [
     ("tenant", "text"),
     ("provider", "text"),
     ("kind", "text"),
@@ -140,6 +148,22 @@ impl CounterArrays {
 /// numbering the array parameters from 1.
 fn insert_from_arrays(table: &str, columns: &[(&str, &str)]) -> String {
     let all: Vec<(&str, &str)> = columns.iter().chain(&COUNTER_COLUMNS).copied().collect();
+    insert_all_from_arrays(table, &all)
+}
+
+/// Like [`insert_from_arrays`], for a row of `own` columns, then a
+/// contribution.
+fn insert_contribution(table: &str, own: &[(&str, &str)]) -> String {
+    let all: Vec<(&str, &str)> = own
+        .iter()
+        .chain(&CONTRIBUTION_COLUMNS)
+        .chain(&COUNTER_COLUMNS)
+        .copied()
+        .collect();
+    insert_all_from_arrays(table, &all)
+}
+
+fn insert_all_from_arrays(table: &str, all: &[(&str, &str)]) -> String {
     let names: Vec<&str> = all.iter().map(|(name, _)| *name).collect();
     let arrays: Vec<String> = all
         .iter()
@@ -181,25 +205,39 @@ fn rollup_sql() -> String {
 /// (received earlier, then a lower revision; a row counted before
 /// `V7__content_age.sql` has no `received_at` and compares by revision).
 fn counted_sql() -> String {
-    let replace: Vec<String> = EVENT_COLUMNS
-        .iter()
-        .chain(&COUNTER_COLUMNS)
-        .filter(|(name, _)| *name != "event_id")
-        .map(|(name, _)| format!("{name} = EXCLUDED.{name}"))
-        .collect();
     format!(
         "{} ON CONFLICT (event_id) DO UPDATE SET {}, counted_at = now()
          WHERE CASE WHEN t.received_at IS NULL THEN t.revision < EXCLUDED.revision
                     ELSE (t.received_at, t.revision) < (EXCLUDED.received_at, EXCLUDED.revision) END",
-        insert_from_arrays("kpi_events", &EVENT_COLUMNS),
-        replace.join(", ")
+        insert_contribution("kpi_events", &EVENT_COLUMNS),
+        replace_all(&EVENT_COLUMNS[1..]),
     )
+}
+
+/// Records calls in `kpi_calls`; the caller decided the new content wins.
+fn calls_sql() -> String {
+    format!(
+        "{} ON CONFLICT (call_key) DO UPDATE SET {}, counted_at = now()",
+        insert_contribution("kpi_calls", &CALL_COLUMNS),
+        replace_all(&CALL_COLUMNS[1..]),
+    )
+}
+
+/// `name = EXCLUDED.name` for `own`, the contribution and the counters.
+fn replace_all(own: &[(&str, &str)]) -> String {
+    own.iter()
+        .chain(&CONTRIBUTION_COLUMNS)
+        .chain(&COUNTER_COLUMNS)
+        .map(|(name, _)| format!("{name} = EXCLUDED.{name}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The statements, built once.
 pub(crate) struct Statements {
     rollup: String,
     counted: String,
+    calls: String,
 }
 
 impl Default for Statements {
@@ -207,6 +245,7 @@ impl Default for Statements {
         Statements {
             rollup: rollup_sql(),
             counted: counted_sql(),
+            calls: calls_sql(),
         }
     }
 }
@@ -283,48 +322,125 @@ impl Statements {
             .iter()
             .map(|(_, c)| c.fingerprint.as_deref())
             .collect();
-        let text = |f: fn(&Contribution) -> &str| -> Vec<&str> {
-            counted.iter().map(|(_, c)| f(&c.contribution)).collect()
-        };
-        let (tenant, provider, kind) = (
-            text(|c| &c.tenant),
-            text(|c| &c.provider),
-            text(|c| &c.kind),
-        );
-        let (direction, status) = (text(|c| &c.direction), text(|c| &c.status));
-        let event_at: Vec<DateTime<Utc>> = counted
-            .iter()
-            .map(|(_, c)| c.contribution.event_at)
-            .collect();
-        let agent: Vec<Option<&str>> = counted
-            .iter()
-            .map(|(_, c)| c.contribution.agent.as_deref())
-            .collect();
-        let number: Vec<Option<&str>> = counted
-            .iter()
-            .map(|(_, c)| c.contribution.number.as_deref())
-            .collect();
-        let mut counters = CounterArrays::default();
-        for (_, c) in counted {
-            counters.push(&c.contribution.counters);
-        }
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &ids,
-            &revisions,
-            &received,
-            &fingerprints,
-            &tenant,
-            &provider,
-            &kind,
-            &direction,
-            &status,
-            &event_at,
-            &agent,
-            &number,
-        ];
-        params.extend(counters.params());
+        let contributions = ContributionArrays::of(counted.iter().map(|(_, c)| &c.contribution));
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids, &revisions, &received, &fingerprints];
+        params.extend(contributions.params());
         tx.execute(self.counted.as_str(), &params).await?;
         Ok(())
+    }
+
+    /// Forgets what `ids` contributed as events: counted before calls were
+    /// (migration V8), they count as their call's now.
+    pub(crate) async fn forget_events(
+        &self,
+        tx: &Transaction<'_>,
+        ids: &[Uuid],
+    ) -> Result<(), tokio_postgres::Error> {
+        if !ids.is_empty() {
+            tx.execute("DELETE FROM kpi_events WHERE event_id = ANY($1)", &[&ids])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The events and contribution `kpi_calls` holds for each of `keys`.
+    pub(crate) async fn load_calls(
+        &self,
+        tx: &Transaction<'_>,
+        keys: &[&str],
+    ) -> Result<HashMap<String, (String, Contribution)>, tokio_postgres::Error> {
+        let mut out = HashMap::new();
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let rows = tx
+            .query(
+                "SELECT *, members::text AS members_json FROM kpi_calls WHERE call_key = ANY($1)",
+                &[&keys],
+            )
+            .await?;
+        for row in rows {
+            out.insert(
+                row.try_get("call_key")?,
+                (row.try_get("members_json")?, contribution_from_row(&row)?),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records each call's events (JSON) and what it now contributes.
+    pub(crate) async fn store_calls(
+        &self,
+        tx: &Transaction<'_>,
+        calls: &[(String, serde_json::Value, Contribution)],
+    ) -> Result<(), tokio_postgres::Error> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = calls.iter().map(|(k, _, _)| k.as_str()).collect();
+        let members: Vec<&serde_json::Value> = calls.iter().map(|(_, m, _)| m).collect();
+        let contributions = ContributionArrays::of(calls.iter().map(|(_, _, c)| c));
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys, &members];
+        params.extend(contributions.params());
+        tx.execute(self.calls.as_str(), &params).await?;
+        Ok(())
+    }
+}
+
+/// The columns of many contributions, one array each, in
+/// [`CONTRIBUTION_COLUMNS`] then [`COUNTER_COLUMNS`] order.
+struct ContributionArrays<'a> {
+    tenant: Vec<&'a str>,
+    provider: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    direction: Vec<&'a str>,
+    status: Vec<&'a str>,
+    event_at: Vec<DateTime<Utc>>,
+    agent: Vec<Option<&'a str>>,
+    number: Vec<Option<&'a str>>,
+    counters: CounterArrays,
+}
+
+impl<'a> ContributionArrays<'a> {
+    fn of(contributions: impl Iterator<Item = &'a Contribution>) -> ContributionArrays<'a> {
+        let mut a = ContributionArrays {
+            tenant: Vec::new(),
+            provider: Vec::new(),
+            kind: Vec::new(),
+            direction: Vec::new(),
+            status: Vec::new(),
+            event_at: Vec::new(),
+            agent: Vec::new(),
+            number: Vec::new(),
+            counters: CounterArrays::default(),
+        };
+        for c in contributions {
+            a.tenant.push(&c.tenant);
+            a.provider.push(&c.provider);
+            a.kind.push(&c.kind);
+            a.direction.push(&c.direction);
+            a.status.push(&c.status);
+            a.event_at.push(c.event_at);
+            a.agent.push(c.agent.as_deref());
+            a.number.push(c.number.as_deref());
+            a.counters.push(&c.counters);
+        }
+        a
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.tenant,
+            &self.provider,
+            &self.kind,
+            &self.direction,
+            &self.status,
+            &self.event_at,
+            &self.agent,
+            &self.number,
+        ];
+        params.extend(self.counters.params());
+        params
     }
 }
 
@@ -355,9 +471,19 @@ impl Counted {
     }
 }
 
-/// A `kpi_events` row. (Two struct literals of `row.try_get` lines: alike
-/// in shape, one column each.)
+/// A `kpi_events` row.
 fn counted_from_row(row: &Row) -> Result<Counted, tokio_postgres::Error> {
+    Ok(Counted {
+        revision: row.try_get("revision")?,
+        received_at: row.try_get("received_at")?,
+        fingerprint: row.try_get("fingerprint")?,
+        contribution: contribution_from_row(row)?,
+    })
+}
+
+/// The contribution of a `kpi_events` or `kpi_calls` row. (Two struct
+/// literals of `row.try_get` lines: alike in shape, one column each.)
+fn contribution_from_row(row: &Row) -> Result<Contribution, tokio_postgres::Error> {
     let counters = Counters {
         calls_offered: row.try_get("calls_offered")?,
         calls_answered: row.try_get("calls_answered")?,
@@ -381,12 +507,7 @@ fn counted_from_row(row: &Row) -> Result<Counted, tokio_postgres::Error> {
         number: row.try_get("number")?,
         counters,
     };
-    Ok(Counted {
-        revision: row.try_get("revision")?,
-        received_at: row.try_get("received_at")?,
-        fingerprint: row.try_get("fingerprint")?,
-        contribution,
-    })
+    Ok(contribution)
 }
 
 #[cfg(test)]
@@ -402,5 +523,10 @@ mod tests {
         ));
         let sql = counted_sql();
         assert!(sql.contains("$22::bigint[]") && !sql.contains("$23"));
+        let sql = calls_sql();
+        assert!(
+            sql.contains("$2::jsonb[]") && sql.contains("$20::bigint[]") && !sql.contains("$21")
+        );
+        assert!(!sql.contains("call_key = EXCLUDED"));
     }
 }

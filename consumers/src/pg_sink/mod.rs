@@ -64,7 +64,8 @@ pub trait PgWriter: Send + Sync {
     /// concurrent transactions, one per connection (`connections` > 1).
     /// True only when records of different partitions never touch the same
     /// rows: the store's rows are keyed by `event_id`, and the topic is keyed
-    /// by the identity it derives from. Analytics adds every event into KPI
+    /// by the identity it derives from (the `calls` rows they share are
+    /// serialized by a lock per call, taken in one order). Analytics adds every event into KPI
     /// rows shared by all partitions, so it writes through one connection.
     const PARTITION_PARALLEL: bool = false;
 

@@ -291,3 +291,27 @@ fn status_precedence_and_steps() {
     events.reverse();
     assert_eq!(Call::from_events(&events).unwrap().status, Status::Failed);
 }
+
+/// `docs/calls.md` quotes this module's call key and merge rules verbatim.
+#[test]
+fn the_docs_quote_the_merge_rules() {
+    let source = include_str!("../call.rs");
+    let doc: Vec<&str> = source
+        .lines()
+        .take_while(|l| l.starts_with("//!"))
+        .map(|l| {
+            l.strip_prefix("//! ")
+                .unwrap_or(l.trim_start_matches("//!"))
+        })
+        .collect();
+    let doc = doc.join("\n");
+    let rules = &doc[doc.find("**Call key**").expect("the key section")..];
+    let rules = rules
+        .trim_end()
+        .replace("[`Call::from_events`]", "`Call::from_events`");
+    let page = include_str!("../../../docs/calls.md");
+    assert!(
+        page.contains(&rules),
+        "docs/calls.md must quote the call key and merge rules of schemas/src/call.rs:\n{rules}"
+    );
+}

@@ -1,0 +1,248 @@
+//! Publishes the `calls` table to `callstream.calls.v1`: a transactional
+//! outbox. The store commits a call's new state with its events; this task
+//! then publishes every row whose `published_revision` is behind its
+//! `revision`, waits for Kafka's acknowledgement (`acks=all`, idempotent
+//! producer), and only then records the revision as published.
+//!
+//! Guarantee: every committed state of a call reaches the topic at least
+//! once, after Kafka and PostgreSQL outages and crashes alike (what was not
+//! marked published is published at the next pass or start), and the
+//! newest record of a key is never older than one before it: one task
+//! publishes at a time (a session advisory lock; a second store instance
+//! waits its turn), and it publishes a row's *current* state, read after
+//! the previous one was acknowledged. A state replaced before its turn is
+//! skipped: the topic is compacted, readers want the newest.
+//!
+//! What breaks it: a `calls` row changed outside the store (its revision
+//! not raised) is never published again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge, Opts, Registry};
+use secrecy::SecretString;
+use tokio::sync::{watch, Notify};
+use tokio_postgres::Client;
+
+use callstream_kafka::publish::{OutRecord, Publisher};
+use callstream_kafka::wire::call_record;
+use callstream_kafka::{ClientSettings, TopicNames};
+use callstream_runtime::error_chain;
+use callstream_runtime::shutdown::pause;
+use callstream_schemas::call::Call;
+
+use crate::pg;
+
+/// The session lock only one outbox holds (`calls` outbox, in ASCII).
+const PUBLISHER_LOCK: (i32, i32) = (0x6361_6c6c, 0x6f75_7462);
+/// Rows per pass: one publish, one update.
+const BATCH: i64 = 1000;
+/// A pass runs at least this often, even without a nudge (a state another
+/// instance committed, or a nudge lost to a restart).
+const IDLE_PASS: Duration = Duration::from_secs(1);
+
+/// Outbox metrics: `callstream_store_calls_*`.
+#[derive(Clone)]
+pub struct OutboxMetrics {
+    pub published: IntCounter,
+    pub pending: IntGauge,
+    pub errors: IntCounter,
+}
+
+impl OutboxMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<OutboxMetrics> {
+        let published = IntCounter::with_opts(Opts::new(
+            "callstream_store_calls_published_total",
+            "Call states published to callstream.calls.v1 and acknowledged.",
+        ))?;
+        let pending = IntGauge::with_opts(Opts::new(
+            "callstream_store_calls_unpublished",
+            "Call states committed and not yet published, as of the last outbox pass (at most one batch is counted).",
+        ))?;
+        let errors = IntCounter::with_opts(Opts::new(
+            "callstream_store_calls_publish_errors_total",
+            "Outbox passes that failed (Kafka or PostgreSQL) and were retried.",
+        ))?;
+        registry.register(Box::new(published.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        Ok(OutboxMetrics {
+            published,
+            pending,
+            errors,
+        })
+    }
+}
+
+/// The outbox task.
+pub struct Outbox {
+    pub database_url: SecretString,
+    pub publisher: Publisher,
+    /// Nudged by the store after each commit that changed a call.
+    pub nudge: Arc<Notify>,
+    pub metrics: OutboxMetrics,
+}
+
+impl Outbox {
+    /// Publishes until `shutdown`, then makes one last pass (what the last
+    /// batches committed) before returning.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut backoff = pg::backoff(Duration::from_secs(10));
+        let mut client: Option<Client> = None;
+        loop {
+            let stopping = *shutdown.borrow();
+            let result = match client.as_mut() {
+                Some(c) => self.drain(c).await,
+                None => match self.connect().await {
+                    Ok(c) => {
+                        client = Some(c);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Ok(()) => {
+                    backoff.reset();
+                    if stopping {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = self.nudge.notified() => {}
+                        _ = pause(IDLE_PASS, &shutdown) => {}
+                    }
+                }
+                Err(e) => {
+                    self.metrics.errors.inc();
+                    if client.as_ref().is_some_and(Client::is_closed) {
+                        client = None;
+                    }
+                    if stopping {
+                        tracing::warn!(error = %e, "calls not all published before stopping; they are published at the next start");
+                        return;
+                    }
+                    let delay = backoff.delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "calls outbox pass failed; retrying");
+                    if pause(delay, &shutdown).await {
+                        continue; // one last pass
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection holding the publisher lock (waiting for it while
+    /// another instance holds it).
+    async fn connect(&self) -> Result<Client, String> {
+        let client = pg::connect(&self.database_url)
+            .await
+            .map_err(|e| format!("cannot connect to PostgreSQL: {}", error_chain(&e)))?;
+        client
+            .execute(
+                "SELECT pg_advisory_lock($1, $2)",
+                &[&PUBLISHER_LOCK.0, &PUBLISHER_LOCK.1],
+            )
+            .await
+            .map_err(|e| format!("cannot take the outbox lock: {}", error_chain(&e)))?;
+        Ok(client)
+    }
+
+    /// Publishes batches until no row is behind.
+    async fn drain(&self, client: &mut Client) -> Result<(), String> {
+        loop {
+            let rows = client
+                .query(
+                    "SELECT call_key, revision, call::text FROM calls
+                     WHERE published_revision < revision ORDER BY call_key LIMIT $1",
+                    &[&BATCH],
+                )
+                .await
+                .map_err(|e| format!("cannot read the calls outbox: {}", error_chain(&e)))?;
+            self.metrics.pending.set(rows.len() as i64);
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut records: Vec<OutRecord> = Vec::with_capacity(rows.len());
+            let mut keys: Vec<String> = Vec::with_capacity(rows.len());
+            let mut revisions: Vec<i64> = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let key: String = row.get(0);
+                let revision: i64 = row.get(1);
+                match serde_json::from_str::<Call>(row.get(2)) {
+                    Ok(call) => records.push(call_record(&call, revision)),
+                    // Written by the store from a `Call`: only a hand edit
+                    // gets here. Marked published, so it cannot block the rest.
+                    Err(e) => {
+                        tracing::error!(call_key = %key, error = %e, "calls row is not a call; not published")
+                    }
+                }
+                keys.push(key);
+                revisions.push(revision);
+            }
+            self.publisher
+                .publish(&records)
+                .await
+                .map_err(|e| format!("Kafka did not take the calls: {}", error_chain(&e)))?;
+            self.metrics.published.inc_by(records.len() as u64);
+            client
+                .execute(
+                    "UPDATE calls SET published_revision = u.r
+                     FROM unnest($1::text[], $2::bigint[]) AS u(k, r)
+                     WHERE calls.call_key = u.k AND calls.published_revision < u.r",
+                    &[&keys, &revisions],
+                )
+                .await
+                .map_err(|e| format!("cannot mark calls published: {}", error_chain(&e)))?;
+            if (rows.len() as i64) < BATCH {
+                self.metrics.pending.set(0);
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Outbox {
+    /// The outbox of the `calls` table of `database_url`: a durable
+    /// producer of `callstream.calls.v1` (made compacted when missing),
+    /// nudged by `nudge`, counting into `registry`. Blocking: asks the
+    /// brokers for the topic.
+    pub fn new(
+        kafka: &ClientSettings,
+        topics: &TopicNames,
+        database_url: SecretString,
+        nudge: Arc<Notify>,
+        registry: &Registry,
+    ) -> anyhow::Result<Outbox> {
+        use anyhow::Context;
+        use callstream_kafka::publish::{PublishMetrics, PublishOptions};
+        use callstream_kafka::topics::{ensure_topic, Owned};
+        use callstream_schemas::Topic;
+        ensure_topic(
+            kafka,
+            topics.name(Topic::Calls),
+            topics.name(Topic::EventsUnique),
+            Owned::CompactedOutput,
+        )?;
+        let publisher = Publisher::new(
+            callstream_kafka::client::client_config(
+                kafka,
+                callstream_kafka::client::Role::Producer,
+            ),
+            PublishOptions {
+                timeout_ms: 30_000,
+                linger_ms: 5.0,
+                max_body_bytes: 1024 * 1024,
+            },
+            topics.clone(),
+            &[Topic::Calls],
+            PublishMetrics::register(registry, "store")?,
+        )
+        .context("cannot create the Kafka producer of callstream.calls.v1 (kafka.*)")?;
+        Ok(Outbox {
+            database_url,
+            publisher,
+            nudge,
+            metrics: OutboxMetrics::new(registry)?,
+        })
+    }
+}

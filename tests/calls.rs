@@ -1,0 +1,387 @@
+//! Calls, not only events, end to end: four calls as the providers really
+//! send them, through the gateway, dedup, the store (with its calls outbox)
+//! and analytics, on a real Kafka-protocol broker and a real PostgreSQL.
+//!
+//! - Xarios: one answered call sent by two post-call triggers.
+//! - Onoff: a missed-call CDR, then its update to voicemail (`VMS`).
+//! - TeleCMI: a live event, then the CDR of the same call (missed).
+//! - Onoff: an answered call whose notes arrive after dedup's window.
+//!
+//! Then the whole unique topic is replayed into a second, empty database,
+//! which must hold the same calls and KPIs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use prometheus::Registry;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use callstream_consumers::analytics::AnalyticsWriter;
+use callstream_consumers::calls::outbox::Outbox;
+use callstream_consumers::config::Settings as ConsumerSettings;
+use callstream_consumers::dedup::{Dedup, DedupMetrics};
+use callstream_consumers::store::StoreWriter;
+use callstream_schemas::call::Call;
+use callstream_schemas::{Status, Topic};
+use callstream_testkit::expected::{actual, totals};
+use callstream_testkit::postgres::TestDatabase;
+use callstream_testkit::sinks::{start_sink, wait_caught_up, RunningSink};
+use callstream_testkit::{eventually, read_all, read_committed_to_end, spawn_gateway, TestGateway};
+
+/// Dedup's window here: short, so one update can arrive after it.
+const WINDOW_SECS: u64 = 2;
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+fn fixture(path: &str) -> Value {
+    let path = format!(
+        "{}/schemas/tests/fixtures/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture exists"))
+        .expect("fixture is JSON")
+}
+
+async fn post(gw: &TestGateway, path: &str, body: &Value) {
+    let resp = gw
+        .client
+        .post(format!("{}{path}", gw.address))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("gateway answers");
+    assert_eq!(resp.status(), StatusCode::OK, "{path}: {body}");
+}
+
+fn consumer_settings(bootstrap: &str, database_url: &str) -> ConsumerSettings {
+    let figment = ConsumerSettings::defaults()
+        .merge(("kafka.bootstrap_servers", bootstrap))
+        .merge(("database_url", database_url))
+        .merge(("dedup.window_secs", WINDOW_SECS))
+        .merge(("dedup.batch_linger_ms", 5))
+        .merge((
+            "kafka.properties",
+            BTreeMap::from([
+                ("session.timeout.ms", "6000"),
+                ("heartbeat.interval.ms", "500"),
+            ]),
+        ));
+    ConsumerSettings::from_figment(figment).expect("valid settings")
+}
+
+/// The store (with its calls outbox) and analytics over `db`.
+struct Consumers {
+    store: RunningSink,
+    analytics: RunningSink,
+    stop_outbox: watch::Sender<bool>,
+    outbox: tokio::task::JoinHandle<()>,
+}
+
+impl Consumers {
+    /// `round` names the Kafka groups: the in-process broker holds a
+    /// member rejoining a group it just left about 45 s, so the replay
+    /// joins new groups (positions are in the database either way).
+    async fn start(bootstrap: &str, db: &TestDatabase, round: &str) -> Consumers {
+        let mut migrating = db.connect().await;
+        callstream_consumers::pg::migrate(&mut migrating)
+            .await
+            .expect("migrations apply");
+        let settings = consumer_settings(bootstrap, &db.url);
+        let registry = Registry::new();
+        let writer = StoreWriter::new(&registry).expect("metrics register");
+        let outbox = tokio::task::block_in_place(|| {
+            Outbox::new(
+                &settings.kafka,
+                &settings.topics,
+                db.url.clone().into(),
+                writer.nudge(),
+                &registry,
+            )
+        })
+        .expect("outbox starts");
+        let (stop_outbox, stopping) = watch::channel(false);
+        let outbox = tokio::spawn(outbox.run(stopping));
+        let store = start_sink(
+            bootstrap,
+            &db.url,
+            "callstream-store",
+            &format!("store-{round}"),
+            writer,
+        )
+        .await;
+        let analytics = AnalyticsWriter::new(&Registry::new(), &[]).expect("metrics register");
+        let analytics = start_sink(
+            bootstrap,
+            &db.url,
+            "callstream-analytics",
+            &format!("analytics-{round}"),
+            analytics,
+        )
+        .await;
+        Consumers {
+            store,
+            analytics,
+            stop_outbox,
+            outbox,
+        }
+    }
+
+    async fn stop(self) {
+        self.store.stop().await;
+        self.analytics.stop().await;
+        self.stop_outbox.send(true).expect("outbox running");
+        self.outbox.await.expect("outbox did not panic");
+    }
+}
+
+/// call key → merged call, from the `calls` table.
+async fn calls(db: &tokio_postgres::Client) -> BTreeMap<String, Call> {
+    db.query("SELECT call_key, call FROM calls", &[])
+        .await
+        .expect("calls is readable")
+        .iter()
+        .map(|row| {
+            let call: Call = serde_json::from_value(row.get(1)).expect("a call");
+            (row.get(0), call)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_calls_are_four_calls_counted_once_stored_and_published() {
+    let gw = spawn_gateway(|f| f).await;
+    let bootstrap = gw.broker.bootstrap_servers();
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let settings = consumer_settings(&bootstrap, &db.url);
+    let dedup = Dedup::new(
+        &settings.dedup,
+        &settings.kafka,
+        &settings.topics,
+        DedupMetrics::new(&Registry::new()),
+    )
+    .expect("dedup starts");
+    let (stop_dedup, stopped) = watch::channel(false);
+    let dedup = tokio::spawn(dedup.run(stopped));
+    let consumers = Consumers::start(&bootstrap, &db, "live").await;
+
+    // 1. Xarios: one answered call, two post-call triggers.
+    let mut trigger = fixture("xarios/answered-outbound.json");
+    for id in ["trigger-a", "trigger-b"] {
+        trigger["triggerID"] = id.into();
+        post(&gw, "/v1/xarios/postcall", &trigger).await;
+    }
+    // 2. Onoff: a missed call, then the same id to voicemail.
+    let missed = json!({"id": "c-vm-1", "eventName": "CDR", "callStatus": "MISSED_CALL",
+        "callDirection": "INBOUND", "externalNumber": "+33612345678",
+        "onoffUserEmail": "agent@acme.example", "onoffUserNumber": "+33100000001",
+        "callStarted": "2024-06-03T10:00:00Z", "callEnded": "2024-06-03T10:00:20Z"});
+    post(&gw, "/v1/onoff/cdr", &missed).await;
+    let mut to_voicemail = missed.clone();
+    to_voicemail["callStatus"] = "VMS".into();
+    to_voicemail["voicemailUrl"] = "https://onoff.example/vm/c-vm-1.mp3".into();
+    post(&gw, "/v1/onoff/cdr", &to_voicemail).await;
+    // 3. TeleCMI: a live step, then the call's CDR (missed).
+    let live = fixture("telecmi/event-started.json");
+    post(&gw, "/v1/telecmi/event", &live).await;
+    let mut cdr = fixture("telecmi/incoming-missed.json");
+    cdr["cmiuuid"] = live["cmiuuid"].clone();
+    cdr["conversation_uuid"] = live["conversation_uuid"].clone();
+    post(&gw, "/v1/telecmi/cdr", &cdr).await;
+    // An SMS: counted as an SMS, no call.
+    post(&gw, "/v1/onoff/sms", &fixture("onoff/sms-received.json")).await;
+    // 4. Onoff: an answered call, and its notes after dedup's window.
+    let answered = fixture("onoff/cdr-answered.json");
+    post(&gw, "/v1/onoff/cdr", &answered).await;
+    let unique = Topic::EventsUnique.default_name();
+    let forwarded = |n: usize| {
+        let bootstrap = bootstrap.clone();
+        async move {
+            eventually(CATCH_UP, move || {
+                read_committed_to_end(&bootstrap, unique).len() >= n
+            })
+            .await
+        }
+    };
+    // Two triggers, missed + voicemail, step + CDR, SMS, answered call.
+    assert!(forwarded(8).await, "dedup forwarded the first deliveries");
+    tokio::time::sleep(Duration::from_secs(WINDOW_SECS + 1)).await;
+    // Dedup forgets an identity when a newer event on its partition moves
+    // the partition's event time past the window: SMS until one lands on
+    // the answered call's partition (each a third of the time; bounded).
+    let identity_of = |records: &[callstream_testkit::Record], pick: &dyn Fn(&Value) -> bool| {
+        records
+            .iter()
+            .find(|r| pick(&r.json()))
+            .map(|r| (r.partition, r.json()["identity"].clone()))
+    };
+    let (partition, _) = identity_of(&read_committed_to_end(&bootstrap, unique), &|e| {
+        e["kind"] == "call" && e["notes"] == answered["callNotes"]
+    })
+    .expect("the answered call in the unique topic");
+    let mut sms = fixture("onoff/sms-received.json");
+    let mut sms_count: i64 = 1;
+    let mut moved = false;
+    for i in 0..60 {
+        let id = format!("sms-after-window-{i}");
+        sms["id"] = id.clone().into();
+        post(&gw, "/v1/onoff/sms", &sms).await;
+        sms_count += 1;
+        assert!(forwarded(8 + i + 1).await, "the SMS forwarded");
+        let records = read_committed_to_end(&bootstrap, unique);
+        let (p, _) = identity_of(&records, &|e| {
+            e["identity"].as_str().is_some_and(|s| s.ends_with(&id))
+        })
+        .expect("the SMS in the unique topic");
+        if p == partition {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "an SMS on the call's partition within 60");
+    let before_notes = read_committed_to_end(&bootstrap, unique).len();
+    let mut noted = answered.clone();
+    noted["callNotes"] = "Asked for a quote. Sent it on the 6th; call back Friday.".into();
+    post(&gw, "/v1/onoff/cdr", &noted).await;
+    assert!(
+        forwarded(before_notes + 1).await,
+        "the late notes were forwarded"
+    );
+    let records = read_committed_to_end(&bootstrap, unique);
+    let late = records
+        .iter()
+        .find(|r| r.json()["notes"] == noted["callNotes"])
+        .expect("the late notes in the unique topic");
+    assert_eq!(
+        late.header("cs_revision"),
+        Some("1"),
+        "after the window: revision 1 again, the case that was lost"
+    );
+
+    let end = callstream_testkit::count_records(&bootstrap, unique);
+    wait_caught_up(&client, "callstream-store", end, CATCH_UP).await;
+    wait_caught_up(&client, "callstream-analytics", end, CATCH_UP).await;
+
+    // KPIs: four calls, each once.
+    let kpis = actual(&client).await;
+    let t = totals(&kpis);
+    assert_eq!(
+        (t.offered, t.answered, t.missed, t.voicemail, t.sms_received),
+        (4, 2, 1, 1, sms_count),
+        "offered, answered, missed, voicemail, SMS received: {kpis:#?}"
+    );
+
+    // `calls`: four rows, merged.
+    let stored = calls(&client).await;
+    assert_eq!(stored.len(), 4, "{:#?}", stored.keys());
+    let by_provider = |p: &str| -> Vec<&Call> {
+        stored
+            .values()
+            .filter(|c| c.provider.as_str() == p)
+            .collect()
+    };
+    let xarios = by_provider("xarios");
+    assert_eq!(xarios.len(), 1);
+    assert_eq!(xarios[0].timeline.len(), 2, "both triggers kept");
+    assert_eq!(xarios[0].status, Status::Answered);
+    let telecmi = by_provider("telecmi");
+    assert_eq!(telecmi.len(), 1);
+    assert!(telecmi[0].r#final);
+    assert_eq!(telecmi[0].status, Status::Missed);
+    assert_eq!(
+        telecmi[0]
+            .timeline
+            .iter()
+            .map(|s| s.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["call_progress", "call"],
+        "the live step, then the CDR"
+    );
+    let onoff = by_provider("onoff");
+    assert_eq!(onoff.len(), 2);
+    let vm_key = format!("onoff:{}:c-vm-1", callstream_schemas::DEFAULT_TENANT);
+    let vm = stored.get(&vm_key).expect("the voicemail call");
+    assert_eq!(vm.status, Status::Voicemail);
+    assert_eq!(
+        vm.voicemail.as_ref().and_then(|v| v.url.as_deref()),
+        Some("https://onoff.example/vm/c-vm-1.mp3")
+    );
+    assert_eq!(vm.timeline.len(), 2, "the CDR and its voicemail");
+    let noted_call = onoff
+        .iter()
+        .find(|c| c.call_key != vm.call_key)
+        .expect("the answered call");
+    assert_eq!(noted_call.notes.as_deref(), noted["callNotes"].as_str());
+    assert_eq!(noted_call.status, Status::Answered);
+    // The columns agree with the merged call.
+    let row = client
+        .query_one(
+            "SELECT status, notes, voicemail->>'url', jsonb_array_length(events), final
+             FROM calls WHERE call_key = $1",
+            &[&vm_key],
+        )
+        .await
+        .expect("the row");
+    assert_eq!(row.get::<_, String>(0), "voicemail");
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some("https://onoff.example/vm/c-vm-1.mp3")
+    );
+    assert_eq!(row.get::<_, i32>(3), 2);
+    assert!(row.get::<_, bool>(4));
+
+    // The late notes are stored on the event too.
+    let notes: String = client
+        .query_one(
+            "SELECT event->>'notes' FROM events WHERE call_key = $1 AND kind = 'call'",
+            &[&noted_call.call_key],
+        )
+        .await
+        .expect("the answered call's event")
+        .get(0);
+    assert_eq!(Some(notes.as_str()), noted["callNotes"].as_str());
+
+    // `callstream.calls.v1`: four keys, the newest record of each the row.
+    let topic = Topic::Calls.default_name();
+    let published = || {
+        let mut newest: BTreeMap<String, Call> = BTreeMap::new();
+        for record in read_all(&bootstrap, topic) {
+            let call: Call = serde_json::from_slice(&record.payload).expect("a call");
+            newest.insert(String::from_utf8(record.key).expect("UTF-8"), call);
+        }
+        newest
+    };
+    assert!(
+        eventually(CATCH_UP, || published() == stored).await,
+        "the topic's newest state per key is the table's: {:#?}",
+        published().keys().collect::<BTreeSet<_>>()
+    );
+    for record in read_all(&bootstrap, topic) {
+        assert_eq!(
+            record.header("ce_type"),
+            Some("io.callstream.call_state.v1")
+        );
+        assert!(record.header("cs_revision").is_some());
+        let subject = record.header("ce_subject").map(str::to_string);
+        assert_eq!(subject, Some(String::from_utf8(record.key).unwrap()));
+    }
+
+    consumers.stop().await;
+    stop_dedup.send(true).expect("dedup running");
+    dedup.await.expect("dedup task").expect("dedup ran");
+
+    // A replay of the whole unique topic into an empty database gives the
+    // same calls and the same KPIs.
+    let again = TestDatabase::create().await;
+    let again_client = again.connect().await;
+    let replayed = Consumers::start(&bootstrap, &again, "replay").await;
+    wait_caught_up(&again_client, "callstream-store", end, CATCH_UP).await;
+    wait_caught_up(&again_client, "callstream-analytics", end, CATCH_UP).await;
+    replayed.stop().await;
+    assert_eq!(calls(&again_client).await, stored);
+    assert_eq!(actual(&again_client).await, kpis);
+    gw.stop().await;
+}
