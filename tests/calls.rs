@@ -385,3 +385,117 @@ async fn four_calls_are_four_calls_counted_once_stored_and_published() {
     assert_eq!(actual(&again_client).await, kpis);
     gw.stop().await;
 }
+
+/// An Onoff delivery normalized as the gateway does, received at minute `n`.
+fn onoff_event(route: &str, body: &Value, n: i64) -> callstream_schemas::Event {
+    use callstream_schemas::providers::onoff::Onoff;
+    use callstream_schemas::{Context, Provider, RawRequest};
+    let body = body.to_string();
+    let received_at = chrono::DateTime::from_timestamp(1_717_400_000 + 60 * n, 0).unwrap();
+    Onoff
+        .normalize(
+            &RawRequest {
+                method: "POST",
+                route,
+                query: "",
+                content_type: Some("application/json"),
+                body: body.as_bytes(),
+            },
+            &Context {
+                default_tenant: "acme",
+                received_at,
+                request_id: "test",
+                raw_topic: Topic::Raw.default_name(),
+            },
+        )
+        .expect("normalizes")
+        .into_event()
+}
+
+/// A call whose merged record is larger than Kafka takes (two events, each
+/// within the limit, with tags of their own) is kept in `calls`, counted
+/// as refused and skipped by the outbox: the calls after it are published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_too_large_for_kafka_does_not_hold_the_others_back() {
+    let (broker, db, client) = callstream_testkit::sinks::setup().await;
+    let bootstrap = broker.bootstrap_servers();
+    let tag = |c: char| json!([{"tagId": c.to_string(), "tagName": c.to_string().repeat(600_000)}]);
+    let cdr = json!({"id": "big", "eventName": "CDR", "callStatus": "MISSED_CALL",
+        "callDirection": "INBOUND", "callStarted": "2024-06-03T10:00:00Z", "tags": tag('a')});
+    let mut vm = cdr.clone();
+    vm["callStatus"] = "VMS".into();
+    vm["tags"] = tag('b');
+    let mut events = vec![
+        (onoff_event("cdr", &cdr, 0), 1),
+        (onoff_event("cdr", &vm, 1), 1),
+    ];
+    for i in 0..5 {
+        let mut small = cdr.clone();
+        small["id"] = format!("small-{i}").into();
+        small["tags"] = json!([]);
+        events.push((onoff_event("cdr", &small, 2 + i), 1));
+    }
+    callstream_testkit::sinks::produce_events(&bootstrap, &events, None).await;
+
+    let settings = consumer_settings(&bootstrap, &db.url);
+    let registry = Registry::new();
+    let writer = StoreWriter::new(&registry).expect("metrics register");
+    let outbox = tokio::task::block_in_place(|| {
+        Outbox::new(
+            &settings.kafka,
+            &settings.topics,
+            db.url.clone().into(),
+            writer.nudge(),
+            &registry,
+        )
+    })
+    .expect("outbox starts");
+    let (stop_outbox, stopping) = watch::channel(false);
+    let outbox = tokio::spawn(outbox.run(stopping));
+    let store = start_sink(&bootstrap, &db.url, "callstream-store", "store", writer).await;
+    let end = callstream_testkit::count_records(&bootstrap, Topic::EventsUnique.default_name());
+    wait_caught_up(&client, "callstream-store", end, CATCH_UP).await;
+
+    let stored = calls(&client).await;
+    assert_eq!(stored.len(), 6, "{:?}", stored.keys());
+    let big = &stored["onoff:acme:big"];
+    assert_eq!(big.tags.len(), 2, "both events' tags merged");
+    let metric = |name: &str| -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    };
+    assert!(
+        eventually(CATCH_UP, || metric("callstream_store_calls_refused_total")
+            >= 1.0)
+        .await,
+        "the large call refused"
+    );
+    let topic = Topic::Calls.default_name();
+    assert!(
+        eventually(CATCH_UP, || read_all(&bootstrap, topic).len() >= 5).await,
+        "the five small calls published"
+    );
+    let keys: BTreeSet<String> = read_all(&bootstrap, topic)
+        .into_iter()
+        .map(|r| String::from_utf8(r.key).unwrap())
+        .collect();
+    assert_eq!(keys.len(), 5);
+    assert!(!keys.contains("onoff:acme:big"));
+    let behind: i64 = client
+        .query_one(
+            "SELECT count(*) FROM calls WHERE published_revision < revision",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(behind, 0, "the refused call does not stay in the outbox");
+    store.stop().await;
+    stop_outbox.send(true).unwrap();
+    outbox.await.unwrap();
+}

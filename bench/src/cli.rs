@@ -185,8 +185,8 @@ fn consumer_runs(
             .block_on(consumers::run(events, partitions, env))
             .with_context(|| format!("consumer run of {events} events"))?;
         eprintln!(
-            "consumers, {events} events: dedup {:.0}/s, store {:.0} rows/s",
-            run.dedup_per_second, run.store_rows_per_second
+            "consumers, {events} events: dedup {:.0}/s, store {:.0} rows/s, calls path {:.0} events/s",
+            run.dedup_per_second, run.store_rows_per_second, run.calls_path_events_per_second
         );
         runs.push(run);
     }
@@ -210,6 +210,8 @@ fn finish(
     }
     if !runs.is_empty() {
         text.push_str(&report::consumer_table(runs));
+        text.push('\n');
+        text.push_str(&report::calls_table(runs));
         text.push('\n');
     }
     let targets = report::targets(&summaries, runs);

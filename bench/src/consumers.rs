@@ -1,8 +1,10 @@
 //! Consumer throughput: a topic pre-filled with normalized events (the
 //! gateway's own records, built from the same workload, resends included)
 //! is run through callstream-dedup, whose output then runs through
-//! callstream-store into a durable PostgreSQL. Each consumer is timed from
-//! its first consumed record to its last, and its output is checked.
+//! callstream-store into a durable PostgreSQL (rows, and the calls it merges
+//! them into and publishes to `callstream.calls.v1`). Each consumer is
+//! timed from its first consumed record to its last (the store then until
+//! its outbox published every call), and its output is checked.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,14 @@ pub struct ConsumerRun {
     /// CPU of the store process per row (PostgreSQL's own is not included).
     pub store_cpu_us_per_row: f64,
     pub rows: i64,
+    /// Calls the store merged its rows into (`calls` rows).
+    pub calls: i64,
+    /// After the store's last row, until its outbox had published every
+    /// call's newest state to `callstream.calls.v1`.
+    pub calls_tail_seconds: f64,
+    /// Unique events through the whole calls path (rows, calls merged and
+    /// published) per second: `forwarded / (store_seconds + calls_tail_seconds)`.
+    pub calls_path_events_per_second: f64,
 }
 
 /// Normalizes workload request `i` the way the gateway does: its event
@@ -233,10 +243,33 @@ pub async fn run(
             forwarded as f64,
         )
     })?;
+    // The calls path: the store merged calls in its transactions; its
+    // outbox publishes them after commit, and may still be at it.
+    let client = db.connect().await;
+    let tail = Instant::now();
+    loop {
+        let behind: i64 = client
+            .query_one(
+                "SELECT count(*) FROM calls WHERE published_revision < revision",
+                &[],
+            )
+            .await?
+            .get(0);
+        if behind == 0 {
+            break;
+        }
+        ensure!(
+            tail.elapsed() < Duration::from_secs(1800),
+            "{behind} calls still unpublished after 30 min:\n{}",
+            store.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls_tail_seconds = tail.elapsed().as_secs_f64();
     let store_peak_rss_mib = store.peak_rss_mib();
     let store_cpu_us_per_row = 1e6 * store.cpu_seconds() / forwarded as f64;
+    let published = metric(&store, "callstream_store_calls_published_total")?;
     store.stop()?;
-    let client = db.connect().await;
     let rows: i64 = client
         .query_one("SELECT count(*) FROM events", &[])
         .await?
@@ -244,6 +277,24 @@ pub async fn run(
     ensure!(
         rows == forwarded as i64,
         "the store holds {rows} rows for {forwarded} unique events"
+    );
+    let (calls, keyed): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM calls),
+                        (SELECT count(DISTINCT call_key) FROM events WHERE call_key IS NOT NULL)",
+                &[],
+            )
+            .await?;
+        (row.get(0), row.get(1))
+    };
+    ensure!(
+        calls == keyed && calls > 0,
+        "the store holds {calls} calls for {keyed} call keys among its events"
+    );
+    ensure!(
+        published >= calls as f64,
+        "the outbox published {published} call states for {calls} calls"
     );
     drop(client);
     tokio::task::block_in_place(|| drop(cluster));
@@ -262,6 +313,9 @@ pub async fn run(
         store_peak_rss_mib,
         store_cpu_us_per_row,
         rows,
+        calls,
+        calls_tail_seconds,
+        calls_path_events_per_second: forwarded as f64 / (store_seconds + calls_tail_seconds),
     })
 }
 

@@ -195,6 +195,30 @@ pub fn consumer_table(runs: &[ConsumerRun]) -> String {
     out
 }
 
+/// The calls path of each run: the store's rows merged into calls and
+/// published, and the cost per unique event.
+pub fn calls_table(runs: &[ConsumerRun]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| unique events | calls | store s (rows + calls) | outbox tail s | calls path events/s | µs/event (wall) | store CPU µs/event |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {:.2} | {:.0} | {:.2} | {:.2} |",
+            r.forwarded,
+            r.calls,
+            r.store_seconds,
+            r.calls_tail_seconds,
+            r.calls_path_events_per_second,
+            1e6 / r.calls_path_events_per_second,
+            r.store_cpu_us_per_row,
+        );
+    }
+    out
+}
+
 /// The issue's targets, each with its measured value; `false` = missed.
 pub fn targets(summaries: &[Summary], consumers: &[ConsumerRun]) -> Vec<(String, bool)> {
     let get = |system| summaries.iter().find(|s| s.system == system);

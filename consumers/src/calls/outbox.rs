@@ -47,6 +47,7 @@ pub struct OutboxMetrics {
     pub published: IntCounter,
     pub pending: IntGauge,
     pub errors: IntCounter,
+    pub refused: IntCounter,
 }
 
 impl OutboxMetrics {
@@ -63,13 +64,19 @@ impl OutboxMetrics {
             "callstream_store_calls_publish_errors_total",
             "Outbox passes that failed (Kafka or PostgreSQL) and were retried.",
         ))?;
+        let refused = IntCounter::with_opts(Opts::new(
+            "callstream_store_calls_refused_total",
+            "Call states Kafka refused for themselves (larger than the topic takes): not published, kept in the calls table.",
+        ))?;
         registry.register(Box::new(published.clone()))?;
         registry.register(Box::new(pending.clone()))?;
         registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         Ok(OutboxMetrics {
             published,
             pending,
             errors,
+            refused,
         })
     }
 }
@@ -147,21 +154,26 @@ impl Outbox {
         Ok(client)
     }
 
-    /// Publishes batches until no row is behind.
+    /// Publishes batches until no row is behind. Pages by call key, so a
+    /// large backlog is read once, not from its (published) start again
+    /// each batch.
     async fn drain(&self, client: &mut Client) -> Result<(), String> {
+        let mut after = String::new();
         loop {
             let rows = client
                 .query(
                     "SELECT call_key, revision, call::text FROM calls
-                     WHERE published_revision < revision ORDER BY call_key LIMIT $1",
-                    &[&BATCH],
+                     WHERE published_revision < revision AND call_key > $1
+                     ORDER BY call_key LIMIT $2",
+                    &[&after, &BATCH],
                 )
                 .await
                 .map_err(|e| format!("cannot read the calls outbox: {}", error_chain(&e)))?;
             self.metrics.pending.set(rows.len() as i64);
-            if rows.is_empty() {
+            let Some(last) = rows.last() else {
                 return Ok(());
-            }
+            };
+            after = last.get(0);
             let mut records: Vec<OutRecord> = Vec::with_capacity(rows.len());
             let mut keys: Vec<String> = Vec::with_capacity(rows.len());
             let mut revisions: Vec<i64> = Vec::with_capacity(rows.len());
@@ -179,11 +191,7 @@ impl Outbox {
                 keys.push(key);
                 revisions.push(revision);
             }
-            self.publisher
-                .publish(&records)
-                .await
-                .map_err(|e| format!("Kafka did not take the calls: {}", error_chain(&e)))?;
-            self.metrics.published.inc_by(records.len() as u64);
+            self.publish(&records).await?;
             client
                 .execute(
                     "UPDATE calls SET published_revision = u.r
@@ -198,6 +206,34 @@ impl Outbox {
                 return Ok(());
             }
         }
+    }
+
+    /// Publishes `records`, waiting for every acknowledgement. A record
+    /// Kafka refuses for itself (larger than the topic takes) would fail
+    /// every retry and hold every call behind it: when the batch fails
+    /// that way, its records go one at a time and the refused ones are
+    /// logged, counted and skipped (the `calls` row still holds them).
+    async fn publish(&self, records: &[OutRecord]) -> Result<(), String> {
+        let failed = match self.publisher.publish(records).await {
+            Ok(()) => {
+                self.metrics.published.inc_by(records.len() as u64);
+                return Ok(());
+            }
+            Err(e) if e.record_refused() => e,
+            Err(e) => return Err(format!("Kafka did not take the calls: {}", error_chain(&e))),
+        };
+        tracing::warn!(error = %error_chain(&failed), "Kafka refused a call in the batch; publishing one at a time");
+        for record in records {
+            match self.publisher.publish(std::slice::from_ref(record)).await {
+                Ok(()) => self.metrics.published.inc(),
+                Err(e) if e.record_refused() => {
+                    self.metrics.refused.inc();
+                    tracing::error!(call_key = %record.key, bytes = record.wire_size(), error = %error_chain(&e), "Kafka refuses this call's record; not published (the calls row has it)");
+                }
+                Err(e) => return Err(format!("Kafka did not take the calls: {}", error_chain(&e))),
+            }
+        }
+        Ok(())
     }
 }
 
