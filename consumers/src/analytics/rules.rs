@@ -242,6 +242,74 @@ mod tests {
         );
     }
 
+    fn call(fields: serde_json::Value) -> Call {
+        let mut call = serde_json::json!({
+            "call_key": "telecmi:acme:c-1", "provider": "telecmi", "tenant": "acme",
+            "final": true, "status": "answered", "direction": "outbound",
+            "internal": {"id": "agent-7", "number": "+4420000"}, "external": {"number": "+4479000"},
+            "timeline": [{"identity": "i-1", "kind": "call", "status": "answered",
+                          "received_at": "2024-06-03T10:00:05Z"}],
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            call[k] = v.clone();
+        }
+        serde_json::from_value(call).unwrap()
+    }
+
+    #[test]
+    fn a_call_counts_once_by_its_merged_status_and_only_when_final() {
+        use serde_json::json;
+        let answered =
+            call(json!({"talk_seconds": 30.0, "duration_seconds": 41.0, "ring_seconds": 4.0}));
+        let c = Contribution::of_call(&answered);
+        assert_eq!(
+            (
+                c.counters.calls_offered,
+                c.counters.calls_answered,
+                c.counters.talk_seconds_sum
+            ),
+            (1, 1, 30.0)
+        );
+        assert_eq!(
+            (c.counters.ring_count, c.counters.ring_seconds_sum),
+            (1, 4.0)
+        );
+        assert_eq!(
+            (c.agent.as_deref(), c.number.as_deref()),
+            (Some("agent-7"), Some("+4420000"))
+        );
+        assert_eq!(
+            c.event_at,
+            at("2024-06-03T10:00:05Z"),
+            "no start: its first event's receipt"
+        );
+        assert_eq!(c.kind, "call");
+        let vm = Counters::of_call(&call(json!({"status": "voicemail"})));
+        assert_eq!(
+            (vm.calls_offered, vm.calls_voicemail, vm.calls_answered),
+            (1, 1, 0)
+        );
+        for status in ["missed", "busy", "failed", "unknown"] {
+            let c = Counters::of_call(&call(json!({"status": status})));
+            assert_eq!((c.calls_offered, c.calls_missed), (1, 1), "{status}");
+        }
+        // Live steps only: not a call yet.
+        assert!(Counters::of_call(&call(json!({"final": false}))).is_zero());
+        // A click-to-call whose customer leg never came: the platform
+        // ringing the agent, not a call; with leg b it is one.
+        let leg_a = json!([{"leg_id": "u-a", "leg": "a"}]);
+        let agent_only = call(json!({"legs": leg_a, "external": {}}));
+        assert!(Counters::of_call(&agent_only).is_zero());
+        let both =
+            call(json!({"legs": [{"leg_id": "u-a", "leg": "a"}, {"leg_id": "u-b", "leg": "b"}]}));
+        assert_eq!(Counters::of_call(&both).calls_offered, 1);
+        let started = call(json!({"started_at": "2024-06-03T09:59:00Z"}));
+        assert_eq!(
+            Contribution::of_call(&started).event_at,
+            at("2024-06-03T09:59:00Z")
+        );
+    }
+
     #[test]
     fn a_delta_and_its_negation_cancel_out() {
         let c = Counters {
