@@ -14,8 +14,8 @@ use callstream_testkit::count_records;
 use callstream_testkit::expected::{actual, assert_counted_once, assert_kpis, expected, totals};
 use callstream_testkit::sinks::{produce, setup, start_sink, wait_caught_up};
 use callstream_testkit::unique::{
-    a_call_and_its_update_after_the_window, at, finals, scenario, spec, unique_topic, Outcome,
-    Revision, Spec,
+    a_call_and_its_update_after_the_window, at, finals, scenario, spec, unique_topic, Joined,
+    Outcome, Revision, Spec,
 };
 
 const GROUP: &str = "callstream-analytics";
@@ -78,6 +78,15 @@ async fn kpis_are_exact_with_resends_updates_and_uncounted_events() {
     assert!(newest
         .iter()
         .any(|r| matches!(r.spec, Spec::AgentLeg { .. })));
+    // Calls of two events: counted once each.
+    for how in [Joined::SecondTrigger, Joined::Voicemail] {
+        assert!(
+            newest
+                .iter()
+                .any(|r| matches!(&r.spec, Spec::Joined(_, h) if *h == how)),
+            "{how:?}"
+        );
+    }
 
     // Rates and averages come from the views.
     let answered = newest
@@ -208,11 +217,13 @@ async fn restarts_and_a_full_replay_never_count_twice() {
     // While it is down: wave 1 again, every call of wave 1 updated to
     // answered (revision 9), and new events.
     let mut wave2 = wave1.clone();
+    // (A second Xarios trigger reports the update too: both triggers
+    // carry the same CDR.)
     for r in newest(&wave1) {
-        if let Spec::Call(c) = &r.spec {
+        if let Spec::Call(c) | Spec::Joined(c, Joined::SecondTrigger) = &r.spec {
             if c.outcome != Outcome::Voicemail {
                 wave2.push(r.updated(9, |s| {
-                    if let Spec::Call(c) = s {
+                    if let Spec::Call(c) | Spec::Joined(c, _) = s {
                         c.outcome = Outcome::Answered;
                         c.talk_seconds = 77;
                     }
@@ -271,7 +282,7 @@ async fn metric_tenant_labels_are_bounded_while_the_tables_stay_exact() {
             match &mut spec {
                 Spec::Call(c) => c.tenant = format!("tenant-{i}"),
                 Spec::Sms(s) => s.tenant = format!("tenant-{i}"),
-                Spec::Progress { .. } | Spec::AgentLeg { .. } => return None,
+                Spec::Progress { .. } | Spec::AgentLeg { .. } | Spec::Joined(..) => return None,
             }
             Some(Revision {
                 spec,

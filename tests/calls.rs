@@ -487,10 +487,7 @@ async fn a_call_too_large_for_kafka_does_not_hold_the_others_back() {
     assert_eq!(keys.len(), 5);
     assert!(!keys.contains("onoff:acme:big"));
     let behind: i64 = client
-        .query_one(
-            "SELECT count(*) FROM calls WHERE published_revision < revision",
-            &[],
-        )
+        .query_one("SELECT count(*) FROM calls_outbox", &[])
         .await
         .unwrap()
         .get(0);

@@ -249,10 +249,7 @@ pub async fn run(
     let tail = Instant::now();
     loop {
         let behind: i64 = client
-            .query_one(
-                "SELECT count(*) FROM calls WHERE published_revision < revision",
-                &[],
-            )
+            .query_one("SELECT count(*) FROM calls_outbox", &[])
             .await?
             .get(0);
         if behind == 0 {

@@ -28,9 +28,6 @@ CREATE TABLE calls (
     -- 1 for the first state, +1 each time the merged state changes; the
     -- `cs_revision` header of its record in callstream.calls.v1.
     revision           bigint           NOT NULL,
-    -- The highest revision published to callstream.calls.v1 (the outbox:
-    -- rows with published_revision < revision are still to publish).
-    published_revision bigint           NOT NULL DEFAULT 0,
     provider           text             NOT NULL,
     tenant             text             NOT NULL,
     -- Whether a final event (not only live steps) has arrived.
@@ -61,8 +58,15 @@ CREATE TABLE calls (
 CREATE INDEX calls_tenant_started_at ON calls (tenant, started_at DESC);
 CREATE INDEX calls_tenant_user ON calls (tenant, user_id, started_at DESC);
 CREATE INDEX calls_tenant_external_number ON calls (tenant, external_number, started_at DESC);
--- The outbox: calls whose newest state is not published yet.
-CREATE INDEX calls_unpublished ON calls (call_key) WHERE published_revision < revision;
+
+-- The outbox: calls whose state `revision` (or a newer one) is not
+-- published to callstream.calls.v1 yet. Written with `calls`, emptied by
+-- the store's outbox task once Kafka acknowledged; small, so `calls`
+-- itself is never updated for publishing.
+CREATE TABLE calls_outbox (
+    call_key           text COLLATE "C" PRIMARY KEY,
+    revision           bigint           NOT NULL
+);
 
 -- What each call counts for in kpi_rollups (as kpi_events does for SMS),
 -- and the newest content of each of its events, from which analytics

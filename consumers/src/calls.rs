@@ -18,9 +18,12 @@
 //! reading the call's events back, so the second merges with the first's
 //! events committed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::pg::RawJsonb;
 
 use callstream_schemas::call::Call;
 use callstream_schemas::Event;
@@ -48,47 +51,67 @@ pub(crate) async fn lock(tx: &Transaction<'_>, keys: &[&str]) -> Result<(), toki
     Ok(())
 }
 
-/// Merges the calls of `keys` again from their events in `events` (the
-/// batch's already written) and writes those whose merge changed into
-/// `calls`. Returns how many rows changed.
+/// Merges the calls of `keys` again from their events in `events` and
+/// writes those whose merge changed into `calls` (and their keys into
+/// `calls_outbox`, for [`outbox`]). `fresh` holds the events this
+/// transaction just wrote, by `event_id`: those are not read back (in a
+/// catch-up most calls have no other event, and parsing stored JSON again
+/// was most of the cost). Returns how many calls changed.
 pub(crate) async fn merge(
     tx: &Transaction<'_>,
     keys: &BTreeSet<String>,
+    fresh: &HashMap<Uuid, &Event>,
 ) -> Result<u64, tokio_postgres::Error> {
     if keys.is_empty() {
         return Ok(0);
     }
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     lock(tx, &keys).await?;
+    let fresh_ids: Vec<Uuid> = fresh.keys().copied().collect();
     let rows = tx
         .query(
-            "SELECT call_key, event::text FROM events WHERE call_key = ANY($1)",
-            &[&keys],
+            "SELECT call_key, event_id,
+                    CASE WHEN event_id = ANY($2) THEN NULL ELSE event::text END
+             FROM events WHERE call_key = ANY($1)",
+            &[&keys, &fresh_ids],
         )
         .await?;
-    let mut members: BTreeMap<String, Vec<Event>> = BTreeMap::new();
-    for row in rows {
+    let mut stored: Vec<(String, Event)> = Vec::new();
+    let mut members: BTreeMap<String, Vec<&Event>> = BTreeMap::new();
+    for row in &rows {
         let key: String = row.try_get(0)?;
-        let json: &str = row.try_get(1)?;
-        match serde_json::from_str::<Event>(json) {
-            Ok(event) => members.entry(key).or_default().push(event),
-            // Stored from a record that parsed as an event; only a hand
-            // edit of the table gets here.
-            Err(e) => {
-                tracing::error!(call_key = %key, error = %e, "a stored event is not an event any more; merging its call without it")
+        let id: Uuid = row.try_get(1)?;
+        match row.try_get::<_, Option<&str>>(2)? {
+            None => {
+                if let Some(event) = fresh.get(&id) {
+                    members.entry(key).or_default().push(event);
+                }
             }
+            Some(json) => match serde_json::from_str::<Event>(json) {
+                Ok(event) => stored.push((key, event)),
+                // Stored from a record that parsed as an event; only a hand
+                // edit of the table gets here.
+                Err(e) => {
+                    tracing::error!(call_key = %key, error = %e, "a stored event is not an event any more; merging its call without it")
+                }
+            },
         }
+    }
+    for (key, event) in &stored {
+        members.entry(key.clone()).or_default().push(event);
     }
     let calls: Vec<Call> = members
         .values()
-        .filter_map(|events| Call::from_events(events))
+        .filter_map(|events| Call::from_refs(events))
         .collect();
     write(tx, &calls).await
 }
 
 /// The upsert of merged calls: new calls at revision 1, a changed one at
-/// the next revision; a merge equal to the row changes nothing.
+/// the next revision, each then queued in the outbox; a merge equal to the
+/// row changes nothing.
 const WRITE_SQL: &str = "
+WITH written AS (
 INSERT INTO calls AS t (call_key, revision, provider, tenant, final, status, direction,
     started_at, answered_at, ended_at, duration_seconds, talk_seconds,
     user_id, user_name, user_email, user_number, external_number, external_name, notes,
@@ -112,16 +135,20 @@ ON CONFLICT (call_key) DO UPDATE SET revision = t.revision + 1,
     events = EXCLUDED.events, recordings = EXCLUDED.recordings,
     voicemail = EXCLUDED.voicemail, legs = EXCLUDED.legs, call = EXCLUDED.call,
     updated_at = now()
-WHERE t.call <> EXCLUDED.call";
+WHERE t.call <> EXCLUDED.call
+RETURNING call_key, revision)
+INSERT INTO calls_outbox (call_key, revision) SELECT call_key, revision FROM written
+ON CONFLICT (call_key) DO UPDATE SET revision = EXCLUDED.revision";
 
 async fn write(tx: &Transaction<'_>, calls: &[Call]) -> Result<u64, tokio_postgres::Error> {
     if calls.is_empty() {
         return Ok(0);
     }
     let keys: Vec<&str> = calls.iter().map(|c| c.call_key.as_str()).collect();
-    let json: Vec<serde_json::Value> = calls
+    let json: Vec<Vec<u8>> = calls
         .iter()
-        .map(|c| serde_json::to_value(c).expect("a call always serializes"))
+        .map(|c| serde_json::to_vec(c).expect("a call always serializes"))
         .collect();
+    let json: Vec<RawJsonb<'_>> = json.iter().map(|j| RawJsonb(j)).collect();
     tx.execute(WRITE_SQL, &[&keys, &json]).await
 }

@@ -4,7 +4,9 @@
 
 pub mod settings;
 
+use bytes::{BufMut, BytesMut};
 use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls};
 
 mod embedded {
@@ -222,4 +224,29 @@ mod tests {
         assert_eq!(c.get_keepalives_retries(), Some(9));
         assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
     }
+}
+
+/// JSON bytes bound as `jsonb` as they are: a record's value as received
+/// (the store: the event as published, not serialized again from its
+/// parsed form, a cost per row in the store's own CPU), or a value just
+/// serialized. The bytes must be valid JSON.
+#[derive(Debug)]
+pub(crate) struct RawJsonb<'a>(pub(crate) &'a [u8]);
+
+impl ToSql for RawJsonb<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_u8(1); // jsonb's binary format: a version byte, then the text
+        out.extend_from_slice(self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
 }

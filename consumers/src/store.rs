@@ -24,22 +24,22 @@
 //! dedup's window would have it stored over the newer one: nothing in a
 //! delivery says which content is older.
 
-use bytes::{BufMut, BytesMut};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, Opts, Registry};
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio::sync::Notify;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-
-use tokio::sync::Notify;
-
 use callstream_schemas::call::call_key;
+use callstream_schemas::Event;
 
 use crate::calls;
 use crate::pg::settings::BatchSettings;
+use crate::pg::RawJsonb;
 use crate::pg_sink::PgWriter;
 use crate::unique::{direction_str, latest_revisions, status_str};
 use callstream_kafka::wire::UniqueEvent;
@@ -106,7 +106,7 @@ fn upsert_sql() -> String {
          ON CONFLICT (event_id) DO UPDATE SET {}, stored_at = now()
          WHERE (events.received_at, events.revision) < (EXCLUDED.received_at, EXCLUDED.revision)
            AND events.fingerprint <> EXCLUDED.fingerprint
-         RETURNING call_key",
+         RETURNING event_id, call_key",
         names.join(", "),
         arrays.join(", "),
         updates.join(", "),
@@ -252,30 +252,6 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// A record's JSON as received, bound as `jsonb`: the event as published,
-/// not serialized again from its parsed form (a cost per row in the
-/// store's own CPU). It parsed as an event, so it is valid JSON.
-#[derive(Debug)]
-struct RawJsonb<'a>(&'a [u8]);
-
-impl ToSql for RawJsonb<'_> {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.put_u8(1); // jsonb's binary format: a version byte, then the text
-        out.extend_from_slice(self.0);
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
-    }
-
-    to_sql_checked!();
-}
-
 // The trait's signature repeats in `analytics/mod.rs`; the bodies differ.
 impl PgWriter for StoreWriter {
     /// Rows are keyed by `event_id`, derived from the identity the topic is
@@ -307,11 +283,22 @@ impl PgWriter for StoreWriter {
         // The calls of the events that changed are merged again, in
         // this transaction (see `crate::calls`).
         let changed = tx.query(self.sql.as_str(), &columns.params()).await?;
-        let keys: BTreeSet<String> = changed
+        let mut keys = BTreeSet::new();
+        let mut fresh: HashMap<Uuid, &Event> = HashMap::with_capacity(changed.len());
+        let by_id: HashMap<Uuid, &Event> = latest
             .iter()
-            .filter_map(|row| row.get::<_, Option<String>>(0))
+            .map(|r| (r.event.event_id, &r.event))
             .collect();
-        let calls = calls::merge(tx, &keys).await?;
+        for row in &changed {
+            if let Some(key) = row.try_get::<_, Option<String>>(1)? {
+                let id: Uuid = row.try_get(0)?;
+                if let Some(event) = by_id.get(&id) {
+                    fresh.insert(id, event);
+                }
+                keys.insert(key);
+            }
+        }
+        let calls = calls::merge(tx, &keys, &fresh).await?;
         Ok((
             (batch.len() as u64).saturating_sub(changed.len() as u64),
             calls,

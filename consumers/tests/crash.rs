@@ -142,10 +142,7 @@ async fn store_killed_mid_batch_loses_and_duplicates_nothing() {
     assert_calls(&setup.db, &calls).await;
     let behind: i64 = setup
         .db
-        .query_one(
-            "SELECT count(*) FROM calls WHERE published_revision <> revision",
-            &[],
-        )
+        .query_one("SELECT count(*) FROM calls_outbox", &[])
         .await
         .expect("calls is readable")
         .get(0);

@@ -152,12 +152,18 @@ impl Call {
     /// of the first that has one; for each identity only its newest
     /// content. `None` if none has a call key.
     pub fn from_events(events: &[Event]) -> Option<Call> {
-        let key = events.iter().find_map(call_key)?;
+        Call::from_refs(&events.iter().collect::<Vec<_>>())
+    }
+
+    /// [`Call::from_events`] over borrowed events.
+    pub fn from_refs(events: &[&Event]) -> Option<Call> {
+        let key = events.iter().find_map(|e| call_key(e))?;
         // The newest content of each identity (a later one in `events`
         // wins a tie), then oldest received first.
         let mut by_identity: BTreeMap<&str, &Event> = BTreeMap::new();
         for e in events
             .iter()
+            .copied()
             .filter(|e| call_key(e).as_deref() == Some(key.as_str()))
         {
             match by_identity.get(e.identity.as_str()) {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use callstream_schemas::ProviderId;
 use chrono::{DateTime, Utc};
 
-use crate::unique::{finals, Outcome, Revision, Spec};
+use crate::unique::{finals, Joined, Outcome, Revision, Spec};
 
 /// The key of a `kpi_rollups` row: (dimension, tenant, interval minutes,
 /// bucket start, provider, direction, agent or number; "" for `all`).
@@ -76,6 +76,15 @@ fn floor(t: DateTime<Utc>, minutes: i32) -> DateTime<Utc> {
 /// as in every scenario here; a test of a late update without a start
 /// time needs its own expectation.
 pub fn expected<'a>(finals: impl IntoIterator<Item = &'a Revision>) -> BTreeMap<KpiKey, Kpi> {
+    let finals: Vec<&Revision> = finals.into_iter().collect();
+    // Calls one of whose other events is their voicemail went to voicemail.
+    let to_voicemail: std::collections::HashSet<&str> = finals
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Joined(c, Joined::Voicemail) => Some(c.id.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut rows: BTreeMap<KpiKey, Kpi> = BTreeMap::new();
     for r in finals {
         let (tenant, provider, direction, at, agent, number, kpi) = match &r.spec {
@@ -84,7 +93,14 @@ pub fn expected<'a>(finals: impl IntoIterator<Item = &'a Revision>) -> BTreeMap<
                     offered: 1,
                     ..Kpi::default()
                 };
-                match c.outcome {
+                // The merge's precedence: answered, then voicemail.
+                let outcome =
+                    if to_voicemail.contains(c.id.as_str()) && c.outcome != Outcome::Answered {
+                        Outcome::Voicemail
+                    } else {
+                        c.outcome
+                    };
+                match outcome {
                     Outcome::Answered => {
                         k.answered = 1;
                         k.talk_sum = f64::from(c.talk_seconds);
@@ -125,7 +141,8 @@ pub fn expected<'a>(finals: impl IntoIterator<Item = &'a Revision>) -> BTreeMap<
                     ..Kpi::default()
                 },
             ),
-            Spec::Progress { .. } | Spec::AgentLeg { .. } => continue,
+            // Counted with its call.
+            Spec::Progress { .. } | Spec::AgentLeg { .. } | Spec::Joined(..) => continue,
         };
         for minutes in [1, 15] {
             let bucket = floor(at, minutes);

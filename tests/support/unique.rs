@@ -84,6 +84,19 @@ pub enum Spec {
         line: String,
         at: DateTime<Utc>,
     },
+    /// Another event of the call the [`CallSpec`] describes: one call, so
+    /// counted once, with it.
+    Joined(CallSpec, Joined),
+}
+
+/// The other event of a call in [`Spec::Joined`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// Xarios: the same CDR from a second post-call trigger.
+    SecondTrigger,
+    /// Onoff: the voicemail record (`VM`) of a missed call: the call went
+    /// to voicemail.
+    Voicemail,
 }
 
 fn normalize(
@@ -120,6 +133,11 @@ impl CallSpec {
     }
 
     fn event(&self, ctx: &Context<'_>) -> Event {
+        self.event_by(ctx, "post-call")
+    }
+
+    /// The event, from the Xarios post-call trigger `trigger`.
+    fn event_by(&self, ctx: &Context<'_>, trigger: &str) -> Event {
         let answered = self.outcome == Outcome::Answered;
         let talk = if answered { self.talk_seconds } else { 0 };
         match self.provider {
@@ -159,7 +177,7 @@ impl CallSpec {
                 cdr[agent_key] = json!(self.agent);
                 cdr[customer_key] = json!(self.customer);
                 let body = json!({
-                    "triggerId": "post-call", "tenantId": self.tenant, "cdr": cdr,
+                    "triggerId": trigger, "tenantId": self.tenant, "cdr": cdr,
                     "customData": {"notes": self.notes},
                 });
                 normalize(ProviderId::Xarios, "postcall", &body, ctx)
@@ -192,7 +210,7 @@ impl Spec {
     /// The normalized event, as received at `received_at`.
     pub fn event(&self, received_at: DateTime<Utc>) -> Event {
         let tenant = match self {
-            Spec::Call(c) => &c.tenant,
+            Spec::Call(c) | Spec::Joined(c, _) => &c.tenant,
             Spec::Sms(s) => &s.tenant,
             Spec::Progress { tenant, .. } | Spec::AgentLeg { tenant, .. } => tenant,
         };
@@ -204,6 +222,21 @@ impl Spec {
         };
         match self {
             Spec::Call(call) => call.event(&ctx),
+            Spec::Joined(call, Joined::SecondTrigger) => call.event_by(&ctx, "post-call-2"),
+            Spec::Joined(call, Joined::Voicemail) => {
+                let mut body = json!({
+                    "id": call.id, "eventName": "VM", "onoffUserName": "Agent",
+                    "onoffUserEmail": call.agent, "onoffUserNumber": call.line,
+                    "externalNumber": call.customer,
+                    "callDirection": if call.inbound { "INBOUND" } else { "OUTBOUND" },
+                    "callStatus": "MISSED_CALL", "voicemailDuration": 12,
+                    "voicemailUrl": format!("https://media.example/vm/{}.mp3", call.id),
+                });
+                if let Some(start) = call.started_at {
+                    body["callStarted"] = json!(start.to_rfc3339());
+                }
+                normalize(ProviderId::Onoff, "cdr", &body, &ctx)
+            }
             Spec::Sms(sms) => {
                 let body = json!({
                     "id": sms.id, "eventName": "SMS", "onoffUserEmail": sms.agent,
@@ -313,7 +346,7 @@ pub fn set_notes(spec: &mut Spec, notes: &str) {
     match spec {
         Spec::Call(c) => c.notes = notes.to_string(),
         Spec::Sms(s) => s.body = notes.to_string(),
-        Spec::Progress { .. } | Spec::AgentLeg { .. } => {}
+        Spec::Progress { .. } | Spec::AgentLeg { .. } | Spec::Joined(..) => {}
     }
 }
 
@@ -383,7 +416,8 @@ pub fn spec(prefix: &str, i: usize, base: DateTime<Utc>) -> Spec {
 /// holds besides: resends (the same revision again), notes updates
 /// (revision 2), missed calls later reported answered (revision 2, the counts
 /// change), updates out of order (revision 3 before revision 2), and a
-/// resend of revision 1 after its update. Most repeats come after all first
+/// resend of revision 1 after its update; and for some calls another event
+/// of the same call ([`Spec::Joined`]). Most repeats come after all first
 /// revisions, some right behind their original (same batch).
 pub fn scenario(
     prefix: &str,
@@ -399,7 +433,8 @@ pub fn scenario(
             revision: 1,
             received_at,
         };
-        let repeats = repeats(&r, i);
+        let mut repeats = repeats(&r, i);
+        repeats.extend(joined(&r, i));
         first.push(r);
         if i % 20 < 10 {
             later.extend(repeats);
@@ -409,6 +444,26 @@ pub fn scenario(
     }
     first.extend(later);
     first
+}
+
+/// The other event of some calls [`scenario`] adds for its `i`-th event
+/// (only for calls it does not update, so both events agree): a second
+/// Xarios trigger, or the voicemail record of an Onoff missed call.
+fn joined(r: &Revision, i: usize) -> Option<Revision> {
+    let Spec::Call(c) = &r.spec else { return None };
+    if i % 10 < 5 || !i.is_multiple_of(4) {
+        return None;
+    }
+    let how = match (c.provider, c.outcome) {
+        (ProviderId::Xarios, _) => Joined::SecondTrigger,
+        (ProviderId::Onoff, Outcome::Missed) => Joined::Voicemail,
+        _ => return None,
+    };
+    Some(Revision {
+        spec: Spec::Joined(c.clone(), how),
+        revision: 1,
+        received_at: r.received_at,
+    })
 }
 
 /// The resends and updates [`scenario`] adds for its `i`-th event.

@@ -10,6 +10,7 @@
 //! transactions touching one call (two instances during a rebalance) are
 //! serialized by the call's advisory lock ([`crate::calls::lock`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -24,14 +25,15 @@ use super::tables::{Rollup, Statements};
 use super::Pending;
 use crate::unique::content_order;
 
-/// One event of a call as `kpi_calls.members` keeps it.
+/// One event of a call as `kpi_calls.members` keeps it: read back
+/// (owned), or from the batch (borrowed, not copied).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Member {
+struct Member<'a> {
     revision: i32,
-    event: Event,
+    event: Cow<'a, Event>,
 }
 
-impl Member {
+impl Member<'_> {
     /// Whether `record` is newer, different content of this event.
     fn is_replaced_by(&self, record: &UniqueEvent) -> bool {
         self.event.fingerprint != record.event.fingerprint
@@ -78,14 +80,14 @@ pub(crate) async fn count(
                 Some(m) => {
                     *m = Member {
                         revision: record.revision,
-                        event: record.event.clone(),
+                        event: Cow::Borrowed(&record.event),
                     };
                     merged = true;
                 }
                 None => {
                     members.push(Member {
                         revision: record.revision,
-                        event: record.event.clone(),
+                        event: Cow::Borrowed(&record.event),
                     });
                     merged = true;
                 }
@@ -94,8 +96,8 @@ pub(crate) async fn count(
         if !merged {
             continue;
         }
-        let events: Vec<Event> = members.iter().map(|m| m.event.clone()).collect();
-        let Some(call) = Call::from_events(&events) else {
+        let events: Vec<&Event> = members.iter().map(|m| m.event.as_ref()).collect();
+        let Some(call) = Call::from_refs(&events) else {
             continue; // every member has this key: unreachable
         };
         let mut new = Contribution::of_call(&call);
@@ -122,7 +124,7 @@ pub(crate) async fn count(
                 pending.first_count(&new);
             }
         }
-        let members = serde_json::to_value(&members).expect("members always serialize");
+        let members = serde_json::to_vec(&members).expect("members always serialize");
         changed.push((key.clone(), members, new));
     }
     statements.store_calls(tx, &changed).await

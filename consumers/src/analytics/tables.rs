@@ -9,6 +9,7 @@ use tokio_postgres::{Row, Transaction};
 use uuid::Uuid;
 
 use super::rules::{bucket_start, Contribution, Counters, INTERVALS_MINUTES};
+use crate::pg::RawJsonb;
 use crate::unique::content_order;
 use callstream_kafka::wire::UniqueEvent;
 
@@ -368,17 +369,17 @@ impl Statements {
         Ok(out)
     }
 
-    /// Records each call's events (JSON) and what it now contributes.
+    /// Records each call's events (JSON bytes) and what it now contributes.
     pub(crate) async fn store_calls(
         &self,
         tx: &Transaction<'_>,
-        calls: &[(String, serde_json::Value, Contribution)],
+        calls: &[(String, Vec<u8>, Contribution)],
     ) -> Result<(), tokio_postgres::Error> {
         if calls.is_empty() {
             return Ok(());
         }
         let keys: Vec<&str> = calls.iter().map(|(k, _, _)| k.as_str()).collect();
-        let members: Vec<&serde_json::Value> = calls.iter().map(|(_, m, _)| m).collect();
+        let members: Vec<RawJsonb<'_>> = calls.iter().map(|(_, m, _)| RawJsonb(m)).collect();
         let contributions = ContributionArrays::of(calls.iter().map(|(_, _, c)| c));
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys, &members];
         params.extend(contributions.params());

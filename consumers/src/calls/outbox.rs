@@ -1,8 +1,9 @@
 //! Publishes the `calls` table to `callstream.calls.v1`: a transactional
-//! outbox. The store commits a call's new state with its events; this task
-//! then publishes every row whose `published_revision` is behind its
-//! `revision`, waits for Kafka's acknowledgement (`acks=all`, idempotent
-//! producer), and only then records the revision as published.
+//! outbox. The store commits a call's new state with its events, and the
+//! call's key and revision in `calls_outbox`; this task then publishes the
+//! current state of every call queued there, waits for Kafka's
+//! acknowledgement (`acks=all`, idempotent producer), and only then takes
+//! it out of the queue (unless it changed meanwhile).
 //!
 //! Guarantee: every committed state of a call reaches the topic at least
 //! once, after Kafka and PostgreSQL outages and crashes alike (what was not
@@ -154,17 +155,16 @@ impl Outbox {
         Ok(client)
     }
 
-    /// Publishes batches until no row is behind. Pages by call key, so a
-    /// large backlog is read once, not from its (published) start again
-    /// each batch.
+    /// Publishes batches until the outbox is empty. Pages by call key, so
+    /// a large backlog is read once, not from its start again each batch.
     async fn drain(&self, client: &mut Client) -> Result<(), String> {
         let mut after = String::new();
         loop {
             let rows = client
                 .query(
-                    "SELECT call_key, revision, call::text FROM calls
-                     WHERE published_revision < revision AND call_key > $1
-                     ORDER BY call_key LIMIT $2",
+                    "SELECT o.call_key, c.revision, c.call::text
+                     FROM calls_outbox o JOIN calls c ON c.call_key = o.call_key
+                     WHERE o.call_key > $1 ORDER BY o.call_key LIMIT $2",
                     &[&after, &BATCH],
                 )
                 .await
@@ -183,7 +183,7 @@ impl Outbox {
                 match serde_json::from_str::<Call>(row.get(2)) {
                     Ok(call) => records.push(call_record(&call, revision)),
                     // Written by the store from a `Call`: only a hand edit
-                    // gets here. Marked published, so it cannot block the rest.
+                    // gets here. Taken out, so it cannot block the rest.
                     Err(e) => {
                         tracing::error!(call_key = %key, error = %e, "calls row is not a call; not published")
                     }
@@ -192,11 +192,12 @@ impl Outbox {
                 revisions.push(revision);
             }
             self.publish(&records).await?;
+            // A call changed since it was read stays queued, at its new
+            // revision.
             client
                 .execute(
-                    "UPDATE calls SET published_revision = u.r
-                     FROM unnest($1::text[], $2::bigint[]) AS u(k, r)
-                     WHERE calls.call_key = u.k AND calls.published_revision < u.r",
+                    "DELETE FROM calls_outbox o USING unnest($1::text[], $2::bigint[]) AS u(k, r)
+                     WHERE o.call_key = u.k AND o.revision <= u.r",
                     &[&keys, &revisions],
                 )
                 .await
