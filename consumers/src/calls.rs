@@ -68,11 +68,17 @@ pub(crate) async fn merge(
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     lock(tx, &keys).await?;
     let fresh_ids: Vec<Uuid> = fresh.keys().copied().collect();
+    // One index look-up per key, whatever the planner estimates: on a new
+    // table without statistics it took `call_key = ANY($1)` for most of
+    // the table and scanned all of it, each batch (`OFFSET 0` keeps the
+    // look-up from being flattened into a join it could plan that way).
     let rows = tx
         .query(
-            "SELECT call_key, event_id,
-                    CASE WHEN event_id = ANY($2) THEN NULL ELSE event::text END
-             FROM events WHERE call_key = ANY($1)",
+            "SELECT k.key, e.event_id,
+                    CASE WHEN e.event_id = ANY($2) THEN NULL ELSE e.event::text END
+             FROM unnest($1::text[]) AS k(key)
+             JOIN LATERAL (SELECT event_id, event FROM events
+                           WHERE events.call_key = k.key OFFSET 0) AS e ON true",
             &[&keys, &fresh_ids],
         )
         .await?;

@@ -51,6 +51,14 @@ pub fn config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error
     if config.get_tcp_user_timeout().is_none() {
         config.tcp_user_timeout(Duration::from_secs(60));
     }
+    // JIT compiles a statement whose estimated cost is high (a batch's
+    // look-ups on a table without statistics yet): tens of milliseconds
+    // per statement, for statements that run in a few. Off unless the
+    // URL's `options` say otherwise.
+    let options = config.get_options().unwrap_or_default().to_string();
+    if !options.contains("jit") {
+        config.options(format!("{options} -c jit=off").trim());
+    }
     Ok(config)
 }
 
@@ -201,31 +209,6 @@ pub(crate) async fn advance_offsets(
     Ok(moved == moves.len() as i64)
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    #[test]
-    fn a_dead_connection_is_noticed_in_about_a_minute_unless_the_url_says_otherwise() {
-        let c = super::config("postgres://u@db/callstream").unwrap();
-        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(10)));
-        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(30));
-        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(10)));
-        assert_eq!(c.get_keepalives_retries(), Some(3));
-        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
-
-        let c = super::config(
-            "postgres://u@db/callstream?connect_timeout=3&keepalives_idle=5&keepalives_interval=2&keepalives_retries=9&tcp_user_timeout=7",
-        )
-        .unwrap();
-        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
-        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(5));
-        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(2)));
-        assert_eq!(c.get_keepalives_retries(), Some(9));
-        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
-    }
-}
-
 /// JSON bytes bound as `jsonb` as they are: a record's value as received
 /// (the store: the event as published, not serialized again from its
 /// parsed form, a cost per row in the store's own CPU), or a value just
@@ -249,4 +232,39 @@ impl ToSql for RawJsonb<'_> {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_dead_connection_is_noticed_in_about_a_minute_unless_the_url_says_otherwise() {
+        let c = super::config("postgres://u@db/callstream").unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(10)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(10)));
+        assert_eq!(c.get_keepalives_retries(), Some(3));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
+
+        let c = super::config(
+            "postgres://u@db/callstream?connect_timeout=3&keepalives_idle=5&keepalives_interval=2&keepalives_retries=9&tcp_user_timeout=7",
+        )
+        .unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(2)));
+        assert_eq!(c.get_keepalives_retries(), Some(9));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn jit_is_off_unless_the_url_sets_it() {
+        let c = super::config("postgres://u@db/callstream").unwrap();
+        assert_eq!(c.get_options(), Some("-c jit=off"));
+        let c = super::config("postgres://u@db/x?options=-c%20statement_timeout%3D5s").unwrap();
+        assert_eq!(c.get_options(), Some("-c statement_timeout=5s -c jit=off"));
+        let c = super::config("postgres://u@db/x?options=-c%20jit%3Don").unwrap();
+        assert_eq!(c.get_options(), Some("-c jit=on"));
+    }
 }

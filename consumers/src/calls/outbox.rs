@@ -162,9 +162,14 @@ impl Outbox {
         loop {
             let rows = client
                 .query(
+                    // A look-up in `calls` per queued key: a merge join
+                    // walked the whole of `calls` up to the last key.
                     "SELECT o.call_key, c.revision, c.call::text
-                     FROM calls_outbox o JOIN calls c ON c.call_key = o.call_key
-                     WHERE o.call_key > $1 ORDER BY o.call_key LIMIT $2",
+                     FROM (SELECT call_key FROM calls_outbox WHERE call_key > $1
+                           ORDER BY call_key LIMIT $2) AS o
+                     JOIN LATERAL (SELECT revision, call FROM calls
+                                   WHERE calls.call_key = o.call_key OFFSET 0) AS c ON true
+                     ORDER BY o.call_key",
                     &[&after, &BATCH],
                 )
                 .await
