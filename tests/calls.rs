@@ -1,5 +1,5 @@
 //! Calls, not only events, end to end: four calls as the providers really
-//! send them, through the gateway, dedup, the store (with its calls outbox)
+//! send them, through the gateway, dedup, the store (with its calls task)
 //! and analytics, on a real Kafka-protocol broker and a real PostgreSQL.
 //!
 //! - Xarios: one answered call sent by two post-call triggers.
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use callstream_consumers::analytics::AnalyticsWriter;
-use callstream_consumers::calls::outbox::Outbox;
+use callstream_consumers::calls::worker::CallsWorker;
 use callstream_consumers::config::Settings as ConsumerSettings;
 use callstream_consumers::dedup::{Dedup, DedupMetrics};
 use callstream_consumers::store::StoreWriter;
@@ -27,7 +27,7 @@ use callstream_schemas::call::Call;
 use callstream_schemas::{Status, Topic};
 use callstream_testkit::expected::{actual, totals};
 use callstream_testkit::postgres::TestDatabase;
-use callstream_testkit::sinks::{start_sink, wait_caught_up, RunningSink};
+use callstream_testkit::sinks::{start_sink, wait_calls_settled, wait_caught_up, RunningSink};
 use callstream_testkit::{eventually, read_all, read_committed_to_end, spawn_gateway, TestGateway};
 
 /// Dedup's window here: short, so one update can arrive after it.
@@ -71,12 +71,12 @@ fn consumer_settings(bootstrap: &str, database_url: &str) -> ConsumerSettings {
     ConsumerSettings::from_figment(figment).expect("valid settings")
 }
 
-/// The store (with its calls outbox) and analytics over `db`.
+/// The store (with its calls task) and analytics over `db`.
 struct Consumers {
     store: RunningSink,
     analytics: RunningSink,
-    stop_outbox: watch::Sender<bool>,
-    outbox: tokio::task::JoinHandle<()>,
+    stop_calls: watch::Sender<bool>,
+    calls_task: tokio::task::JoinHandle<()>,
 }
 
 impl Consumers {
@@ -91,8 +91,8 @@ impl Consumers {
         let settings = consumer_settings(bootstrap, &db.url);
         let registry = Registry::new();
         let writer = StoreWriter::new(&registry).expect("metrics register");
-        let outbox = tokio::task::block_in_place(|| {
-            Outbox::new(
+        let calls_task = tokio::task::block_in_place(|| {
+            CallsWorker::new(
                 &settings.kafka,
                 &settings.topics,
                 db.url.clone().into(),
@@ -100,9 +100,9 @@ impl Consumers {
                 &registry,
             )
         })
-        .expect("outbox starts");
-        let (stop_outbox, stopping) = watch::channel(false);
-        let outbox = tokio::spawn(outbox.run(stopping));
+        .expect("calls task starts");
+        let (stop_calls, stopping) = watch::channel(false);
+        let calls_task = tokio::spawn(calls_task.run(stopping));
         let store = start_sink(
             bootstrap,
             &db.url,
@@ -123,16 +123,16 @@ impl Consumers {
         Consumers {
             store,
             analytics,
-            stop_outbox,
-            outbox,
+            stop_calls,
+            calls_task,
         }
     }
 
     async fn stop(self) {
         self.store.stop().await;
         self.analytics.stop().await;
-        self.stop_outbox.send(true).expect("outbox running");
-        self.outbox.await.expect("outbox did not panic");
+        self.stop_calls.send(true).expect("calls task running");
+        self.calls_task.await.expect("calls task did not panic");
     }
 }
 
@@ -263,6 +263,7 @@ async fn four_calls_are_four_calls_counted_once_stored_and_published() {
     let end = callstream_testkit::count_records(&bootstrap, unique);
     wait_caught_up(&client, "callstream-store", end, CATCH_UP).await;
     wait_caught_up(&client, "callstream-analytics", end, CATCH_UP).await;
+    wait_calls_settled(&client, CATCH_UP).await;
 
     // KPIs: four calls, each once.
     let kpis = actual(&client).await;
@@ -380,6 +381,7 @@ async fn four_calls_are_four_calls_counted_once_stored_and_published() {
     let replayed = Consumers::start(&bootstrap, &again, "replay").await;
     wait_caught_up(&again_client, "callstream-store", end, CATCH_UP).await;
     wait_caught_up(&again_client, "callstream-analytics", end, CATCH_UP).await;
+    wait_calls_settled(&again_client, CATCH_UP).await;
     replayed.stop().await;
     assert_eq!(calls(&again_client).await, stored);
     assert_eq!(actual(&again_client).await, kpis);
@@ -440,8 +442,8 @@ async fn a_call_too_large_for_kafka_does_not_hold_the_others_back() {
     let settings = consumer_settings(&bootstrap, &db.url);
     let registry = Registry::new();
     let writer = StoreWriter::new(&registry).expect("metrics register");
-    let outbox = tokio::task::block_in_place(|| {
-        Outbox::new(
+    let calls_task = tokio::task::block_in_place(|| {
+        CallsWorker::new(
             &settings.kafka,
             &settings.topics,
             db.url.clone().into(),
@@ -449,17 +451,12 @@ async fn a_call_too_large_for_kafka_does_not_hold_the_others_back() {
             &registry,
         )
     })
-    .expect("outbox starts");
-    let (stop_outbox, stopping) = watch::channel(false);
-    let outbox = tokio::spawn(outbox.run(stopping));
+    .expect("calls task starts");
+    let (stop_calls, stopping) = watch::channel(false);
+    let calls_task = tokio::spawn(calls_task.run(stopping));
     let store = start_sink(&bootstrap, &db.url, "callstream-store", "store", writer).await;
     let end = callstream_testkit::count_records(&bootstrap, Topic::EventsUnique.default_name());
     wait_caught_up(&client, "callstream-store", end, CATCH_UP).await;
-
-    let stored = calls(&client).await;
-    assert_eq!(stored.len(), 6, "{:?}", stored.keys());
-    let big = &stored["onoff:acme:big"];
-    assert_eq!(big.tags.len(), 2, "both events' tags merged");
     let metric = |name: &str| -> f64 {
         registry
             .gather()
@@ -469,12 +466,20 @@ async fn a_call_too_large_for_kafka_does_not_hold_the_others_back() {
             .map(|m| m.get_counter().get_value())
             .sum()
     };
+    // Merged, then refused by Kafka and taken out of the outbox: nothing
+    // left queued behind it.
     assert!(
         eventually(CATCH_UP, || metric("callstream_store_calls_refused_total")
             >= 1.0)
         .await,
         "the large call refused"
     );
+    wait_calls_settled(&client, CATCH_UP).await;
+
+    let stored = calls(&client).await;
+    assert_eq!(stored.len(), 6, "{:?}", stored.keys());
+    let big = &stored["onoff:acme:big"];
+    assert_eq!(big.tags.len(), 2, "both events' tags merged");
     let topic = Topic::Calls.default_name();
     assert!(
         eventually(CATCH_UP, || read_all(&bootstrap, topic).len() >= 5).await,
@@ -486,13 +491,7 @@ async fn a_call_too_large_for_kafka_does_not_hold_the_others_back() {
         .collect();
     assert_eq!(keys.len(), 5);
     assert!(!keys.contains("onoff:acme:big"));
-    let behind: i64 = client
-        .query_one("SELECT count(*) FROM calls_outbox", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(behind, 0, "the refused call does not stay in the outbox");
     store.stop().await;
-    stop_outbox.send(true).unwrap();
-    outbox.await.unwrap();
+    stop_calls.send(true).unwrap();
+    calls_task.await.unwrap();
 }

@@ -40,8 +40,8 @@ pub struct ConsumerRun {
     pub rows: i64,
     /// Calls the store merged its rows into (`calls` rows).
     pub calls: i64,
-    /// After the store's last row, until its outbox had published every
-    /// call's newest state to `callstream.calls.v1`.
+    /// After the store's last row, until its calls task had merged every
+    /// queued call and published its newest state to `callstream.calls.v1`.
     pub calls_tail_seconds: f64,
     /// Unique events through the whole calls path (rows, calls merged and
     /// published) per second: `forwarded / (store_seconds + calls_tail_seconds)`.
@@ -243,13 +243,16 @@ pub async fn run(
             forwarded as f64,
         )
     })?;
-    // The calls path: the store merged calls in its transactions; its
-    // outbox publishes them after commit, and may still be at it.
+    // The calls path: the store queued calls in its transactions; its
+    // calls task merges and publishes them, and may still be at it.
     let client = db.connect().await;
     let tail = Instant::now();
     loop {
         let behind: i64 = client
-            .query_one("SELECT count(*) FROM calls_outbox", &[])
+            .query_one(
+                "SELECT (SELECT count(*) FROM calls_dirty) + (SELECT count(*) FROM calls_outbox)",
+                &[],
+            )
             .await?
             .get(0);
         if behind == 0 {

@@ -59,6 +59,15 @@ CREATE INDEX calls_tenant_started_at ON calls (tenant, started_at DESC);
 CREATE INDEX calls_tenant_user ON calls (tenant, user_id, started_at DESC);
 CREATE INDEX calls_tenant_external_number ON calls (tenant, external_number, started_at DESC);
 
+-- Calls to merge again: their events changed. The store queues a key in
+-- the transaction that writes its events; its calls task merges the call
+-- and takes the key out, unless `version` moved on meanwhile (an event
+-- committed during the merge), so no change is left unmerged.
+CREATE TABLE calls_dirty (
+    call_key           text COLLATE "C" PRIMARY KEY,
+    version            bigint           NOT NULL
+);
+
 -- The outbox: calls whose state `revision` (or a newer one) is not
 -- published to callstream.calls.v1 yet. Written with `calls`, emptied by
 -- the store's outbox task once Kafka acknowledged; small, so `calls`

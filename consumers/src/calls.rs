@@ -1,116 +1,167 @@
 //! Calls in PostgreSQL: the `calls` table (migration `V8__calls.sql`), one
 //! row per call, merged by `callstream-store` from the events it stores,
-//! and published to `callstream.calls.v1` from there ([`outbox`]).
+//! and published to `callstream.calls.v1` from there ([`worker`]).
 //!
 //! Which events make one call, and how they merge, is
 //! [`callstream_schemas::call`]: the one place the merge rules live.
 //!
-//! Guarantee: the `calls` row of every call the store has an event of holds
-//! the merge of that call's stored events, committed in the transaction
-//! that stores them (so with the Kafka positions: a crash or a replay
-//! leaves one row per call, never a half-merged one). The row's `revision`
-//! goes up by one exactly when the merged call changes.
+//! The store's batch transaction only queues the calls whose events it
+//! changed ([`queue`], table `calls_dirty`); the calls task ([`worker`])
+//! then merges each queued call from its stored events ([`merge_queued`]),
+//! writes `calls` and `calls_outbox` and takes the key out of the queue,
+//! in one transaction, and publishes. So merging costs the store's lanes
+//! one small upsert, and calls follow the events by a pass of the task.
 //!
-//! Two transactions touching one call (two partitions, or two store
-//! instances during a rebalance) must not merge it from each other's
-//! uncommitted events: each takes a transaction-level advisory lock per
-//! call key ([`lock`]), in one order, after writing its events and before
-//! reading the call's events back, so the second merges with the first's
-//! events committed.
+//! Guarantee: once the queue is empty, the `calls` row of every call the
+//! store has an event of holds the merge of that call's stored events. A
+//! key is queued in the transaction that commits its events, so a crash
+//! or a replay loses no change and leaves one row per call (the key is the
+//! primary key), never a half-merged one. A key whose version moved on
+//! while it was merged (an event of the call committed meanwhile) stays
+//! queued and is merged again. One task merges at a time (the calls task's
+//! session lock), so two merges of one call never race. The row's
+//! `revision` goes up by one exactly when the merged call changes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::Transaction;
-use uuid::Uuid;
 
 use crate::pg::RawJsonb;
 
 use callstream_schemas::call::Call;
 use callstream_schemas::Event;
 
-pub mod outbox;
+pub mod worker;
 
 /// The first key of the two-key advisory locks that guard calls (`call`
-/// in ASCII); the second is the call key's `hashtext`. Two-key locks do not
-/// share a space with the one-key migration lock.
+/// in ASCII); the second is a bucket of the call key's `hashtext`. Two-key
+/// locks do not share a space with the one-key migration lock.
 const LOCK_CLASS: i32 = 0x6361_6c6c;
+/// Buckets of call keys: a transaction takes at most this many locks
+/// whatever its batch size (PostgreSQL's lock table holds
+/// `max_locks_per_transaction` × connections, 6,400 by default).
+const LOCK_BUCKETS: i32 = 1024;
 
-/// Takes the advisory lock of each key, in one order (by hash), for the
-/// rest of the transaction. Two keys sharing a hash share a lock, which
-/// only serializes them.
+/// Takes the advisory lock of each key's bucket, in one order, for the rest
+/// of the transaction: analytics' `kpi_calls` rows are shared by all
+/// partitions, so two instances briefly owning partitions of one call
+/// (a rebalance) must not merge it from each other's uncommitted state.
+/// Two keys sharing a bucket share a lock, which only serializes them.
 pub(crate) async fn lock(tx: &Transaction<'_>, keys: &[&str]) -> Result<(), tokio_postgres::Error> {
     if keys.is_empty() {
         return Ok(());
     }
     tx.execute(
-        "SELECT count(pg_advisory_xact_lock($1, h)) FROM
-            (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k ORDER BY 1) AS locks",
-        &[&LOCK_CLASS, &keys],
+        "SELECT count(pg_advisory_xact_lock($1, b)) FROM
+            (SELECT DISTINCT hashtext(k) & ($3 - 1) AS b FROM unnest($2::text[]) AS k ORDER BY 1) AS locks",
+        &[&LOCK_CLASS, &keys, &LOCK_BUCKETS],
     )
     .await?;
     Ok(())
 }
 
-/// Merges the calls of `keys` again from their events in `events` and
-/// writes those whose merge changed into `calls` (and their keys into
-/// `calls_outbox`, for [`outbox`]). `fresh` holds the events this
-/// transaction just wrote, by `event_id`: those are not read back (in a
-/// catch-up most calls have no other event, and parsing stored JSON again
-/// was most of the cost). Returns how many calls changed.
-pub(crate) async fn merge(
+/// Queues `keys` for merging (`calls_dirty`), in the transaction that
+/// wrote their events: the calls task merges them once it commits. Keys
+/// are taken in one order, so two lanes queueing the same calls wait for
+/// each other instead of deadlocking.
+pub(crate) async fn queue(
     tx: &Transaction<'_>,
     keys: &BTreeSet<String>,
-    fresh: &HashMap<Uuid, &Event>,
-) -> Result<u64, tokio_postgres::Error> {
+) -> Result<(), tokio_postgres::Error> {
     if keys.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    lock(tx, &keys).await?;
-    let fresh_ids: Vec<Uuid> = fresh.keys().copied().collect();
+    tx.execute(
+        "INSERT INTO calls_dirty (call_key, version) SELECT k, 1 FROM unnest($1::text[]) AS k
+         ON CONFLICT (call_key) DO UPDATE SET version = calls_dirty.version + 1",
+        &[&keys],
+    )
+    .await?;
+    Ok(())
+}
+
+/// What one [`merge_queued`] pass did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Merged {
+    /// Queued calls merged.
+    pub merged: u64,
+    /// Of those, calls whose state changed (written, queued for publishing).
+    pub changed: u64,
+}
+
+/// Merges up to `limit` queued calls after `after` (by key) again from
+/// their events, writes those whose merge changed into `calls` (and
+/// `calls_outbox`), and takes them out of the queue unless their version
+/// moved on. Returns what it did and the last key it took.
+pub(crate) async fn merge_queued(
+    tx: &Transaction<'_>,
+    after: &str,
+    limit: i64,
+) -> Result<(Merged, Option<String>), tokio_postgres::Error> {
+    // Locked in key order, as the store's lanes queue keys: a lane queueing
+    // one of these again waits for this merge to commit, then queues it
+    // anew (its event, uncommitted now, is merged in the next pass).
+    let queued = tx
+        .query(
+            "SELECT call_key, version FROM calls_dirty WHERE call_key > $1
+             ORDER BY call_key LIMIT $2 FOR UPDATE",
+            &[&after, &limit],
+        )
+        .await?;
+    let Some(last) = queued.last() else {
+        return Ok((Merged::default(), None));
+    };
+    let last: String = last.try_get(0)?;
+    let mut keys: Vec<&str> = Vec::with_capacity(queued.len());
+    let mut versions: Vec<i64> = Vec::with_capacity(queued.len());
+    for row in &queued {
+        keys.push(row.try_get(0)?);
+        versions.push(row.try_get(1)?);
+    }
     // One index look-up per key, whatever the planner estimates: on a new
     // table without statistics it took `call_key = ANY($1)` for most of
     // the table and scanned all of it, each batch (`OFFSET 0` keeps the
     // look-up from being flattened into a join it could plan that way).
     let rows = tx
         .query(
-            "SELECT k.key, e.event_id,
-                    CASE WHEN e.event_id = ANY($2) THEN NULL ELSE e.event::text END
-             FROM unnest($1::text[]) AS k(key)
-             JOIN LATERAL (SELECT event_id, event FROM events
+            "SELECT k.key, e.event::text FROM unnest($1::text[]) AS k(key)
+             JOIN LATERAL (SELECT event FROM events
                            WHERE events.call_key = k.key OFFSET 0) AS e ON true",
-            &[&keys, &fresh_ids],
+            &[&keys],
         )
         .await?;
-    let mut stored: Vec<(String, Event)> = Vec::new();
-    let mut members: BTreeMap<String, Vec<&Event>> = BTreeMap::new();
+    let mut members: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
     for row in &rows {
-        let key: String = row.try_get(0)?;
-        let id: Uuid = row.try_get(1)?;
-        match row.try_get::<_, Option<&str>>(2)? {
-            None => {
-                if let Some(event) = fresh.get(&id) {
-                    members.entry(key).or_default().push(event);
-                }
+        let key: &str = row.try_get(0)?;
+        let json: &str = row.try_get(1)?;
+        match serde_json::from_str::<Event>(json) {
+            Ok(event) => members.entry(key).or_default().push(event),
+            // Stored from a record that parsed as an event; only a hand
+            // edit of the table gets here.
+            Err(e) => {
+                tracing::error!(call_key = %key, error = %e, "a stored event is not an event any more; merging its call without it")
             }
-            Some(json) => match serde_json::from_str::<Event>(json) {
-                Ok(event) => stored.push((key, event)),
-                // Stored from a record that parsed as an event; only a hand
-                // edit of the table gets here.
-                Err(e) => {
-                    tracing::error!(call_key = %key, error = %e, "a stored event is not an event any more; merging its call without it")
-                }
-            },
         }
-    }
-    for (key, event) in &stored {
-        members.entry(key.clone()).or_default().push(event);
     }
     let calls: Vec<Call> = members
         .values()
-        .filter_map(|events| Call::from_refs(events))
+        .filter_map(|events| Call::from_events(events))
         .collect();
-    write(tx, &calls).await
+    let changed = write(tx, &calls).await?;
+    tx.execute(
+        "DELETE FROM calls_dirty d USING unnest($1::text[], $2::bigint[]) AS u(k, v)
+         WHERE d.call_key = u.k AND d.version = u.v",
+        &[&keys, &versions],
+    )
+    .await?;
+    Ok((
+        Merged {
+            merged: keys.len() as u64,
+            changed,
+        },
+        Some(last),
+    ))
 }
 
 /// The upsert of merged calls: new calls at revision 1, a changed one at

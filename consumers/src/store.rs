@@ -15,16 +15,16 @@
 //! after keeping only the newest content of each event in the batch.
 //!
 //! Calls: each row names its call (`call_key`), and the calls of the events
-//! a batch changed are merged again into the `calls` table in the same
-//! transaction ([`crate::calls`]); the binary publishes them to
-//! `callstream.calls.v1` from there ([`crate::calls::outbox`]).
+//! a batch changed are queued for merging in the same transaction
+//! ([`crate::calls`]); the binary's calls task merges them into `calls` and
+//! publishes them to `callstream.calls.v1` ([`crate::calls::worker`]).
 //!
 //! What would break it: writing rows outside the transaction the sink
 //! hands over. A platform that resends an *old* version of an event after
 //! dedup's window would have it stored over the newer one: nothing in a
 //! delivery says which content is older.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -35,7 +35,6 @@ use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use callstream_schemas::call::call_key;
-use callstream_schemas::Event;
 
 use crate::calls;
 use crate::pg::settings::BatchSettings;
@@ -106,7 +105,7 @@ fn upsert_sql() -> String {
          ON CONFLICT (event_id) DO UPDATE SET {}, stored_at = now()
          WHERE (events.received_at, events.revision) < (EXCLUDED.received_at, EXCLUDED.revision)
            AND events.fingerprint <> EXCLUDED.fingerprint
-         RETURNING event_id, call_key",
+         RETURNING call_key",
         names.join(", "),
         arrays.join(", "),
         updates.join(", "),
@@ -119,9 +118,9 @@ pub struct StoreWriter {
     /// Records that changed nothing (resends, contents not newer than the
     /// row): how out of order the input is.
     stale: IntCounter,
-    /// Calls whose merged state changed.
-    calls_changed: IntCounter,
-    /// Told when a commit changed calls: the outbox publishes them.
+    /// Calls queued for merging.
+    calls_queued: IntCounter,
+    /// Told when a commit queued calls: the calls task merges them.
     nudge: Arc<Notify>,
 }
 
@@ -131,21 +130,21 @@ impl StoreWriter {
             "callstream_store_stale_records_total",
             "Records that changed no row: resends, or contents not newer than the stored one.",
         ))?;
-        let calls_changed = IntCounter::with_opts(Opts::new(
-            "callstream_store_calls_changed_total",
-            "Calls whose merged state a batch created or changed in the calls table.",
+        let calls_queued = IntCounter::with_opts(Opts::new(
+            "callstream_store_calls_queued_total",
+            "Calls queued for merging because a batch changed one of their events.",
         ))?;
         registry.register(Box::new(stale.clone()))?;
-        registry.register(Box::new(calls_changed.clone()))?;
+        registry.register(Box::new(calls_queued.clone()))?;
         Ok(StoreWriter {
             sql: upsert_sql(),
             stale,
-            calls_changed,
+            calls_queued,
             nudge: Arc::new(Notify::new()),
         })
     }
 
-    /// What the calls outbox ([`calls::outbox::Outbox`]) waits on.
+    /// What the calls task ([`calls::worker::CallsWorker`]) waits on.
     pub fn nudge(&self) -> Arc<Notify> {
         self.nudge.clone()
     }
@@ -255,12 +254,11 @@ impl<'a> Columns<'a> {
 // The trait's signature repeats in `analytics/mod.rs`; the bodies differ.
 impl PgWriter for StoreWriter {
     /// Rows are keyed by `event_id`, derived from the identity the topic is
-    /// keyed by: partitions never share a row. They do share `calls` rows
-    /// (a call's events have different identities), which the call's
-    /// advisory lock serializes ([`crate::calls`]).
+    /// keyed by: partitions never share a row. They may queue the same
+    /// call (`calls_dirty`), an upsert taken in key order.
     const PARTITION_PARALLEL: bool = true;
 
-    /// Stale records of the batch and calls changed, counted once it commits.
+    /// Stale records of the batch and calls queued, counted once it commits.
     type Applied = (u64, u64);
 
     async fn write<'a>(
@@ -280,35 +278,26 @@ impl PgWriter for StoreWriter {
         if latest.is_empty() {
             return Ok((batch.len() as u64, 0));
         }
-        // The calls of the events that changed are merged again, in
-        // this transaction (see `crate::calls`).
         let changed = tx.query(self.sql.as_str(), &columns.params()).await?;
+        // The calls of the events that changed are queued for the calls
+        // task, in this transaction (see `crate::calls`).
         let mut keys = BTreeSet::new();
-        let mut fresh: HashMap<Uuid, &Event> = HashMap::with_capacity(changed.len());
-        let by_id: HashMap<Uuid, &Event> = latest
-            .iter()
-            .map(|r| (r.event.event_id, &r.event))
-            .collect();
         for row in &changed {
-            if let Some(key) = row.try_get::<_, Option<String>>(1)? {
-                let id: Uuid = row.try_get(0)?;
-                if let Some(event) = by_id.get(&id) {
-                    fresh.insert(id, event);
-                }
+            if let Some(key) = row.try_get::<_, Option<String>>(0)? {
                 keys.insert(key);
             }
         }
-        let calls = calls::merge(tx, &keys, &fresh).await?;
+        calls::queue(tx, &keys).await?;
         Ok((
             (batch.len() as u64).saturating_sub(changed.len() as u64),
-            calls,
+            keys.len() as u64,
         ))
     }
 
     fn committed(&self, (stale, calls): (u64, u64)) {
         self.stale.inc_by(stale);
         if calls > 0 {
-            self.calls_changed.inc_by(calls);
+            self.calls_queued.inc_by(calls);
             self.nudge.notify_one();
         }
     }

@@ -196,3 +196,27 @@ impl RunningSink {
             .expect("sink ran without error");
     }
 }
+
+/// Waits until the store's calls task has merged and published everything
+/// queued (`calls_dirty` and `calls_outbox` empty); panics after `timeout`.
+pub async fn wait_calls_settled(db: &tokio_postgres::Client, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left: i64 = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM calls_dirty) + (SELECT count(*) FROM calls_outbox)",
+                &[],
+            )
+            .await
+            .expect("the calls queues are readable")
+            .get(0);
+        if left == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} calls still queued after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

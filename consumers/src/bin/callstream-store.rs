@@ -11,13 +11,13 @@ use std::time::Duration;
 use prometheus::Registry;
 use tokio::sync::watch;
 
-use callstream_consumers::calls::outbox::Outbox;
+use callstream_consumers::calls::worker::CallsWorker;
 use callstream_consumers::store::StoreWriter;
 use callstream_consumers::{cli, pg_consumer};
 
-/// How long a stopping store gives the outbox to publish what the last
-/// batches committed (the rest is published at the next start).
-const OUTBOX_DRAIN: Duration = Duration::from_secs(10);
+/// How long a stopping store gives its calls task to merge and publish
+/// what the last batches queued (the rest is done at the next start).
+const CALLS_DRAIN: Duration = Duration::from_secs(10);
 
 // The steps every consumer's `main` shares are `cli::start` and
 // `cli::serve` (or `pg_consumer::run`); only what differs is here.
@@ -31,8 +31,8 @@ async fn main() -> anyhow::Result<()> {
     let registry = Registry::new();
     let writer = StoreWriter::new(&registry)?;
     // Asks the brokers for the calls topic: a few blocking requests.
-    let outbox = tokio::task::block_in_place(|| {
-        Outbox::new(
+    let calls = tokio::task::block_in_place(|| {
+        CallsWorker::new(
             &settings.kafka,
             &settings.topics,
             settings.require_database_url()?.clone(),
@@ -41,13 +41,13 @@ async fn main() -> anyhow::Result<()> {
         )
     })?;
     // Stopped after the sink, so its last pass sees the last commits.
-    let (stop_outbox, stopping) = watch::channel(false);
-    let outbox = tokio::spawn(outbox.run(stopping));
+    let (stop_calls, stopping) = watch::channel(false);
+    let calls = tokio::spawn(calls.run(stopping));
     let result = pg_consumer::run(&settings, "store", &settings.store, registry, writer).await;
-    let _ = stop_outbox.send(true);
-    if tokio::time::timeout(OUTBOX_DRAIN, outbox).await.is_err() {
+    let _ = stop_calls.send(true);
+    if tokio::time::timeout(CALLS_DRAIN, calls).await.is_err() {
         tracing::warn!(
-            "calls outbox still publishing at exit; the rest is published at the next start"
+            "calls task still merging or publishing at exit; the rest is done at the next start"
         );
     }
     result

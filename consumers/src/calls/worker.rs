@@ -1,18 +1,20 @@
-//! Publishes the `calls` table to `callstream.calls.v1`: a transactional
-//! outbox. The store commits a call's new state with its events, and the
-//! call's key and revision in `calls_outbox`; this task then publishes the
-//! current state of every call queued there, waits for Kafka's
+//! The store's calls task: merges the calls the store's batches queued
+//! (`calls_dirty`, [`crate::calls::merge_queued`]) into `calls`, then
+//! publishes the changed ones to `callstream.calls.v1` (a transactional
+//! outbox). A merge writes a call's new state and queues its key and
+//! revision in `calls_outbox` in one transaction; the task then publishes
+//! the current state of every call queued there, waits for Kafka's
 //! acknowledgement (`acks=all`, idempotent producer), and only then takes
 //! it out of the queue (unless it changed meanwhile).
 //!
 //! Guarantee: every committed state of a call reaches the topic at least
-//! once, after Kafka and PostgreSQL outages and crashes alike (what was not
-//! marked published is published at the next pass or start), and the
+//! once, after Kafka and PostgreSQL outages and crashes alike (what is
+//! still queued is merged or published at the next pass or start), and the
 //! newest record of a key is never older than one before it: one task
-//! publishes at a time (a session advisory lock; a second store instance
-//! waits its turn), and it publishes a row's *current* state, read after
-//! the previous one was acknowledged. A state replaced before its turn is
-//! skipped: the topic is compacted, readers want the newest.
+//! merges and publishes at a time (a session advisory lock; a second store
+//! instance waits its turn), and it publishes a row's *current* state, read
+//! after the previous one was acknowledged. A state replaced before its
+//! turn is skipped: the topic is compacted, readers want the newest.
 //!
 //! What breaks it: a `calls` row changed outside the store (its revision
 //! not raised) is never published again.
@@ -34,25 +36,35 @@ use callstream_schemas::call::Call;
 
 use crate::pg;
 
-/// The session lock only one outbox holds (`calls` outbox, in ASCII).
-const PUBLISHER_LOCK: (i32, i32) = (0x6361_6c6c, 0x6f75_7462);
-/// Rows per pass: one publish, one update.
+/// The session lock only one calls task holds (`call` `outb`, in ASCII).
+const WORKER_LOCK: (i32, i32) = (0x6361_6c6c, 0x6f75_7462);
+/// Calls per transaction: merged, or published and taken out.
 const BATCH: i64 = 1000;
 /// A pass runs at least this often, even without a nudge (a state another
 /// instance committed, or a nudge lost to a restart).
 const IDLE_PASS: Duration = Duration::from_secs(1);
 
-/// Outbox metrics: `callstream_store_calls_*`.
+/// The calls task's metrics: `callstream_store_calls_*`.
 #[derive(Clone)]
-pub struct OutboxMetrics {
+pub struct CallsMetrics {
+    pub merged: IntCounter,
+    pub changed: IntCounter,
     pub published: IntCounter,
     pub pending: IntGauge,
     pub errors: IntCounter,
     pub refused: IntCounter,
 }
 
-impl OutboxMetrics {
-    pub fn new(registry: &Registry) -> prometheus::Result<OutboxMetrics> {
+impl CallsMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<CallsMetrics> {
+        let merged = IntCounter::with_opts(Opts::new(
+            "callstream_store_calls_merged_total",
+            "Queued calls merged again from their events.",
+        ))?;
+        let changed = IntCounter::with_opts(Opts::new(
+            "callstream_store_calls_changed_total",
+            "Merges that created a call or changed its state (each then published).",
+        ))?;
         let published = IntCounter::with_opts(Opts::new(
             "callstream_store_calls_published_total",
             "Call states published to callstream.calls.v1 and acknowledged.",
@@ -63,17 +75,21 @@ impl OutboxMetrics {
         ))?;
         let errors = IntCounter::with_opts(Opts::new(
             "callstream_store_calls_publish_errors_total",
-            "Outbox passes that failed (Kafka or PostgreSQL) and were retried.",
+            "Passes of the calls task that failed (Kafka or PostgreSQL) and were retried.",
         ))?;
         let refused = IntCounter::with_opts(Opts::new(
             "callstream_store_calls_refused_total",
             "Call states Kafka refused for themselves (larger than the topic takes): not published, kept in the calls table.",
         ))?;
+        registry.register(Box::new(merged.clone()))?;
+        registry.register(Box::new(changed.clone()))?;
         registry.register(Box::new(published.clone()))?;
         registry.register(Box::new(pending.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(refused.clone()))?;
-        Ok(OutboxMetrics {
+        Ok(CallsMetrics {
+            merged,
+            changed,
             published,
             pending,
             errors,
@@ -82,25 +98,28 @@ impl OutboxMetrics {
     }
 }
 
-/// The outbox task.
-pub struct Outbox {
+/// The calls task.
+pub struct CallsWorker {
     pub database_url: SecretString,
     pub publisher: Publisher,
-    /// Nudged by the store after each commit that changed a call.
+    /// Nudged by the store after each commit that queued a call.
     pub nudge: Arc<Notify>,
-    pub metrics: OutboxMetrics,
+    pub metrics: CallsMetrics,
 }
 
-impl Outbox {
-    /// Publishes until `shutdown`, then makes one last pass (what the last
-    /// batches committed) before returning.
+impl CallsWorker {
+    /// Merges and publishes until `shutdown`, then makes one last pass
+    /// (what the last batches queued) before returning.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut backoff = pg::backoff(Duration::from_secs(10));
         let mut client: Option<Client> = None;
         loop {
             let stopping = *shutdown.borrow();
             let result = match client.as_mut() {
-                Some(c) => self.drain(c).await,
+                Some(c) => match self.merge(c).await {
+                    Ok(()) => self.drain(c).await,
+                    Err(e) => Err(e),
+                },
                 None => match self.connect().await {
                     Ok(c) => {
                         client = Some(c);
@@ -126,11 +145,11 @@ impl Outbox {
                         client = None;
                     }
                     if stopping {
-                        tracing::warn!(error = %e, "calls not all published before stopping; they are published at the next start");
+                        tracing::warn!(error = %e, "calls not all merged and published before stopping; the rest is at the next start");
                         return;
                     }
                     let delay = backoff.delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "calls outbox pass failed; retrying");
+                    tracing::warn!(error = %e, retry_in = ?delay, "calls task pass failed; retrying");
                     if pause(delay, &shutdown).await {
                         continue; // one last pass
                     }
@@ -139,7 +158,7 @@ impl Outbox {
         }
     }
 
-    /// A connection holding the publisher lock (waiting for it while
+    /// A connection holding the calls task's lock (waiting for it while
     /// another instance holds it).
     async fn connect(&self) -> Result<Client, String> {
         let client = pg::connect(&self.database_url)
@@ -148,11 +167,32 @@ impl Outbox {
         client
             .execute(
                 "SELECT pg_advisory_lock($1, $2)",
-                &[&PUBLISHER_LOCK.0, &PUBLISHER_LOCK.1],
+                &[&WORKER_LOCK.0, &WORKER_LOCK.1],
             )
             .await
-            .map_err(|e| format!("cannot take the outbox lock: {}", error_chain(&e)))?;
+            .map_err(|e| format!("cannot take the calls task's lock: {}", error_chain(&e)))?;
         Ok(client)
+    }
+
+    /// Merges queued calls, a transaction per batch, until none is left
+    /// (from the first key again while any is: a key queued again
+    /// meanwhile is merged in the next round).
+    async fn merge(&self, client: &mut Client) -> Result<(), String> {
+        let failed = |e: tokio_postgres::Error| format!("cannot merge calls: {}", error_chain(&e));
+        let mut after = String::new();
+        loop {
+            let tx = client.transaction().await.map_err(failed)?;
+            let (merged, last) = crate::calls::merge_queued(&tx, &after, BATCH)
+                .await
+                .map_err(failed)?;
+            tx.commit().await.map_err(failed)?;
+            self.metrics.merged.inc_by(merged.merged);
+            self.metrics.changed.inc_by(merged.changed);
+            match last {
+                Some(last) if merged.merged as i64 == BATCH => after = last,
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// Publishes batches until the outbox is empty. Pages by call key, so
@@ -243,8 +283,8 @@ impl Outbox {
     }
 }
 
-impl Outbox {
-    /// The outbox of the `calls` table of `database_url`: a durable
+impl CallsWorker {
+    /// The calls task of the database at `database_url`: a durable
     /// producer of `callstream.calls.v1` (made compacted when missing),
     /// nudged by `nudge`, counting into `registry`. Blocking: asks the
     /// brokers for the topic.
@@ -254,7 +294,7 @@ impl Outbox {
         database_url: SecretString,
         nudge: Arc<Notify>,
         registry: &Registry,
-    ) -> anyhow::Result<Outbox> {
+    ) -> anyhow::Result<CallsWorker> {
         use anyhow::Context;
         use callstream_kafka::publish::{PublishMetrics, PublishOptions};
         use callstream_kafka::topics::{ensure_topic, Owned};
@@ -280,11 +320,11 @@ impl Outbox {
             PublishMetrics::register(registry, "store")?,
         )
         .context("cannot create the Kafka producer of callstream.calls.v1 (kafka.*)")?;
-        Ok(Outbox {
+        Ok(CallsWorker {
             database_url,
             publisher,
             nudge,
-            metrics: OutboxMetrics::new(registry)?,
+            metrics: CallsMetrics::new(registry)?,
         })
     }
 }
