@@ -495,3 +495,93 @@ async fn a_call_too_large_for_kafka_does_not_hold_the_others_back() {
     stop_calls.send(true).unwrap();
     calls_task.await.unwrap();
 }
+
+/// A database filled before calls existed (V7) gets them after the
+/// upgrade: V8 names each stored event's call and queues the calls, and
+/// the store's calls task merges and publishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_events_stored_before_the_upgrade_are_merged_after_it() {
+    use callstream_testkit::unique::{at, spec, Joined, Spec};
+    let db = TestDatabase::create().await;
+    let mut client = db.connect().await;
+    callstream_consumers::pg::migrate_up_to(&mut client, Some(7))
+        .await
+        .expect("the release before calls migrates");
+    // An Onoff missed call and its voicemail, as the store wrote them then.
+    let Spec::Call(mut missed) = spec("old", 3, at("2024-06-03T10:00:00Z")) else {
+        panic!("spec 3 is an Onoff call");
+    };
+    missed.provider = callstream_schemas::ProviderId::Onoff;
+    missed.outcome = callstream_testkit::unique::Outcome::Missed;
+    let received = at("2024-06-03T10:05:00Z");
+    let events = [
+        Spec::Call(missed.clone()).event(received),
+        Spec::Joined(missed, Joined::Voicemail).event(received),
+    ];
+    for e in &events {
+        client
+            .execute(
+                "INSERT INTO events (event_id, identity, revision, fingerprint, provider,
+                     tenant, kind, direction, status, received_at, event)
+                 VALUES ($1, $2, 1, $3, 'onoff', $4, $5, 'inbound', $6, $7, $8)",
+                &[
+                    &e.event_id,
+                    &e.identity,
+                    &e.fingerprint,
+                    &e.tenant,
+                    &e.kind.as_str(),
+                    &serde_json::to_value(e.status).unwrap().as_str().unwrap(),
+                    &e.received_at,
+                    &serde_json::to_value(e).unwrap(),
+                ],
+            )
+            .await
+            .expect("a V7 row");
+    }
+    callstream_consumers::pg::migrate(&mut client)
+        .await
+        .expect("the upgrade applies");
+    let key = callstream_schemas::call::call_key(&events[0]).expect("a call");
+    let keys: Vec<Option<String>> = client
+        .query("SELECT call_key FROM events ORDER BY kind", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        keys,
+        [Some(key.clone()), Some(key.clone())],
+        "the same rule as the code's"
+    );
+
+    let broker = callstream_testkit::sinks::broker();
+    let bootstrap = broker.bootstrap_servers();
+    let settings = consumer_settings(&bootstrap, &db.url);
+    let registry = Registry::new();
+    let writer = StoreWriter::new(&registry).expect("metrics register");
+    let calls_task = tokio::task::block_in_place(|| {
+        CallsWorker::new(
+            &settings.kafka,
+            &settings.topics,
+            db.url.clone().into(),
+            writer.nudge(),
+            &registry,
+        )
+    })
+    .expect("calls task starts");
+    let (stop_calls, stopping) = watch::channel(false);
+    let calls_task = tokio::spawn(calls_task.run(stopping));
+    wait_calls_settled(&client, CATCH_UP).await;
+    let stored = calls(&client).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[&key], Call::from_events(&events).unwrap());
+    assert_eq!(stored[&key].status, Status::Voicemail);
+    let topic = Topic::Calls.default_name();
+    assert!(
+        eventually(CATCH_UP, || read_all(&bootstrap, topic).len() == 1).await,
+        "the call published"
+    );
+    stop_calls.send(true).unwrap();
+    calls_task.await.unwrap();
+}

@@ -68,6 +68,11 @@ CREATE TABLE calls_dirty (
     version            bigint           NOT NULL
 );
 
+-- The calls of the events stored before this migration: the store's calls
+-- task merges (and publishes) them after the upgrade.
+INSERT INTO calls_dirty (call_key, version)
+SELECT DISTINCT call_key, 1 FROM events WHERE call_key IS NOT NULL;
+
 -- The outbox: calls whose state `revision` (or a newer one) is not
 -- published to callstream.calls.v1 yet. Written with `calls`, emptied by
 -- the store's outbox task once Kafka acknowledged; small, so `calls`
