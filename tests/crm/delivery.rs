@@ -216,12 +216,16 @@ async fn requests_keep_to_the_rate_limit() {
     // Measured on arrival, so allow a little network jitter.
     let minimum = Duration::from_secs_f64(f64::from(N - 1) / RATE) - Duration::from_millis(20);
     assert!(span >= minimum, "{N} requests at {RATE}/s took {span:?}");
-    assert!(
-        crm.metric(
-            "callstream_crm_rate_limit_waits_total",
-            r#"target="slow-crm""#
-        ) >= f64::from(N - 1)
+    // A request waits only when it is ready before the limiter is: on a
+    // loaded machine a delivery can take longer than 1/RATE by itself and
+    // then needs no wait (a CI run saw fewer than N - 1), so the span above
+    // is the promise; the counter must exist and never count more waits
+    // than requests after the first.
+    let waits = crm.metric(
+        "callstream_crm_rate_limit_waits_total",
+        r#"target="slow-crm""#,
     );
+    assert!(waits <= f64::from(N - 1), "{waits} waits for {N} requests");
     crm.stop().await;
 }
 
