@@ -71,7 +71,8 @@ mod tests {
 
     #[test]
     fn a_call_record_gives_back_the_call_and_its_revision() {
-        let (event, _) = sealed().into_parts();
+        let (mut event, _) = sealed().into_parts();
+        event.correlation.call_id = Some("c-1".into());
         let call = Call::from_events(&[event]).expect("a call event");
         let record = call_record(&call, 3);
         assert_eq!(record.topic, Topic::Calls);
