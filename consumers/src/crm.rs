@@ -37,6 +37,7 @@ pub mod hubspot;
 mod metrics;
 pub mod redeliver;
 pub mod settings;
+mod state;
 mod target;
 pub mod webhook;
 
@@ -46,10 +47,11 @@ use std::sync::Arc;
 use prometheus::Registry;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
-use reqwest::Url;
+use secrecy::SecretString;
 use tokio::sync::watch;
 
-use callstream_schemas::{Event, Topic};
+use callstream_schemas::{Kind, Topic};
+use futures_util::future::BoxFuture;
 
 use callstream_kafka::consume::TrackingContext;
 use callstream_kafka::per_record::PerRecordLoop;
@@ -57,22 +59,29 @@ use callstream_kafka::{ClientSettings, TopicNames};
 use callstream_runtime::config::{invalid, ConfigError};
 use callstream_runtime::shutdown::wait_for;
 use deliver::Deliverer;
+pub use deliver::{Answer, AttemptError, Session, Work};
 use metrics::CrmMetrics;
 use settings::{TargetKind, TargetSettings};
-use target::TargetHandler;
+use target::{Input, TargetHandler};
 
 pub use settings::CrmSettings;
 
-/// What differs between CRMs: where an event goes and what it looks like.
-/// Adding a CRM is one file implementing this and one [`TargetKind`].
+/// What differs between CRMs: what a call, an event or an archived
+/// recording becomes there. Adding a CRM is one file implementing this and
+/// one [`TargetKind`].
 pub trait Mapping: Send + Sync {
-    fn request(&self, event: &Event, revision: i32) -> Result<Outgoing, serde_json::Error>;
-}
+    /// One attempt at `work`, through `session`'s requests; the caller
+    /// retries a retriable error, so an attempt must be safe to repeat.
+    fn send<'a>(
+        &'a self,
+        session: &'a Session<'a>,
+        work: &'a Work<'a>,
+    ) -> BoxFuture<'a, Result<(), AttemptError>>;
 
-/// One JSON `POST`.
-pub struct Outgoing {
-    pub url: Url,
-    pub body: Vec<u8>,
+    /// Whether it takes archived recordings (`callstream.recordings.v1`).
+    fn takes_recordings(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +101,8 @@ pub enum CrmError {
     Metrics(#[from] prometheus::Error),
     #[error("CRM target task failed: {0}")]
     Task(String),
+    #[error("CRM state in PostgreSQL: {0}")]
+    Database(String),
 }
 
 /// Unique events a target reads ahead of the one it delivers, at most; a
@@ -103,57 +114,75 @@ pub struct CrmConsumer {
     targets: Vec<PerRecordLoop<TargetHandler>>,
 }
 
+/// The kinds that make a call worth delivering.
+const CALL_KINDS: [Kind; 3] = [Kind::Call, Kind::Voicemail, Kind::Recording];
+
 impl CrmConsumer {
-    /// Builds one consumer and HTTP client per target and the shared
-    /// dead-letter producer; registers `callstream_crm_*` in `registry`.
-    pub fn build(
+    /// Builds, per target, a consumer per input it reads and one HTTP
+    /// client, and the shared dead-letter producer; registers
+    /// `callstream_crm_*` in `registry`. HubSpot targets keep their state
+    /// in PostgreSQL (`database_url`, migrated here).
+    pub async fn build(
         crm: &CrmSettings,
         kafka: &ClientSettings,
         topics: &TopicNames,
+        database_url: Option<&SecretString>,
         registry: &Registry,
     ) -> Result<CrmConsumer, CrmError> {
         crm.require_targets()?;
+        let db = state::Db::for_targets(crm, database_url).await?;
         let metrics = CrmMetrics::register(registry)?;
         let producer: FutureProducer = callstream_kafka::client::durable_producer_config(kafka)
             .create()
             .map_err(CrmError::Producer)?;
         let mut targets = Vec::with_capacity(crm.targets.len());
         for (name, target) in &crm.targets {
-            let group = crm.group_id(name);
-            let kafka_error = |source| CrmError::Kafka {
-                target: name.clone(),
-                source,
-            };
-            let consumer = callstream_kafka::client::consumer_config(kafka, &group)
-                .create_with_context(TrackingContext::committing_on_revoke())
-                .map_err(kafka_error)?;
-            let deliverer = Deliverer::new(target, mapping(name, target)?, metrics.target(name))
-                .map_err(|source| CrmError::Http {
-                    target: name.clone(),
-                    source,
-                })?;
             let metrics = metrics.target(name);
-            targets.push(PerRecordLoop {
-                name: format!("crm target {name} (group {group})"),
-                consumer: Arc::new(consumer),
-                topic: topics.name(Topic::EventsUnique).to_string(),
-                // In order: one record at a time.
-                concurrency: 1,
-                max_queued: QUEUED_PER_TARGET,
-                lag: metrics.lag.clone(),
-                in_progress: None,
-                handler: TargetHandler {
-                    name: name.clone(),
-                    dead_letters: DeadLetters::new(
-                        producer.clone(),
-                        topics.name(Topic::CrmDlq),
-                        target::KAFKA_ERROR_PAUSE,
-                    ),
-                    deliverer,
-                    kinds: target.kinds.clone(),
-                    metrics,
-                },
-            });
+            let deliverer =
+                Deliverer::new(target, mapping(name, target, db.clone())?, metrics.clone())
+                    .map_err(|source| CrmError::Http {
+                        target: name.clone(),
+                        source,
+                    })?;
+            let deliverer = Arc::new(deliverer);
+            let mut inputs = vec![Input::Events];
+            if target.kinds.iter().any(|k| CALL_KINDS.contains(k)) {
+                inputs.push(Input::Calls);
+            }
+            if deliverer.takes_recordings() {
+                inputs.push(Input::Recordings);
+            }
+            for input in inputs {
+                let group = input.group(&crm.group_id(name));
+                let consumer = callstream_kafka::client::consumer_config(kafka, &group)
+                    .create_with_context(TrackingContext::committing_on_revoke())
+                    .map_err(|source| CrmError::Kafka {
+                        target: name.clone(),
+                        source,
+                    })?;
+                targets.push(PerRecordLoop {
+                    name: format!("crm target {name}, {} (group {group})", input.label()),
+                    consumer: Arc::new(consumer),
+                    topic: topics.name(input.topic()).to_string(),
+                    // In order: one record at a time.
+                    concurrency: 1,
+                    max_queued: QUEUED_PER_TARGET,
+                    lag: metrics.lag(input.label()),
+                    in_progress: None,
+                    handler: TargetHandler {
+                        name: name.clone(),
+                        input,
+                        dead_letters: DeadLetters::new(
+                            producer.clone(),
+                            topics.name(Topic::CrmDlq),
+                            target::KAFKA_ERROR_PAUSE,
+                        ),
+                        deliverer: deliverer.clone(),
+                        kinds: target.kinds.clone(),
+                        metrics: metrics.clone(),
+                    },
+                });
+            }
         }
         // Never an error for an output: logged when it cannot be made.
         let _ = callstream_kafka::topics::ensure_topic(
@@ -202,11 +231,18 @@ impl CrmConsumer {
     }
 }
 
-fn mapping(name: &str, target: &TargetSettings) -> Result<Box<dyn Mapping>, ConfigError> {
+fn mapping(
+    name: &str,
+    target: &TargetSettings,
+    db: Option<Arc<state::Db>>,
+) -> Result<Box<dyn Mapping>, ConfigError> {
     let invalid_url = |problem| invalid(format!("crm.targets.{name}.url"), problem);
     let url = target.base_url().map_err(&invalid_url)?;
     Ok(match target.kind {
         TargetKind::Webhook => Box::new(webhook::Webhook { url }),
-        TargetKind::Hubspot => Box::new(hubspot::HubSpot::new(&url).map_err(&invalid_url)?),
+        TargetKind::Hubspot => {
+            let db = db.ok_or_else(|| invalid("database_url", "is required by hubspot targets"))?;
+            Box::new(hubspot::HubSpot::new(name, &url, target, db).map_err(&invalid_url)?)
+        }
     })
 }

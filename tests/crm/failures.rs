@@ -32,7 +32,7 @@ async fn retries_then_delivers_or_dead_letters_and_loses_nothing() {
     kafka.publish(&events.map(|e| (e, 1))).await;
     kafka.send("garbage-key", b"not an event", 1).await;
 
-    let crm = start(&settings);
+    let crm = start(&settings).await;
     wait("every event finished", || {
         crm.events("flaky", "delivered") + crm.events("flaky", "dead_lettered") >= 7.0
     })
@@ -163,7 +163,7 @@ async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
         .publish(&[(&refused, 2), (&still_refused, 1), (&fine, 1)])
         .await;
     kafka.send("garbage-key", b"not an event", 1).await;
-    let crm = start(&settings);
+    let crm = start(&settings).await;
     wait("every event finished", || {
         crm.events("flaky", "delivered") + crm.events("flaky", "dead_lettered") >= 4.0
     })
@@ -199,6 +199,7 @@ async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
         &settings.crm,
         &settings.kafka,
         &settings.topics,
+        settings.database_url.as_ref(),
         &options,
         shutdown.clone(),
         |_| {},
@@ -217,6 +218,7 @@ async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
         &settings.crm,
         &settings.kafka,
         &settings.topics,
+        settings.database_url.as_ref(),
         &options,
         shutdown,
         |letter| lines.push(letter.to_string()),
@@ -264,6 +266,7 @@ async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
         &settings.crm,
         &settings.kafka,
         &settings.topics,
+        settings.database_url.as_ref(),
         &unknown,
         shutdown,
         |_| {},
@@ -310,7 +313,7 @@ async fn a_dead_target_does_not_delay_a_healthy_one() {
         .await;
 
     let started = Instant::now();
-    let crm = start(&settings);
+    let crm = start(&settings).await;
     wait("the healthy target has every event", || {
         healthy.delivered().len() == 5
     })

@@ -3,8 +3,11 @@
 //! event: 200, 400, 401, 403, 429 + `Retry-After`, 500, or nothing before
 //! the timeout.
 
+mod calls;
 mod delivery;
 mod failures;
+mod hubspot;
+mod hubspot_standin;
 mod offsets;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -23,8 +26,11 @@ use callstream_consumers::config::Settings;
 use callstream_consumers::crm::redeliver::{redeliver, RedeliverOptions};
 use callstream_consumers::crm::{CrmConsumer, CrmError};
 use callstream_kafka::embedded::EmbeddedBroker;
+use callstream_kafka::publish::OutRecord;
+use callstream_kafka::wire::call_record;
 use callstream_kafka::TopicNames;
-use callstream_schemas::Topic;
+use callstream_schemas::call::Call;
+use callstream_schemas::{Event, Topic};
 use callstream_testkit::{count_records, eventually, read_all, Record, PARTITIONS};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -234,6 +240,14 @@ fn event(kind: &str, direction: &str, status: &str) -> Value {
     })
 }
 
+/// An event of the call `call_id` (Onoff's `id`): it names its call.
+fn call_event(call_id: &str, kind: &str, status: &str) -> Value {
+    let mut e = event(kind, "inbound", status);
+    e["identity"] = json!(format!("onoff:acme:{kind}:{call_id}"));
+    e["correlation"] = json!({"call_id": call_id});
+    e
+}
+
 fn key_of(event: &Value) -> String {
     event["event_id"].as_str().unwrap().to_string()
 }
@@ -281,6 +295,39 @@ impl Kafka {
             .expect("produced");
     }
 
+    /// Produces `record` (from `callstream_kafka::wire`) as it is.
+    async fn send_record(&self, record: &OutRecord) {
+        let headers = record
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k.as_ref(),
+                    value: Some(v.as_slice()),
+                })
+            });
+        let produced = FutureRecord::to(record.topic.default_name())
+            .key(&record.key)
+            .payload(&record.payload)
+            .headers(headers);
+        self.producer
+            .send(produced, Duration::from_secs(10))
+            .await
+            .expect("produced");
+    }
+
+    /// Produces the state of the call `events` describe, at `revision`,
+    /// as the store's calls task publishes it; returns the call.
+    async fn publish_call(&self, events: &[&Value], revision: i64) -> Call {
+        let events: Vec<Event> = events
+            .iter()
+            .map(|e| serde_json::from_value((*e).clone()).expect("an event"))
+            .collect();
+        let call = Call::from_events(&events).expect("events that name a call");
+        self.send_record(&call_record(&call, revision)).await;
+        call
+    }
+
     fn dead_letters(&self) -> Vec<Record> {
         read_all(&self.bootstrap(), Topic::CrmDlq.default_name())
     }
@@ -292,7 +339,12 @@ impl Kafka {
 
 /// Settings with `targets` as `[crm.targets]`, in a group of their own.
 fn settings(bootstrap: &str, targets: Value) -> Settings {
-    let figment = Settings::defaults()
+    settings_with(bootstrap, targets, Settings::defaults())
+}
+
+/// [`settings`] on top of `base`.
+fn settings_with(bootstrap: &str, targets: Value, base: figment::Figment) -> Settings {
+    let figment = base
         .merge(("kafka.bootstrap_servers", bootstrap))
         .merge((
             "kafka.properties",
@@ -315,10 +367,17 @@ struct Running {
     registry: prometheus::Registry,
 }
 
-fn start(settings: &Settings) -> Running {
+async fn start(settings: &Settings) -> Running {
     let registry = prometheus::Registry::new();
-    let crm = CrmConsumer::build(&settings.crm, &settings.kafka, &settings.topics, &registry)
-        .expect("CRM consumer builds");
+    let crm = CrmConsumer::build(
+        &settings.crm,
+        &settings.kafka,
+        &settings.topics,
+        settings.database_url.as_ref(),
+        &registry,
+    )
+    .await
+    .expect("CRM consumer builds");
     let (stop, stopped) = watch::channel(false);
     Running {
         stop,

@@ -24,7 +24,7 @@ async fn an_event_is_committed_only_once_delivered() {
         .await;
 
     // Stopped while the first event is being retried: nothing is committed.
-    let crm = start(&settings);
+    let crm = start(&settings).await;
     wait("retrying", || crm_server.received().len() >= 2).await;
     let first = crm_server.received()[0]
         .header("idempotency-key")
@@ -39,7 +39,7 @@ async fn an_event_is_committed_only_once_delivered() {
 
     // Started again with the CRM back: every event arrives, the interrupted one included.
     crm_server.answer_everything(Reply::Status(200));
-    let crm = start(&settings);
+    let crm = start(&settings).await;
     let mut all: Vec<String> = events.iter().map(key_of).collect();
     all.sort();
     wait("all delivered after the restart", || {
@@ -52,7 +52,7 @@ async fn an_event_is_committed_only_once_delivered() {
     // Their offsets were committed: a third run delivers only what is new.
     let new = event("call", "outbound", "answered");
     kafka.publish(&[(&new, 1)]).await;
-    let crm = start(&settings);
+    let crm = start(&settings).await;
     // The CRM records a request before its answer reaches the consumer, which
     // counts the delivery only then: wait for the count, not the request.
     wait("the new event delivered", || {
@@ -96,11 +96,11 @@ async fn each_targets_lag_shows_what_it_has_left() {
             .send("one-partition", &serde_json::to_vec(&event).unwrap(), 1)
             .await;
     }
-    let crm = start(&settings);
+    let crm = start(&settings).await;
     let lag = |target: &str| {
         crm.metric(
             "callstream_crm_lag_records",
-            &format!(r#"target="{target}""#),
+            &format!(r#"input="events",target="{target}""#),
         )
     };
     wait("the healthy target has every event", || {
@@ -163,7 +163,7 @@ async fn a_joining_instance_gets_partitions_while_the_first_waits_on_a_slow_crm(
     };
     let first_settings = session(settings(&kafka.bootstrap(), target("/first")));
     kafka.publish(&[(&events[0], 1)]).await;
-    let first = start(&first_settings);
+    let first = start(&first_settings).await;
     wait("the first instance is stuck on the slow request", || {
         crm.for_key(&slow).len() == 1
     })
@@ -173,7 +173,7 @@ async fn a_joining_instance_gets_partitions_while_the_first_waits_on_a_slow_crm(
     let mut second_settings = session(settings(&kafka.bootstrap(), target("/second")));
     second_settings.crm.group_prefix = first_settings.crm.group_prefix.clone();
     let joined = Instant::now();
-    let second = start(&second_settings);
+    let second = start(&second_settings).await;
     let rest: Vec<(&Value, i32)> = events[1..].iter().map(|e| (e, 1)).collect();
     kafka.publish(&rest).await;
     // 9 s on an idle machine. The bound is the mock broker's worst case,

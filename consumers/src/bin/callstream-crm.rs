@@ -15,10 +15,17 @@ use callstream_consumers::crm::CrmConsumer;
 async fn main() -> anyhow::Result<()> {
     let settings = cli::start(
         env!("CARGO_BIN_NAME"),
-        "callstream CRM: `callstream.events.unique.v1` to webhooks and HubSpot.",
+        "callstream CRM: calls (`callstream.calls.v1`) and SMS (`callstream.events.unique.v1`) to webhooks and HubSpot.",
     )?;
     let registry = Registry::new();
-    let crm = CrmConsumer::build(&settings.crm, &settings.kafka, &settings.topics, &registry)?;
+    let crm = CrmConsumer::build(
+        &settings.crm,
+        &settings.kafka,
+        &settings.topics,
+        settings.database_url.as_ref(),
+        &registry,
+    )
+    .await?;
     let targets: Vec<_> = settings.crm.targets.keys().collect();
     tracing::info!(?targets, "CRM delivery starting");
     cli::serve(&settings.metrics_listen, registry, |stop| crm.run(stop)).await

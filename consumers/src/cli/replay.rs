@@ -154,6 +154,7 @@ async fn crm(settings: &Settings, options: &RedeliverOptions) -> anyhow::Result<
         &settings.crm,
         &settings.kafka,
         &settings.topics,
+        settings.database_url.as_ref(),
         options,
         shutdown,
         |letter| {

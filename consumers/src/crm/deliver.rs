@@ -1,5 +1,8 @@
-//! One event to one target over HTTP: rate limit, attempt, classify, back
-//! off, and try again until it is delivered, cannot be, or attempts run out.
+//! One piece of work (a call, an event, an archived recording) to one
+//! target over HTTP: rate limit, attempt, classify, back off, and try
+//! again until it is delivered, cannot be, or attempts run out. An attempt
+//! may be several requests (HubSpot looks up a contact and an owner before
+//! it writes); each is paced and counted on its own.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -8,15 +11,17 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use reqwest::{Response, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
+use callstream_schemas::call::Call;
+use callstream_schemas::recording::RecordingArchived;
 use callstream_schemas::Event;
 
 use super::metrics::TargetMetrics;
 use super::settings::{IdempotencyKey, TargetSettings};
-use super::{Mapping, Outgoing};
+use super::Mapping;
 use callstream_runtime::shutdown::wait_for;
 
 use crate::http_failure::{classify, Failure};
@@ -26,7 +31,7 @@ const EXCERPT_CHARS: usize = 200;
 
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum AttemptError {
+pub enum AttemptError {
     #[error("HTTP {}: {excerpt}", status.as_u16())]
     Status {
         status: StatusCode,
@@ -41,6 +46,16 @@ pub(crate) enum AttemptError {
     Transport(String),
     #[error("event cannot be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A 2xx answer that does not say what the API documents.
+    #[error("unexpected answer: {0}")]
+    Answer(String),
+    /// Not done yet, for a reason that passes: an object HubSpot holds but
+    /// does not find yet (its search lags its writes).
+    #[error("{0}")]
+    NotYet(String),
+    /// The target's own state (PostgreSQL) could not be read or written.
+    #[error("mapping store: {0}")]
+    Store(String),
     /// Shutdown began: the event is left uncommitted for the next start.
     #[error("shutting down")]
     ShuttingDown,
@@ -67,10 +82,12 @@ impl AttemptError {
                     || *status == StatusCode::REQUEST_TIMEOUT
                     || is_refused_credentials(*status)
             }
-            AttemptError::Timeout(_) | AttemptError::Connect(_) | AttemptError::Transport(_) => {
-                true
-            }
-            AttemptError::Encode(_) | AttemptError::ShuttingDown => false,
+            AttemptError::Timeout(_)
+            | AttemptError::Connect(_)
+            | AttemptError::Transport(_)
+            | AttemptError::NotYet(_)
+            | AttemptError::Store(_) => true,
+            AttemptError::Encode(_) | AttemptError::Answer(_) | AttemptError::ShuttingDown => false,
         }
     }
 
@@ -87,9 +104,12 @@ impl AttemptError {
             AttemptError::Status { .. } => "client_error",
             AttemptError::Timeout(_) => "timeout",
             AttemptError::Connect(_) => "connect_error",
-            AttemptError::Transport(_) | AttemptError::Encode(_) | AttemptError::ShuttingDown => {
-                "transport_error"
-            }
+            AttemptError::Transport(_)
+            | AttemptError::Encode(_)
+            | AttemptError::Answer(_)
+            | AttemptError::NotYet(_)
+            | AttemptError::Store(_)
+            | AttemptError::ShuttingDown => "transport_error",
         }
     }
 
@@ -172,7 +192,7 @@ fn sensitive(value: &str) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// How delivering one event ended.
+/// How delivering one piece of work ended.
 #[derive(Debug)]
 pub enum Delivery {
     /// The target answered 2xx.
@@ -183,7 +203,129 @@ pub enum Delivery {
     Abandoned,
 }
 
-/// Delivers events to one target.
+/// What a target is given to deliver.
+#[derive(Debug, Clone, Copy)]
+pub enum Work<'a> {
+    /// A call's merged state, from `callstream.calls.v1`.
+    Call { call: &'a Call, revision: i64 },
+    /// An event that names no call (an SMS), from
+    /// `callstream.events.unique.v1`.
+    Event { event: &'a Event, revision: i64 },
+    /// An archived recording, from `callstream.recordings.v1`.
+    Recording(&'a RecordingArchived),
+}
+
+impl Work<'_> {
+    /// What it is about, for logs: a call key or an event id.
+    pub fn subject(&self) -> String {
+        match self {
+            Work::Call { call, .. } => call.call_key.clone(),
+            Work::Event { event, .. } => event.event_id.to_string(),
+            Work::Recording(r) => r.event_id.to_string(),
+        }
+    }
+
+    fn revision(&self) -> i64 {
+        match self {
+            Work::Call { revision, .. } | Work::Event { revision, .. } => *revision,
+            Work::Recording(r) => i64::from(r.revision),
+        }
+    }
+}
+
+/// A target's requests for one piece of work: each paced by the rate
+/// limit, timed, counted, and sent with the work's `Idempotency-Key` and
+/// `X-Callstream-Revision`.
+pub struct Session<'a> {
+    deliverer: &'a Deliverer,
+    shutdown: &'a watch::Receiver<bool>,
+    idempotency_key: &'a str,
+    revision: i64,
+}
+
+/// A 2xx answer, or one of the statuses the caller said it expects.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    /// The body as `T`; an answer that is not is not retried.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, AttemptError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            AttemptError::Answer(format!(
+                "HTTP {} body is not the expected JSON: {e}",
+                self.status.as_u16()
+            ))
+        })
+    }
+}
+
+impl Session<'_> {
+    /// One request: a 2xx answer, or one in `expected`; any other status is
+    /// an error classified by [`AttemptError::is_retriable`].
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        expected: &[StatusCode],
+    ) -> Result<Answer, AttemptError> {
+        let d = self.deliverer;
+        d.pace(self.shutdown).await?;
+        let started = Instant::now();
+        let mut request = d
+            .client
+            .request(method, url)
+            .header("idempotency-key", self.idempotency_key)
+            .header("x-callstream-revision", self.revision.to_string());
+        if let Some(body) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let result = match request.send().await {
+            Ok(response)
+                if response.status().is_success() || expected.contains(&response.status()) =>
+            {
+                let status = response.status();
+                // Read to the end so the connection can be reused.
+                match response.bytes().await {
+                    Ok(body) => Ok(Answer { status, body }),
+                    // The target acted on a 2xx whatever happens to its body.
+                    Err(_) if status.is_success() => Ok(Answer {
+                        status,
+                        body: bytes::Bytes::new(),
+                    }),
+                    Err(e) => Err(AttemptError::from_reqwest(e, d.timeout_ms)),
+                }
+            }
+            Ok(response) => Err(AttemptError::from_response(response).await),
+            Err(e) => Err(AttemptError::from_reqwest(e, d.timeout_ms)),
+        };
+        d.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
+        d.metrics.request(
+            result
+                .as_ref()
+                .map_or_else(AttemptError::outcome, |_| "success"),
+        );
+        result
+    }
+
+    /// `send` with a JSON body.
+    pub async fn send_json(
+        &self,
+        method: Method,
+        url: &str,
+        body: &impl serde::Serialize,
+        expected: &[StatusCode],
+    ) -> Result<Answer, AttemptError> {
+        self.send(method, url, Some(serde_json::to_vec(body)?), expected)
+            .await
+    }
+}
+
+/// Delivers work to one target.
 pub struct Deliverer {
     client: reqwest::Client,
     mapping: Box<dyn Mapping>,
@@ -244,36 +386,36 @@ impl Deliverer {
         })
     }
 
-    /// Delivers `event`, retrying as configured. Once `shutdown` is set, the
-    /// attempt in flight may finish (it is bounded by `timeout_ms`) but no
-    /// new one starts: the event is then [`Delivery::Abandoned`].
-    pub async fn deliver(
-        &self,
-        event: &Event,
-        revision: i32,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Delivery {
-        let outgoing = match self.mapping.request(event, revision) {
-            Ok(outgoing) => outgoing,
-            Err(e) => {
-                return Delivery::Failed {
-                    error: e.into(),
-                    attempts: 0,
-                }
-            }
-        };
+    /// Whether this target takes archived recordings.
+    pub fn takes_recordings(&self) -> bool {
+        self.mapping.takes_recordings()
+    }
+
+    /// Delivers `work`, retrying as configured. Once `shutdown` is set, the
+    /// request in flight may finish (it is bounded by `timeout_ms`) but no
+    /// new one starts: the work is then [`Delivery::Abandoned`].
+    async fn attempts(&self, work: Work<'_>, shutdown: &watch::Receiver<bool>) -> Delivery {
         let attempts = AtomicU32::new(0);
-        let (this, outgoing, attempts_ref) = (self, &outgoing, &attempts);
-        let key = match self.idempotency_key {
-            IdempotencyKey::Event => event.event_id.to_string(),
-            IdempotencyKey::Revision => format!("{}:{revision}", event.event_id),
+        let revision = work.revision();
+        let key = match (self.idempotency_key, &work) {
+            (_, Work::Recording(r)) => format!("{}:{}:{}", r.event_id, r.media.as_str(), r.index),
+            (IdempotencyKey::Event, _) => work.subject(),
+            (IdempotencyKey::Revision, _) => format!("{}:{revision}", work.subject()),
         };
-        let key = key.as_str();
+        let session = Session {
+            deliverer: self,
+            shutdown,
+            idempotency_key: &key,
+            revision,
+        };
+        let (this, session, work, attempts_ref) = (self, &session, &work, &attempts);
         let sleep_shutdown = shutdown.clone();
         let result = (move || async move {
-            this.pace(shutdown).await?;
+            if *session.shutdown.borrow() {
+                return Err(AttemptError::ShuttingDown);
+            }
             attempts_ref.fetch_add(1, Ordering::Relaxed);
-            this.attempt(outgoing, key, revision).await
+            this.mapping.send(session, work).await
         })
         .retry(self.backoff)
         .sleep(move |delay| {
@@ -291,7 +433,7 @@ impl Deliverer {
             self.metrics.retries.inc();
             tracing::warn!(
                 crm_target = self.metrics.target(),
-                event_id = %event.event_id,
+                subject = %work.subject(),
                 %error,
                 retry_in_ms = delay.as_millis() as u64,
                 "CRM request failed; retrying"
@@ -305,6 +447,35 @@ impl Deliverer {
                 error,
                 attempts: attempts.load(Ordering::Relaxed),
             },
+        }
+    }
+
+    /// [`Self::attempts`] until they end in something other than the
+    /// target's own database failing: that holds the target (the work is
+    /// not the problem, and every following record would fail the same
+    /// way), it never dead-letters the work.
+    pub async fn deliver(&self, work: Work<'_>, shutdown: &watch::Receiver<bool>) -> Delivery {
+        loop {
+            match self.attempts(work, shutdown).await {
+                Delivery::Failed {
+                    error: AttemptError::Store(error),
+                    ..
+                } => {
+                    tracing::warn!(
+                        crm_target = self.metrics.target(),
+                        subject = %work.subject(),
+                        %error,
+                        retry_in_ms = self.max_backoff.as_millis() as u64,
+                        "CRM state unavailable; holding the target until it is back"
+                    );
+                    let mut stop = shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.max_backoff) => {}
+                        _ = wait_for(&mut stop) => return Delivery::Abandoned,
+                    }
+                }
+                other => return other,
+            }
         }
     }
 
@@ -332,43 +503,6 @@ impl Deliverer {
             _ = self.limiter.until_ready() => Ok(()),
             _ = wait_for(&mut shutdown) => Err(AttemptError::ShuttingDown),
         }
-    }
-
-    async fn attempt(
-        &self,
-        outgoing: &Outgoing,
-        idempotency_key: &str,
-        revision: i32,
-    ) -> Result<(), AttemptError> {
-        let started = Instant::now();
-        let result = self
-            .client
-            .post(outgoing.url.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header("idempotency-key", idempotency_key)
-            .header("x-callstream-revision", revision.to_string())
-            .body(outgoing.body.clone())
-            .send()
-            .await;
-        let result = match result {
-            Ok(response) if response.status().is_success() => {
-                // Read to the end so the connection can be reused; the
-                // CRM has accepted the event whatever happens to its body.
-                let _ = response.bytes().await;
-                Ok(())
-            }
-            Ok(response) => Err(AttemptError::from_response(response).await),
-            Err(e) => Err(AttemptError::from_reqwest(e, self.timeout_ms)),
-        };
-        self.metrics
-            .request_duration
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.request(
-            result
-                .as_ref()
-                .map_or_else(AttemptError::outcome, |()| "success"),
-        );
-        result
     }
 }
 

@@ -65,7 +65,7 @@ pub(crate) struct TargetMetrics {
     pub(crate) rate_limit_waits: IntCounter,
     pub(crate) dlq_produce_errors: IntCounter,
     pub request_duration: Histogram,
-    pub lag: IntGauge,
+    lag: IntGaugeVec,
 }
 
 impl CrmMetrics {
@@ -90,9 +90,10 @@ impl CrmMetrics {
             Opts::new(
                 "callstream_crm_lag_records",
                 "Records between the target's committed offsets and the end of its \
-                 partitions (asked of the brokers every 2 s).",
+                 partitions (asked of the brokers every 2 s), per input topic: \
+                 events, calls, recordings.",
             ),
-            &["target"],
+            &["target", "input"],
         )?;
         registry.register(Box::new(lag.clone()))?;
         Ok(CrmMetrics {
@@ -142,7 +143,7 @@ impl CrmMetrics {
             rate_limit_waits: self.rate_limit_waits.with_label_values(&[target]),
             dlq_produce_errors: self.dlq_produce_errors.with_label_values(&[target]),
             request_duration: self.request_duration.with_label_values(&[target]),
-            lag: self.lag.with_label_values(&[target]),
+            lag: self.lag.clone(),
         }
     }
 }
@@ -150,6 +151,12 @@ impl CrmMetrics {
 impl TargetMetrics {
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The lag gauge of one of the target's inputs (`events`, `calls`,
+    /// `recordings`).
+    pub fn lag(&self, input: &str) -> IntGauge {
+        self.lag.with_label_values(&[&self.target, input])
     }
 
     pub fn event(&self, outcome: EventOutcome) {

@@ -25,13 +25,16 @@ use callstream_schemas::Topic;
 use super::deliver::{Deliverer, Delivery};
 use super::mapping;
 use super::metrics::CrmMetrics;
+use super::state::Db;
+use super::target::Decoded;
 use super::CrmSettings;
 use crate::replay::range::{self, Bound, Lookup, PartitionRange};
 use crate::replay::reader::RangeReader;
 use crate::replay::ReplayError;
-use callstream_kafka::wire::{crm_target, decode_unique};
+use callstream_kafka::wire::crm_target;
 use callstream_kafka::{ClientSettings, TopicNames};
 use callstream_runtime::config::ConfigError;
+use secrecy::SecretString;
 
 #[derive(Debug, Clone)]
 pub struct RedeliverOptions {
@@ -57,6 +60,8 @@ pub enum RedeliverError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Read(#[from] ReplayError),
+    #[error("CRM state: {0}")]
+    State(String),
 }
 
 /// What became of one of the target's dead letters.
@@ -159,6 +164,7 @@ pub async fn redeliver(
     crm: &CrmSettings,
     kafka: &ClientSettings,
     topics: &TopicNames,
+    database_url: Option<&SecretString>,
     options: &RedeliverOptions,
     shutdown: watch::Receiver<bool>,
     mut on_letter: impl FnMut(&Letter),
@@ -169,7 +175,10 @@ pub async fn redeliver(
         .ok_or_else(|| RedeliverError::UnknownTarget(options.target.clone()))?;
     // The target's counters are not exported: the report is the output.
     let metrics = CrmMetrics::register(&Registry::new())?.target(&options.target);
-    let deliverer = Deliverer::new(target, mapping(&options.target, target)?, metrics)
+    let db = Db::for_targets(crm, database_url)
+        .await
+        .map_err(|e| RedeliverError::State(e.to_string()))?;
+    let deliverer = Deliverer::new(target, mapping(&options.target, target, db)?, metrics)
         .map_err(RedeliverError::Http)?;
     let topic = topics.name(Topic::CrmDlq).to_string();
     let ranges = {
@@ -196,29 +205,29 @@ pub async fn redeliver(
         }
         report.for_target += 1;
         let (partition, offset) = (msg.partition(), msg.offset());
-        let (event_id, outcome) = match decode_unique(&msg) {
+        let (event_id, outcome) = match Decoded::of_letter(&msg) {
             Err(e) => (None, Redelivered::Undecodable(e.to_string())),
-            Ok(unique) => {
-                let id = Some(unique.event.event_id.to_string());
-                let outcome = if !target.kinds.contains(&unique.event.kind) {
-                    Redelivered::Skipped
-                } else if options.dry_run {
-                    Redelivered::WouldSend
-                } else {
-                    match deliverer
-                        .deliver(&unique.event, unique.revision, &shutdown)
-                        .await
-                    {
-                        Delivery::Delivered => Redelivered::Delivered,
-                        Delivery::Failed { error, .. } => Redelivered::Failed(error.to_string()),
-                        Delivery::Abandoned => {
-                            report.interrupted = true;
-                            break;
+            Ok(decoded) => match decoded.work(&target.kinds) {
+                None => (None, Redelivered::Skipped),
+                Some(work) => {
+                    let id = Some(work.subject());
+                    let outcome = if options.dry_run {
+                        Redelivered::WouldSend
+                    } else {
+                        match deliverer.deliver(work, &shutdown).await {
+                            Delivery::Delivered => Redelivered::Delivered,
+                            Delivery::Failed { error, .. } => {
+                                Redelivered::Failed(error.to_string())
+                            }
+                            Delivery::Abandoned => {
+                                report.interrupted = true;
+                                break;
+                            }
                         }
-                    }
-                };
-                (id, outcome)
-            }
+                    };
+                    (id, outcome)
+                }
+            },
         };
         match &outcome {
             Redelivered::Delivered => report.delivered += 1,

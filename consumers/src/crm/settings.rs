@@ -111,9 +111,45 @@ pub struct TargetSettings {
     #[serde(default)]
     pub idempotency_key: IdempotencyKey,
     /// Event kinds delivered; others are committed without a request.
-    /// `call_progress` (live steps of a call) is never delivered.
+    /// `call_progress` (live steps of a call) is never delivered. A call
+    /// is delivered when `call`, `voicemail` or `recording` is listed.
     #[serde(default = "default_kinds")]
     pub kinds: Vec<Kind>,
+    /// HubSpot: the region (ISO 3166 code, `FR`, `US`) of numbers written
+    /// without a country code, to find contacts by their E.164 number.
+    /// Without it only international numbers (`+…`, `00…`) are normalized.
+    pub default_region: Option<String>,
+    /// HubSpot: create a contact for an external number that matches none
+    /// (default `false`: the engagement is then left unassociated).
+    pub create_contacts: Option<bool>,
+    /// HubSpot: also associate the engagement with the contact's company
+    /// (default `false`).
+    pub associate_companies: Option<bool>,
+    /// HubSpot: how long an owner looked up by e-mail (or found missing)
+    /// is remembered (default 3600 s).
+    pub owner_cache_secs: Option<u64>,
+    /// HubSpot: where archived recordings can be played from.
+    pub archived_recordings: Option<ArchivedRecordings>,
+}
+
+/// How an archived recording's location (`callstream.recordings.v1`)
+/// becomes a URL HubSpot can play: a location starting with
+/// `location_prefix` gets it replaced by `url_prefix`
+/// (`s3://callstream-audio/` → `https://audio.example.com/`). Locations
+/// outside it keep the provider's link.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivedRecordings {
+    pub location_prefix: String,
+    pub url_prefix: String,
+}
+
+impl ArchivedRecordings {
+    /// The URL of an archived copy at `location`, if it is under the prefix.
+    pub fn url(&self, location: &str) -> Option<String> {
+        let rest = location.strip_prefix(&self.location_prefix)?;
+        Some(format!("{}{rest}", self.url_prefix))
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -228,6 +264,7 @@ impl TargetSettings {
                 "must not contain call_progress (live steps of a call, not a record for a CRM)",
             ));
         }
+        self.validate_hubspot(name)?;
         if self.worst_case_record().as_millis() > u128::from(MAX_RECORD_MS) {
             return Err(invalid(
                 setting("max_attempts"),
@@ -240,6 +277,59 @@ impl TargetSettings {
             ));
         }
         Ok(())
+    }
+
+    /// The HubSpot-only settings: refused on other targets, checked on
+    /// HubSpot ones.
+    fn validate_hubspot(&self, name: &str) -> Result<(), ConfigError> {
+        let setting = |field: &str| format!("crm.targets.{name}.{field}");
+        if self.kind != TargetKind::Hubspot {
+            let given = [
+                ("default_region", self.default_region.is_some()),
+                ("create_contacts", self.create_contacts.is_some()),
+                ("associate_companies", self.associate_companies.is_some()),
+                ("owner_cache_secs", self.owner_cache_secs.is_some()),
+                ("archived_recordings", self.archived_recordings.is_some()),
+            ];
+            if let Some((field, _)) = given.iter().find(|(_, given)| *given) {
+                return Err(invalid(setting(field), "applies to hubspot targets only"));
+            }
+            return Ok(());
+        }
+        if let Some(region) = &self.default_region {
+            region.parse::<phonenumber::country::Id>().map_err(|_| {
+                invalid(
+                    setting("default_region"),
+                    format!("`{region}` is not a region code (ISO 3166, e.g. FR, US, GB)"),
+                )
+            })?;
+        }
+        if let Some(archived) = &self.archived_recordings {
+            let url = Url::parse(&archived.url_prefix).map_err(|e| {
+                invalid(
+                    setting("archived_recordings.url_prefix"),
+                    format!("is not a URL ({e})"),
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(invalid(
+                    setting("archived_recordings.url_prefix"),
+                    "must be an https:// URL (HubSpot plays recordings over HTTPS only)",
+                ));
+            }
+            if archived.location_prefix.is_empty() {
+                return Err(invalid(
+                    setting("archived_recordings.location_prefix"),
+                    "must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The region of numbers without a country code, if configured.
+    pub(crate) fn region(&self) -> Option<phonenumber::country::Id> {
+        self.default_region.as_deref()?.parse().ok()
     }
 
     /// The URL of a webhook, or HubSpot's API base.

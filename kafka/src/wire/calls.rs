@@ -13,6 +13,9 @@ use callstream_schemas::Topic;
 use super::{header_str, WireError};
 use crate::publish::{header, OutRecord};
 
+/// The `ce_type` of a call state record.
+pub const CALL_STATE_TYPE: &str = "io.callstream.call_state.v1";
+
 /// The record of `call` at `revision` (1 for its first state, then one
 /// more per change). `ce_id` is `<call key>/<revision>`: the same state
 /// published twice (after a crash) has the same id.
@@ -27,7 +30,7 @@ pub fn call_record(call: &Call, revision: i64) -> OutRecord {
             "ce_source",
             format!("/callstream/{}/{}", call.provider.as_str(), call.tenant),
         ),
-        header("ce_type", "io.callstream.call_state.v1"),
+        header("ce_type", CALL_STATE_TYPE),
         header("ce_subject", call.call_key.as_str()),
     ];
     if let Some(time) = time {

@@ -17,7 +17,7 @@ pub mod raw;
 pub mod recordings;
 pub mod records;
 
-pub use calls::{call_record, decode_call};
+pub use calls::{call_record, decode_call, CALL_STATE_TYPE};
 pub use events::{decode_unique, event_record, fingerprint, unique_headers, UniqueEvent};
 pub use letters::{crm_target, By, GaveUp, Letter};
 pub use raw::{dlq_record, raw_record, DeadLetter, Delivery};
