@@ -79,15 +79,16 @@ async fn one_engagement_per_call_through_a_lost_answer_an_update_and_a_replay() 
     let kafka = Kafka::start();
     let db = TestDatabase::create().await;
     let hub = HubSpotStandIn::start().await;
-    let contact = hub.add_contact(json!({"phone": "+33 9 87 65 43 21", "firstname": "Jane"}));
+    let contact = hub.add_contact(json!({
+        "phone": "+33 9 87 65 43 21",
+        "firstname": "Jane",
+        "associatedcompanyid": "77",
+    }));
     let owner = hub.add_owner(AGENT);
     hub.set_search_lag(Duration::from_millis(1500));
     hub.fault_next("POST", "/crm/v3/objects/calls", vec![Fault::LoseAnswer]);
-    let settings = hubspot_settings(
-        &kafka.bootstrap(),
-        &db,
-        json!({"hub": target(&hub, json!({}))}),
-    );
+    let with_companies = || json!({"hub": target(&hub, json!({"associate_companies": true}))});
+    let settings = hubspot_settings(&kafka.bootstrap(), &db, with_companies());
 
     let call = answered("c-1", "09 87 65 43 21", AGENT);
     let key = "onoff:acme:c-1";
@@ -137,8 +138,11 @@ async fn one_engagement_per_call_through_a_lost_answer_an_update_and_a_replay() 
     );
     assert_eq!(
         engagement.associations,
-        [("contacts".to_string(), contact.clone(), 194)],
-        "on the contact's timeline"
+        [
+            ("contacts".to_string(), contact.clone(), 194),
+            ("companies".to_string(), "77".to_string(), 182)
+        ],
+        "on the contact's and its company's timelines"
     );
     assert_eq!(hub.objects("contacts").len(), 1, "no contact created");
     let patches = hub
@@ -152,11 +156,7 @@ async fn one_engagement_per_call_through_a_lost_answer_an_update_and_a_replay() 
     // groups finds every state delivered already: nothing is created,
     // nothing is sent.
     let before = hub.requests().len();
-    let replay = hubspot_settings(
-        &kafka.bootstrap(),
-        &db,
-        json!({"hub": target(&hub, json!({}))}),
-    );
+    let replay = hubspot_settings(&kafka.bootstrap(), &db, with_companies());
     let crm = start(&replay).await;
     wait("both states and both events read again", || {
         crm.events("hub", "delivered") == 2.0 && crm.events("hub", "skipped") == 2.0
