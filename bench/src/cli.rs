@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::{consumers, http, report, systems};
+use crate::{consumers, http, recovery, report, systems};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks callstream against a bare actix-web ceiling and a peer")]
@@ -50,6 +50,14 @@ enum Command {
         #[arg(long = "consumer-env", value_parser = parse_env)]
         consumer_env: Vec<(String, String)>,
         #[arg(long, default_value = "bench/results-consumers.md")]
+        out: PathBuf,
+    },
+    /// Recovery: dedup's state restore at each size (identities), each on a
+    /// fresh broker with enough partitions to hold it.
+    Recovery {
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        identities: Vec<u64>,
+        #[arg(long, default_value = "bench/results-recovery.md")]
         out: PathBuf,
     },
     /// A few seconds of everything, without the peer; fails on any non-2xx,
@@ -146,6 +154,21 @@ pub fn run() -> anyhow::Result<()> {
             let runs = consumer_runs(&events, partitions, &[])?;
             finish(&out, &turns, &runs, false)
         }
+        Command::Recovery { identities, out } => {
+            let runs = recovery::runs(&identities)?;
+            let mut text = format!("Machine: {}\n\n", machine());
+            text.push_str(&report::restore_table(&runs));
+            println!("{text}");
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&out, text)?;
+            std::fs::write(
+                out.with_extension("json"),
+                serde_json::to_vec_pretty(&runs)?,
+            )?;
+            Ok(())
+        }
         Command::Smoke => {
             let opts = http::HttpOptions {
                 rounds: 1,
@@ -158,6 +181,8 @@ pub fn run() -> anyhow::Result<()> {
             };
             let turns = http::run(&opts)?;
             let runs = consumer_runs(&[5_000], consumers::PARTITIONS, &[])?;
+            // The restore part too: it checks every identity comes back.
+            recovery::runs(&[20_000])?;
             let out = std::env::temp_dir().join("callstream-bench-smoke.md");
             finish(&out, &turns, &runs, true)
         }

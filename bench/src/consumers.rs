@@ -69,17 +69,22 @@ pub fn event_of(run: &str, i: u64) -> anyhow::Result<callstream_kafka::publish::
     }
 }
 
-/// Produces `events` normalized events (resends included) to the events topic.
-async fn prefill(bootstrap: &str, run: &str, events: u64) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
+/// A producer for pre-filling topics fast: idempotent, lz4 as the gateway
+/// and dedup produce, large batches.
+pub fn bulk_producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
-        // As the gateway produces them.
         .set("compression.type", "lz4")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
-        .create()?;
+        .create()?)
+}
+
+/// Produces `events` normalized events (resends included) to the events topic.
+async fn prefill(bootstrap: &str, run: &str, events: u64) -> anyhow::Result<()> {
+    let producer = bulk_producer(bootstrap)?;
     let topic = Topic::Events.default_name();
     const CHUNK: u64 = 20_000;
     let mut i = 0;

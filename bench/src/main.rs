@@ -6,6 +6,7 @@ mod cli;
 mod consumers;
 mod http;
 mod load;
+mod recovery;
 mod report;
 mod systems;
 mod workload;

@@ -283,3 +283,26 @@ pub fn targets(summaries: &[Summary], consumers: &[ConsumerRun]) -> Vec<(String,
     }
     out
 }
+
+/// The dedup restore figures, one row per size, and the cost per identity
+/// relative to the smallest size (flat means 1.0).
+pub fn restore_table(runs: &[crate::recovery::RestoreRun]) -> String {
+    let mut t = String::from(
+        "| identities | partitions | restore (s) | identities/s | reader CPU µs/identity | broker CPU µs/identity | cost vs smallest |\n|---|---|---|---|---|---|---|\n",
+    );
+    let base = runs.first().map(|r| r.seconds / r.identities as f64);
+    for r in runs {
+        let ratio = base.map_or(1.0, |b| (r.seconds / r.identities as f64) / b);
+        t.push_str(&format!(
+            "| {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+            r.identities,
+            r.partitions,
+            r.seconds,
+            r.identities_per_second,
+            r.cpu_us_per_identity,
+            r.broker_cpu_us_per_identity,
+            ratio
+        ));
+    }
+    t
+}

@@ -38,7 +38,7 @@ pub fn client_config_with(
 /// consumer that drains its queue faster than that: with a backlog, dedup
 /// emptied the queue in a fraction of the pause and then waited, and ran at
 /// ~90k instead of ~140k events/s at 1M (BENCHMARKS.md).
-pub(crate) const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// A consumer in `group` that never commits on its own and reads only
 /// committed transactional data (the dedup output is transactional).

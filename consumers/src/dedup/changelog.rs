@@ -14,7 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use callstream_kafka::client::{client_config, Role};
+use callstream_kafka::client::{client_config_with, Role, FETCH_QUEUE_BACKOFF_MS};
 use callstream_kafka::ClientSettings;
 
 use super::state::{PartitionState, Seen};
@@ -169,66 +169,108 @@ impl rdkafka::ClientContext for RestoreContext {
 
 impl rdkafka::consumer::ConsumerContext for RestoreContext {}
 
+/// Readers restoring at once, at most: each reads its share of the
+/// partitions with a consumer of its own and decodes on its own thread.
+const MAX_READERS: usize = 4;
+
 /// Rebuilds the state and position of `partitions` by reading their
-/// changelog partitions from the beginning to the end (committed records only).
+/// changelog partitions from the beginning to the end (committed records
+/// only). The partitions are split between up to [`MAX_READERS`] readers
+/// (one per core), each decoding its own share.
 pub async fn restore(
     kafka: &ClientSettings,
     changelog: &str,
     partitions: &[i32],
 ) -> anyhow::Result<HashMap<i32, Restored>> {
-    let kafka = kafka.clone();
-    let changelog = changelog.to_string();
-    let partitions = partitions.to_vec();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<i32, Restored>> {
-        let consumer: BaseConsumer<RestoreContext> = client_config(&kafka, Role::Consumer)
-            .set("group.id", "callstream-dedup-restore")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .create_with_context(RestoreContext)?;
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition_offset(&changelog, *p, Offset::Beginning)?;
-        }
-        consumer.assign(&tpl)?;
-        let mut states: HashMap<i32, Restored> = partitions
-            .iter()
-            .map(|p| (*p, Restored::default()))
-            .collect();
-        let mut done = std::collections::HashSet::new();
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while done.len() < partitions.len() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "restoring {changelog} took over 5 minutes"
-            );
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(msg)) => {
-                    let (Some(restored), Some(key)) = (
-                        states.get_mut(&msg.partition()),
-                        msg.key().and_then(|k| std::str::from_utf8(k).ok()),
-                    ) else {
-                        continue;
-                    };
-                    match (key, msg.payload()) {
-                        (POSITION_KEY, Some(v)) => {
-                            restored.next_offset =
-                                Some(serde_json::from_slice::<Position>(v)?.next);
-                        }
-                        (identity, Some(v)) => restored
-                            .state
-                            .restore(identity, Some(serde_json::from_slice(v)?)),
-                        (identity, None) => restored.state.restore(identity, None),
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let readers = cores.min(MAX_READERS).min(partitions.len()).max(1);
+    let mut shares = vec![Vec::new(); readers];
+    for (i, p) in partitions.iter().enumerate() {
+        shares[i % readers].push(*p);
+    }
+    let reads = shares.into_iter().map(|share| {
+        let kafka = kafka.clone();
+        let changelog = changelog.to_string();
+        tokio::task::spawn_blocking(move || read_partitions(&kafka, &changelog, &share))
+    });
+    let mut states = HashMap::with_capacity(partitions.len());
+    for read in futures_util::future::join_all(reads).await {
+        states.extend(read??);
+    }
+    Ok(states)
+}
+
+/// One reader: `partitions` of the changelog from their beginning to their
+/// end.
+fn read_partitions(
+    kafka: &ClientSettings,
+    changelog: &str,
+    partitions: &[i32],
+) -> anyhow::Result<HashMap<i32, Restored>> {
+    // A short fetch back-off: with the default (1 s) a reader that empties
+    // its local queue faster than that waits for the rest of it, and a
+    // restore spent most of its time waiting. A short fetch wait: the end
+    // of a partition is known from a fetch that comes back empty, which the
+    // broker holds for `fetch.wait.max.ms` (500 ms by default), a fixed
+    // cost of every restore (BENCHMARKS.md, Recovery).
+    let consumer: BaseConsumer<RestoreContext> = client_config_with(
+        kafka,
+        Role::Consumer,
+        &[
+            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
+            ("fetch.wait.max.ms", "10"),
+        ],
+    )
+    .set("group.id", "callstream-dedup-restore")
+    .set("enable.auto.commit", "false")
+    .set("isolation.level", "read_committed")
+    .set("enable.partition.eof", "true")
+    .create_with_context(RestoreContext)?;
+    // Leaders known and connected before the assignment: a partition
+    // assigned while its leader is not yet known has its start offset
+    // looked up again only after librdkafka's 500 ms back-off, a fixed
+    // cost of every restore (BENCHMARKS.md, Recovery).
+    consumer.fetch_metadata(Some(changelog), Duration::from_secs(30))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(changelog, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut states: HashMap<i32, Restored> = partitions
+        .iter()
+        .map(|p| (*p, Restored::default()))
+        .collect();
+    let mut done = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while done.len() < partitions.len() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "restoring {changelog} took over 5 minutes"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                let (Some(restored), Some(key)) = (
+                    states.get_mut(&msg.partition()),
+                    msg.key().and_then(|k| std::str::from_utf8(k).ok()),
+                ) else {
+                    continue;
+                };
+                match (key, msg.payload()) {
+                    (POSITION_KEY, Some(v)) => {
+                        restored.next_offset = Some(serde_json::from_slice::<Position>(v)?.next);
                     }
+                    (identity, Some(v)) => restored
+                        .state
+                        .restore(identity, Some(serde_json::from_slice(v)?)),
+                    (identity, None) => restored.state.restore(identity, None),
                 }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    done.insert(p);
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None => {}
             }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
         }
-        Ok(states)
-    })
-    .await?
+    }
+    Ok(states)
 }
