@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::{consumers, http, recovery, report, systems};
+use crate::{consumers, http, recovery, replay, report, systems};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks callstream against a bare actix-web ceiling and a peer")]
@@ -58,6 +58,14 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
         identities: Vec<u64>,
         #[arg(long, default_value = "bench/results-recovery.md")]
+        out: PathBuf,
+    },
+    /// Replay: re-deriving raw deliveries (a dry run, then for real) at
+    /// each size, each on a fresh broker.
+    Replay {
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        records: Vec<u64>,
+        #[arg(long, default_value = "bench/results-replay.md")]
         out: PathBuf,
     },
     /// A few seconds of everything, without the peer; fails on any non-2xx,
@@ -156,18 +164,11 @@ pub fn run() -> anyhow::Result<()> {
         }
         Command::Recovery { identities, out } => {
             let runs = recovery::runs(&identities)?;
-            let mut text = format!("Machine: {}\n\n", machine());
-            text.push_str(&report::restore_table(&runs));
-            println!("{text}");
-            if let Some(dir) = out.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(&out, text)?;
-            std::fs::write(
-                out.with_extension("json"),
-                serde_json::to_vec_pretty(&runs)?,
-            )?;
-            Ok(())
+            write_report(&out, &report::restore_table(&runs), &runs)
+        }
+        Command::Replay { records, out } => {
+            let runs = replay::runs(&records)?;
+            write_report(&out, &report::replay_table(&runs), &runs)
         }
         Command::Smoke => {
             let opts = http::HttpOptions {
@@ -183,10 +184,28 @@ pub fn run() -> anyhow::Result<()> {
             let runs = consumer_runs(&[5_000], consumers::PARTITIONS, &[])?;
             // The restore part too: it checks every identity comes back.
             recovery::runs(&[20_000])?;
+            replay::runs(&[2_000])?;
             let out = std::env::temp_dir().join("callstream-bench-smoke.md");
             finish(&out, &turns, &runs, true)
         }
     }
+}
+
+/// Prints `table` under the machine line and writes it to `out`, the runs
+/// as JSON beside it.
+fn write_report(
+    out: &std::path::Path,
+    table: &str,
+    runs: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    let text = format!("Machine: {}\n\n{table}", machine());
+    println!("{text}");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, text)?;
+    std::fs::write(out.with_extension("json"), serde_json::to_vec_pretty(runs)?)?;
+    Ok(())
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

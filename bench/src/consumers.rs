@@ -51,10 +51,17 @@ pub struct ConsumerRun {
 /// Normalizes workload request `i` the way the gateway does: its event
 /// record.
 pub fn event_of(run: &str, i: u64) -> anyhow::Result<callstream_kafka::publish::OutRecord> {
+    let [_, event] = records_of(run, i)?;
+    Ok(event)
+}
+
+/// The gateway's two records of workload request `i`: the raw delivery and
+/// its event.
+pub fn records_of(run: &str, i: u64) -> anyhow::Result<[callstream_kafka::publish::OutRecord; 2]> {
     let providers = providers::all();
     let (provider, delivery, body) = workload::delivery(run, i, &providers)?;
     let Records {
-        records: [_, event],
+        records,
         dead_lettered,
     } = delivery.records(
         &*providers[provider],
@@ -64,7 +71,7 @@ pub fn event_of(run: &str, i: u64) -> anyhow::Result<callstream_kafka::publish::
         |_| {},
     );
     match dead_lettered {
-        None => Ok(event),
+        None => Ok(records),
         Some(e) => bail!("request {i} does not normalize: {e}"),
     }
 }
@@ -85,32 +92,41 @@ pub fn bulk_producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
 /// Produces `events` normalized events (resends included) to the events topic.
 async fn prefill(bootstrap: &str, run: &str, events: u64) -> anyhow::Result<()> {
     let producer = bulk_producer(bootstrap)?;
-    let topic = Topic::Events.default_name();
     const CHUNK: u64 = 20_000;
     let mut i = 0;
     while i < events {
         let records: Vec<_> = (i..(i + CHUNK).min(events))
             .map(|k| event_of(run, k))
             .collect::<anyhow::Result<_>>()?;
-        let sends = records.iter().map(|r| {
-            let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-                h.insert(Header {
-                    key: k,
-                    value: Some(v),
-                })
-            });
-            producer.send(
-                FutureRecord::to(topic)
-                    .key(r.key.as_str())
-                    .payload(r.payload.as_slice())
-                    .headers(headers),
-                Duration::from_secs(60),
-            )
-        });
-        for result in futures_util::future::join_all(sends).await {
-            result.map_err(|(e, _)| anyhow::anyhow!("prefill produce failed: {e}"))?;
-        }
+        produce_all(&producer, &records).await?;
         i += CHUNK;
+    }
+    Ok(())
+}
+
+/// Produces `records` (to their default topics) and waits for every
+/// acknowledgement.
+pub async fn produce_all(
+    producer: &FutureProducer,
+    records: &[callstream_kafka::publish::OutRecord],
+) -> anyhow::Result<()> {
+    let sends = records.iter().map(|r| {
+        let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v),
+            })
+        });
+        producer.send(
+            FutureRecord::to(r.topic.default_name())
+                .key(r.key.as_str())
+                .payload(r.payload.as_slice())
+                .headers(headers),
+            Duration::from_secs(60),
+        )
+    });
+    for result in futures_util::future::join_all(sends).await {
+        result.map_err(|(e, _)| anyhow::anyhow!("prefill produce failed: {e}"))?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ mod consumers;
 mod http;
 mod load;
 mod recovery;
+mod replay;
 mod report;
 mod systems;
 mod workload;

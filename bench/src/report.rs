@@ -306,3 +306,28 @@ pub fn restore_table(runs: &[crate::recovery::RestoreRun]) -> String {
     }
     t
 }
+
+/// The replay figures, one row per size, with the cost per record relative
+/// to the smallest size.
+pub fn replay_table(runs: &[crate::replay::ReplayRun]) -> String {
+    let mut t = String::from(
+        "| raw records | partitions | dry run (s) | dry run records/s | dry run CPU µs/record | replay (s) | replay records/s | replay CPU µs/record | cost vs smallest |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let base = runs.first().map(|r| r.replay_seconds / r.records as f64);
+    for r in runs {
+        let ratio = base.map_or(1.0, |b| (r.replay_seconds / r.records as f64) / b);
+        t.push_str(&format!(
+            "| {} | {} | {:.2} | {:.0} | {:.1} | {:.2} | {:.0} | {:.1} | {:.2} |\n",
+            r.records,
+            r.partitions,
+            r.dry_run_seconds,
+            r.dry_run_per_second,
+            r.dry_run_cpu_us_per_record,
+            r.replay_seconds,
+            r.replay_per_second,
+            r.cpu_us_per_record,
+            ratio
+        ));
+    }
+    t
+}

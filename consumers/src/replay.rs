@@ -75,8 +75,10 @@ use report::{Derived, Outcome, Report, Verdict};
 
 /// librdkafka's `group.id` for the replay's readers (never joined).
 const CONSUMER_GROUP: &str = "callstream-replay";
-/// Records per publish: acknowledged together before reading on.
-const PUBLISH_BATCH: usize = 500;
+/// Records per publish: acknowledged together before reading on. Each
+/// wait for acknowledgements stops the reading; at 500 those waits held a
+/// replay to a fraction of what it reads (BENCHMARKS.md, Recovery).
+const PUBLISH_BATCH: usize = 5_000;
 /// librdkafka's `message.timeout.ms` for replayed records. No provider is
 /// waiting, so there is time to ride out a broker failover.
 const PUBLISH_TIMEOUT_MS: u64 = 30_000;

@@ -10,7 +10,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::range::PartitionRange;
 use super::ReplayError;
-use callstream_kafka::client::client_config;
+use callstream_kafka::client::{client_config_with, FETCH_QUEUE_BACKOFF_MS};
 use callstream_kafka::ClientSettings;
 
 /// A partition that delivers nothing for this long before its end is
@@ -41,18 +41,24 @@ impl RangeReader {
         topic: &str,
         ranges: &[PartitionRange],
     ) -> Result<RangeReader, ReplayError> {
-        let consumer: StreamConsumer =
-            client_config(kafka, callstream_kafka::client::Role::Consumer)
-                // librdkafka needs a group id to assign partitions; an assigned
-                // consumer never joins the group, and nothing is committed.
-                .set("group.id", super::CONSUMER_GROUP)
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "false")
-                // Records deleted under a running replay: fail, never skip silently.
-                .set("auto.offset.reset", "error")
-                .create()
-                .map_err(ReplayError::kafka("creating a Kafka consumer"))?;
+        // The consumers' short fetch back-off: with librdkafka's 1 s a
+        // reader that empties its local queue faster than that waits for
+        // the rest of the second (BENCHMARKS.md, Recovery).
+        let consumer: StreamConsumer = client_config_with(
+            kafka,
+            callstream_kafka::client::Role::Consumer,
+            &[("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)],
+        )
+        // librdkafka needs a group id to assign partitions; an assigned
+        // consumer never joins the group, and nothing is committed.
+        .set("group.id", super::CONSUMER_GROUP)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        // Records deleted under a running replay: fail, never skip silently.
+        .set("auto.offset.reset", "error")
+        .create()
+        .map_err(ReplayError::kafka("creating a Kafka consumer"))?;
         let mut tpl = TopicPartitionList::new();
         let mut remaining = BTreeMap::new();
         for r in ranges.iter().filter(|r| !r.is_empty()) {
@@ -67,6 +73,11 @@ impl RangeReader {
             );
         }
         if !remaining.is_empty() {
+            // Leaders known first: a partition assigned before its leader
+            // is known starts only after librdkafka's 500 ms back-off.
+            consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(30))
+                .map_err(ReplayError::kafka("reading the topic's metadata"))?;
             consumer
                 .assign(&tpl)
                 .map_err(ReplayError::kafka("assigning partitions"))?;
