@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::{consumers, http, recovery, replay, report, systems};
+use crate::{consumers, drain, http, recovery, replay, report, systems};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks callstream against a bare actix-web ceiling and a peer")]
@@ -66,6 +66,18 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
         records: Vec<u64>,
         #[arg(long, default_value = "bench/results-replay.md")]
+        out: PathBuf,
+    },
+    /// Spool drain: the gateway spools `--gib` while Kafka is down, then
+    /// drains it while live deliveries arrive at `--live-rate` per second.
+    Drain {
+        #[arg(long, default_value_t = 1.0)]
+        gib: f64,
+        #[arg(long, default_value_t = 200.0)]
+        live_rate: f64,
+        #[arg(long, default_value_t = 64)]
+        partitions: i32,
+        #[arg(long, default_value = "bench/results-drain.md")]
         out: PathBuf,
     },
     /// A few seconds of everything, without the peer; fails on any non-2xx,
@@ -166,6 +178,15 @@ pub fn run() -> anyhow::Result<()> {
             let runs = recovery::runs(&identities)?;
             write_report(&out, &report::restore_table(&runs), &runs)
         }
+        Command::Drain {
+            gib,
+            live_rate,
+            partitions,
+            out,
+        } => {
+            let run = drain::run(gib, live_rate, partitions)?;
+            write_report(&out, &report::drain_table(&run), &run)
+        }
         Command::Replay { records, out } => {
             let runs = replay::runs(&records)?;
             write_report(&out, &report::replay_table(&runs), &runs)
@@ -185,6 +206,7 @@ pub fn run() -> anyhow::Result<()> {
             // The restore part too: it checks every identity comes back.
             recovery::runs(&[20_000])?;
             replay::runs(&[2_000])?;
+            drain::run(0.005, 20.0, 8)?;
             let out = std::env::temp_dir().join("callstream-bench-smoke.md");
             finish(&out, &turns, &runs, true)
         }

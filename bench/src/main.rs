@@ -4,6 +4,7 @@
 
 mod cli;
 mod consumers;
+mod drain;
 mod http;
 mod load;
 mod recovery;

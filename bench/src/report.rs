@@ -331,3 +331,23 @@ pub fn replay_table(runs: &[crate::replay::ReplayRun]) -> String {
     }
     t
 }
+
+/// The spool drain figures.
+pub fn drain_table(r: &crate::drain::DrainRun) -> String {
+    format!(
+        "| spooled | deliveries | fill (s) | drain (s) | MiB/s | deliveries/s | live sent | live non-2xx | live worst-second p50 / p99 / max (ms) |\n\
+         |---|---|---|---|---|---|---|---|---|\n\
+         | {:.2} GiB | {} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} | {:.1} / {:.1} / {:.1} |\n",
+        r.spooled_bytes as f64 / (1u64 << 30) as f64,
+        r.spooled_deliveries,
+        r.fill_seconds,
+        r.drain_seconds,
+        r.drain_mib_per_second,
+        r.drain_deliveries_per_second,
+        r.live_requests,
+        r.live_non_2xx + r.live_errors,
+        r.live_p50_ms,
+        r.live_p99_ms,
+        r.live_max_ms
+    )
+}
