@@ -252,3 +252,40 @@ fn every_binary_accepts_the_image_environment_alone() {
         check(&image, &service);
     }
 }
+
+/// The compose file's `topics` job creates every topic callstream uses
+/// (the consumers would create a missing output, but the CRM reads
+/// `callstream.calls.v1` and can start before the store), compacted where
+/// the topic is.
+#[test]
+fn the_topics_job_creates_every_topic() {
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).expect("compose file");
+    let doc: Value = serde_norway::from_str(&text).expect("compose YAML");
+    let script: String = doc["services"]["topics"]["command"]
+        .as_sequence()
+        .expect("the topics job's command")
+        .iter()
+        .map(scalar)
+        .collect();
+    for topic in callstream_schemas::Topic::ALL {
+        let name = topic.default_name();
+        let line = script
+            .lines()
+            .map(str::trim)
+            .find(|l| {
+                l.strip_prefix("create ")
+                    .and_then(|l| l.split_whitespace().next())
+                    == Some(name)
+            })
+            .unwrap_or_else(|| panic!("the topics job does not create {name}"));
+        if matches!(
+            topic,
+            callstream_schemas::Topic::DedupState | callstream_schemas::Topic::Calls
+        ) {
+            assert!(
+                line.contains("cleanup.policy=compact"),
+                "{name} must be compacted: {line}"
+            );
+        }
+    }
+}
