@@ -70,24 +70,15 @@ async fn a_refused_call_state_is_dead_lettered_and_delivered_again() {
     .await;
     crm.stop().await;
 
-    let (_stop, shutdown) = watch::channel(false);
     let options = RedeliverOptions {
         target: "web".into(),
         from: None,
         to: None,
         dry_run: false,
     };
-    let report = redeliver(
-        &settings.crm,
-        &settings.kafka,
-        &settings.topics,
-        settings.database_url.as_ref(),
-        &options,
-        shutdown,
-        |_| {},
-    )
-    .await
-    .expect("redelivery");
+    let report = redeliver_with(&settings, &options, |_| {})
+        .await
+        .expect("redelivery");
     assert_eq!((report.for_target, report.delivered), (1, 1), "{report}");
     let statuses: Vec<u16> = web
         .for_key("onoff:acme:c-9")

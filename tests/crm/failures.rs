@@ -188,24 +188,15 @@ async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
         .expect("produced");
     let sent_before = crm_server.received().len();
 
-    let (_stop, shutdown) = watch::channel(false);
     let mut options = RedeliverOptions {
         target: "flaky".into(),
         from: None,
         to: None,
         dry_run: true,
     };
-    let dry = redeliver(
-        &settings.crm,
-        &settings.kafka,
-        &settings.topics,
-        settings.database_url.as_ref(),
-        &options,
-        shutdown.clone(),
-        |_| {},
-    )
-    .await
-    .expect("dry run");
+    let dry = redeliver_with(&settings, &options, |_| {})
+        .await
+        .expect("dry run");
     assert_eq!(
         (dry.read, dry.for_target, dry.delivered, dry.undecodable),
         (4, 3, 0, 1)
@@ -214,17 +205,9 @@ async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
 
     options.dry_run = false;
     let mut lines = Vec::new();
-    let report = redeliver(
-        &settings.crm,
-        &settings.kafka,
-        &settings.topics,
-        settings.database_url.as_ref(),
-        &options,
-        shutdown,
-        |letter| lines.push(letter.to_string()),
-    )
-    .await
-    .expect("redelivery");
+    let report = redeliver_with(&settings, &options, |letter| lines.push(letter.to_string()))
+        .await
+        .expect("redelivery");
     assert_eq!(
         (
             report.for_target,
@@ -261,18 +244,9 @@ async fn dead_letters_are_delivered_again_once_the_target_is_fixed() {
         target: "nobody".into(),
         ..options
     };
-    let (_stop, shutdown) = watch::channel(false);
-    let error = redeliver(
-        &settings.crm,
-        &settings.kafka,
-        &settings.topics,
-        settings.database_url.as_ref(),
-        &unknown,
-        shutdown,
-        |_| {},
-    )
-    .await
-    .expect_err("unknown target");
+    let error = redeliver_with(&settings, &unknown, |_| {})
+        .await
+        .expect_err("unknown target");
     assert!(error.to_string().contains("nobody"), "{error}");
 }
 

@@ -6,6 +6,7 @@
 mod calls;
 mod delivery;
 mod failures;
+mod http_stub;
 mod hubspot;
 mod hubspot_standin;
 mod offsets;
@@ -18,12 +19,12 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use callstream_consumers::config::Settings;
-use callstream_consumers::crm::redeliver::{redeliver, RedeliverOptions};
+use callstream_consumers::crm::redeliver::{
+    redeliver, Letter, RedeliverError, RedeliverOptions, RedeliverReport,
+};
 use callstream_consumers::crm::{CrmConsumer, CrmError};
 use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_kafka::publish::OutRecord;
@@ -81,15 +82,9 @@ struct FakeCrm {
 
 impl FakeCrm {
     async fn start() -> FakeCrm {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("address").port();
         let state = Arc::new(Mutex::new(CrmState::default()));
         let shared = state.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, shared.clone()));
-            }
-        });
+        let port = http_stub::serve(move |request| serve(request, shared.clone())).await;
         FakeCrm { port, state }
     }
 
@@ -138,35 +133,20 @@ impl FakeCrm {
     }
 }
 
-async fn serve(stream: TcpStream, state: Arc<Mutex<CrmState>>) {
-    let mut stream = BufReader::new(stream);
-    let mut line = String::new();
-    if stream.read_line(&mut line).await.is_err() {
-        return;
-    }
-    let path = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    let mut headers = HashMap::new();
-    loop {
-        line.clear();
-        if stream.read_line(&mut line).await.unwrap_or(0) == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
-        }
-    }
-    let length = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    if stream.read_exact(&mut body).await.is_err() {
-        return;
-    }
+/// Records a request and answers it as scripted for its `Idempotency-Key`.
+async fn serve(request: http_stub::Incoming, state: Arc<Mutex<CrmState>>) -> http_stub::Outgoing {
+    let http_stub::Incoming {
+        path,
+        query,
+        headers,
+        body,
+        ..
+    } = request;
+    let path = if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{query}")
+    };
     let reply = {
         let mut state = state.lock().unwrap();
         let key = headers.get("idempotency-key").cloned().unwrap_or_default();
@@ -205,12 +185,7 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<CrmState>>) {
             (200, String::new(), "{}")
         }
     };
-    let response = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
-        body.len()
-    );
-    let _ = stream.get_mut().write_all(response.as_bytes()).await;
-    let _ = stream.get_mut().shutdown().await;
+    (status, extra, body.to_string())
 }
 
 // ---- events, Kafka and the consumer --------------------------------------
@@ -412,6 +387,25 @@ impl Running {
             &format!(r#"outcome="{outcome}",target="{target}""#),
         )
     }
+}
+
+/// `callstream-replay crm` with `settings`, as the command runs it.
+async fn redeliver_with(
+    settings: &Settings,
+    options: &RedeliverOptions,
+    on_letter: impl FnMut(&Letter),
+) -> Result<RedeliverReport, RedeliverError> {
+    let (_stop, shutdown) = watch::channel(false);
+    redeliver(
+        &settings.crm,
+        &settings.kafka,
+        &settings.topics,
+        settings.database_url.as_ref(),
+        options,
+        shutdown,
+        on_letter,
+    )
+    .await
 }
 
 /// A loopback port nothing listens on (it was bound, then released).
