@@ -158,12 +158,22 @@ async fn kill_9_mid_stream_neither_loses_nor_duplicates() {
             last_move = (Instant::now(), consumed);
         }
         if last_move.0.elapsed() > stalled_after || Instant::now() > deadline {
+            let metrics = reqwest::get(dedup.url("/metrics")).await.map(|r| r.text());
+            let metrics = match metrics {
+                Ok(text) => text.await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            let metrics: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("callstream_dedup_"))
+                .collect();
             let logs = dedup.logs();
             let logs = logs.lock().unwrap();
             let tail = &logs[logs.len().saturating_sub(80)..];
             panic!(
                 "did not catch up: lag {lag:?}, consumed {consumed}, output {out:?} of \
-                 {expected_records}; the instance's last log lines:\n{}",
+                 {expected_records}; its metrics:\n{}\nits last log lines:\n{}",
+                metrics.join("\n"),
                 tail.join("\n")
             );
         }

@@ -122,9 +122,25 @@ impl Acks {
         }
     }
 
+    /// [`Acks::all_acknowledged`], bounded: a record still unacknowledged
+    /// after `limit` fails the transaction (it is aborted and its batch
+    /// decided again) instead of holding the consumer with no sign. A
+    /// transactional producer's own `message.timeout.ms` is as long as
+    /// `transaction.timeout.ms` (60 s by default), and nothing is logged
+    /// while it waits.
+    pub(super) async fn all_acknowledged_within(&self, limit: Duration) -> anyhow::Result<()> {
+        match tokio::time::timeout(limit, self.all_acknowledged()).await {
+            Ok(result) => Ok(result?),
+            Err(_) => anyhow::bail!(
+                "{} records of the transaction not acknowledged within {limit:?}",
+                self.outstanding.load(Ordering::SeqCst)
+            ),
+        }
+    }
+
     /// Waits until every record sent so far is settled; the first failure
     /// among them, if any (the transaction must then abort).
-    pub(super) async fn all_acknowledged(&self) -> Result<(), KafkaError> {
+    async fn all_acknowledged(&self) -> Result<(), KafkaError> {
         loop {
             let settled = self.settled.notified();
             tokio::pin!(settled);

@@ -300,7 +300,10 @@ impl Dedup {
         // flush returns at once. The acknowledgements are counted in the
         // producer's context rather than awaited as a future per record
         // (an allocation, a channel and a wake-up each).
-        self.producer.context().all_acknowledged().await?;
+        self.producer
+            .context()
+            .all_acknowledged_within(TXN_TIMEOUT)
+            .await?;
         let group = self
             .consumer
             .group_metadata()
@@ -329,7 +332,11 @@ impl Dedup {
         self.producer.abort_transaction(TXN_TIMEOUT)?;
         // The aborted records' reports (purged or failed) settle them; their
         // failure is this transaction's, not the next one's.
-        let _ = self.producer.context().all_acknowledged().await;
+        let _ = self
+            .producer
+            .context()
+            .all_acknowledged_within(TXN_TIMEOUT)
+            .await;
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
         let restored = restore(&self.kafka, &self.changelog, &partitions).await?;
         self.partitions.clear();
