@@ -1,7 +1,8 @@
 //! Configuration shared by every consumer binary, in the gateway's style:
 //! defaults, then an optional TOML file (`--config`), then `CALLSTREAM_*`
 //! variables (`__` between levels), then the plain variables
-//! `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL` and `METRICS_LISTEN`.
+//! `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `METRICS_LISTEN` and
+//! `CONSOLE_LISTEN`.
 //! Each binary reads the sections it needs and validates them at start-up.
 //!
 //! This module only aggregates: each section's type, defaults and checks
@@ -17,6 +18,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::analytics::AnalyticsSettings;
+use crate::console::ConsoleSettings;
 use crate::crm::CrmSettings;
 use crate::dedup::DedupSettings;
 use crate::recordings::RecordingsSettings;
@@ -46,6 +48,8 @@ pub struct Settings {
     pub crm: CrmSettings,
     /// `callstream-recordings`: recordings and voicemails into object storage.
     pub recordings: RecordingsSettings,
+    /// `callstream-console`: the ops console.
+    pub console: ConsoleSettings,
 }
 
 #[derive(Serialize)]
@@ -59,6 +63,7 @@ struct Defaults {
     analytics: AnalyticsSettings,
     crm: CrmSettings,
     recordings: RecordingsSettings,
+    console: ConsoleSettings,
 }
 
 fn defaults() -> Defaults {
@@ -72,6 +77,7 @@ fn defaults() -> Defaults {
         analytics: AnalyticsSettings::default(),
         crm: CrmSettings::default(),
         recordings: RecordingsSettings::default(),
+        console: ConsoleSettings::default(),
     }
 }
 
@@ -80,6 +86,7 @@ impl Settings {
         let plain = [
             ("DATABASE_URL", "database_url"),
             ("METRICS_LISTEN", "metrics_listen"),
+            ("CONSOLE_LISTEN", "console.listen"),
         ];
         Self::from_figment(layered(Self::defaults(), file, &plain))
     }
@@ -110,6 +117,7 @@ impl Settings {
         self.dedup.validate()?;
         self.topics.validate(&Topic::ALL)?;
         self.recordings.validate()?;
+        self.console.validate()?;
         self.crm.validate()
     }
 

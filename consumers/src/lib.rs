@@ -23,13 +23,12 @@ pub mod analytics;
 pub mod calls;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod crm;
 pub mod dedup;
 mod http_failure;
-#[cfg(feature = "testkit")]
+// Public also for the console, which reads the store's database.
 pub mod pg;
-#[cfg(not(feature = "testkit"))]
-mod pg;
 pub mod pg_consumer;
 pub mod pg_sink;
 pub mod recordings;

@@ -47,7 +47,7 @@
 //! publishes nothing; [`report`] defines what counts as a change.
 
 pub mod range;
-pub(crate) mod reader;
+pub mod reader;
 pub mod rebuild;
 pub mod report;
 

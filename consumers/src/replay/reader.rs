@@ -27,7 +27,7 @@ struct Progress {
     end: i64,
 }
 
-pub(crate) struct RangeReader {
+pub struct RangeReader {
     consumer: StreamConsumer,
     topic: String,
     /// Every partition not yet done.

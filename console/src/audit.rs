@@ -1,0 +1,1 @@
+//! The record of every action taken in the console.

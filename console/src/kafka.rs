@@ -1,0 +1,1 @@
+//! Reading the topics the pages show.

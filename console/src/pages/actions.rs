@@ -1,0 +1,3 @@
+//! TODO
+use actix_web::{HttpRequest, HttpResponse};
+pub async fn list(req: HttpRequest) -> HttpResponse { super::html(crate::html::page("list", &super::user(&req), "", maud::html!{})) }

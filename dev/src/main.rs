@@ -1,0 +1,2 @@
+//! `callstream-dev`: the whole pipeline in one process (being written).
+fn main() {}
