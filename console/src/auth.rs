@@ -118,7 +118,11 @@ fn basic(req: &ServiceRequest) -> Option<(String, String)> {
 
 /// A POST from another site's page: its `Origin` names another host.
 fn cross_site(req: &ServiceRequest) -> bool {
-    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    else {
         return false;
     };
     let host = req.connection_info().host().to_string();
@@ -154,9 +158,9 @@ pub async fn require_user(
         return Ok(req.into_response(unauthorized()));
     };
     if req.method() == actix_web::http::Method::POST && cross_site(&req) {
-        return Ok(req.into_response(
-            HttpResponse::Forbidden().body("cross-site request refused\n"),
-        ));
+        return Ok(
+            req.into_response(HttpResponse::Forbidden().body("cross-site request refused\n"))
+        );
     }
     req.extensions_mut().insert(User(user));
     Ok(next.call(req).await?.map_into_boxed_body())

@@ -18,6 +18,7 @@ pub mod auth;
 mod html;
 mod kafka;
 pub mod pages;
+mod prom;
 
 use std::net::TcpListener;
 use std::sync::Arc;

@@ -19,7 +19,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/events/{id}/revisions", web::get().to(events::revisions))
         .route("/calls/{key}", web::get().to(calls::page))
         .route("/dead-letters", web::get().to(dead_letters::list))
-        .route("/dead-letters/redeliver", web::post().to(dead_letters::redeliver))
+        .route(
+            "/dead-letters/redeliver",
+            web::post().to(dead_letters::redeliver),
+        )
         .route("/actions", web::get().to(actions::list));
 }
 

@@ -110,7 +110,7 @@ impl PartitionRange {
 }
 
 /// Blocking metadata and probe requests against one topic.
-pub(crate) struct Lookup {
+pub struct Lookup {
     consumer: BaseConsumer,
     topic: String,
 }
@@ -259,9 +259,24 @@ fn invalid(problem: String) -> ReplayError {
     ReplayError::InvalidRange(problem)
 }
 
+/// [`resolve`] for `topic`, off the async workers: its requests block.
+pub async fn resolve_for(
+    kafka: &ClientSettings,
+    topic: &str,
+    from: Option<Bound>,
+    to: Option<Bound>,
+) -> Result<Vec<PartitionRange>, ReplayError> {
+    let (kafka, topic) = (kafka.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let lookup = Lookup::new(&kafka, &topic)?;
+        resolve(&lookup, from.as_ref(), to.as_ref())
+    })
+    .await?
+}
+
 /// Resolves `from` (default: each partition's first record) and `to`
 /// (default: each partition's end now) to offset ranges.
-pub(crate) fn resolve(
+pub fn resolve(
     lookup: &Lookup,
     from: Option<&Bound>,
     to: Option<&Bound>,
