@@ -3,7 +3,8 @@
 //! answer the user saw always has its row.
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Client;
+
+use crate::db::Db;
 
 /// One row of `console_actions`.
 #[derive(Debug, Clone)]
@@ -17,7 +18,7 @@ pub struct Action {
 }
 
 pub async fn record(
-    db: &Client,
+    db: &Db,
     actor: &str,
     action: &str,
     letter: &str,
@@ -34,7 +35,7 @@ pub async fn record(
 }
 
 /// The newest `limit` actions, newest first.
-pub async fn newest(db: &Client, limit: i64) -> Result<Vec<Action>, tokio_postgres::Error> {
+pub async fn newest(db: &Db, limit: i64) -> Result<Vec<Action>, tokio_postgres::Error> {
     let rows = db
         .query(
             "SELECT at, actor, action, letter, outcome, detail FROM console_actions \

@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod db;
 mod html;
 mod kafka;
 pub mod pages;
@@ -32,7 +33,7 @@ use callstream_consumers::config::Settings;
 /// What every page handler shares.
 pub struct Shared {
     pub settings: Settings,
-    pub db: tokio_postgres::Client,
+    pub db: db::Db,
     pub auth: auth::Users,
     pub http: reqwest::Client,
 }
@@ -55,12 +56,9 @@ impl Console {
             )
         })?;
         let url = settings.require_database_url()?;
-        let mut db = callstream_consumers::pg::connect(url)
+        let db = db::Db::open(url)
             .await
-            .context("cannot connect to PostgreSQL (DATABASE_URL)")?;
-        callstream_consumers::pg::migrate(&mut db)
-            .await
-            .context("cannot apply the database migrations")?;
+            .context("cannot connect to PostgreSQL (DATABASE_URL) and apply the migrations")?;
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(2))
             .build()?;
