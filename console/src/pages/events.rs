@@ -475,3 +475,60 @@ pub async fn revisions(
     let body = html! { p { a href={"/events/" (id)} { "Back to the event" } } (body) };
     super::html(crate::html::page("Revisions", &user, "/events", body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule the SQL applies: the stored number's digits end with the
+    /// typed number's significant digits.
+    fn finds(typed: &str, stored: &str) -> bool {
+        let stored: String = stored.chars().filter(char::is_ascii_digit).collect();
+        stored.ends_with(&number_digits(typed).unwrap())
+    }
+
+    #[test]
+    fn a_number_in_any_format_searches_by_its_significant_digits() {
+        // Typed as a person dials it at home: every way a provider stores it.
+        for typed in ["06 12 34 56 78", "(0)6-12.34.56.78", "612345678"] {
+            for stored in [
+                "+33612345678",
+                "33612345678",
+                "0612345678",
+                "+33 6 12 34 56 78",
+            ] {
+                assert!(finds(typed, stored), "{typed} should find {stored}");
+            }
+        }
+        // Typed with its country code: the international forms.
+        for typed in ["+33 6 12 34 56 78", "0033612345678"] {
+            assert!(finds(typed, "+33612345678"));
+            assert!(finds(typed, "33612345678"));
+        }
+        assert!(!finds("06 12 34 56 79", "+33612345678"));
+        assert_eq!(number_digits("call-123456"), None, "text is not a number");
+        assert_eq!(number_digits("12345"), None, "too short to mean a number");
+    }
+
+    #[test]
+    fn text_searches_exact_ids_and_escaped_patterns() {
+        let w = conditions(
+            &Query {
+                q: "50%_off".into(),
+                provider: "onoff".into(),
+                from: "2026-12-03T05:30".into(),
+                ..Query::default()
+            },
+            false,
+        );
+        assert_eq!(w.params.len(), 4, "q exact, q pattern, provider, from");
+        assert!(w.sql().contains("identity = $1"));
+        assert!(w.sql().contains("provider = $3"));
+        assert!(w.sql().contains(">= $4"));
+        assert_eq!(like_literal("50%_off"), "50\\%\\_off");
+        assert_eq!(
+            parse_time("2026-12-03T05:30").unwrap().to_rfc3339(),
+            "2026-12-03T05:30:00+00:00"
+        );
+    }
+}
