@@ -163,7 +163,7 @@ fn search_form(query: &Query) -> Markup {
             fieldset {
                 legend { "Search events and calls" }
                 label for="q" { "Number, call id, agent or text" }
-                input id="q" name="q" type="search" value=(query.q) size="32" autofocus;
+                input id="q" name="q" type="search" value=(query.q) size="32";
                 label for="provider" { "Provider" }
                 select id="provider" name="provider" {
                     option value="" selected[query.provider.is_empty()] { "any" }
