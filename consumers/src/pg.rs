@@ -1,8 +1,10 @@
 //! PostgreSQL: connection, migrations (versioned SQL in `consumers/migrations`,
 //! applied at start-up by refinery), and the consumer offsets that are
-//! written in the same transaction as the rows they account for.
+//! written in the same transaction as the rows they account for; and
+//! [`throwaway`] clusters, for tests and `callstream-dev`.
 
 pub mod settings;
+pub mod throwaway;
 
 use bytes::{BufMut, BytesMut};
 use secrecy::{ExposeSecret, SecretString};
