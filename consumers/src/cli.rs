@@ -1,8 +1,8 @@
 //! The command line every consumer binary takes, and the steps of its
 //! `main` around the consumer: settings (`--config FILE` or
 //! `CALLSTREAM_CONFIG`, then the environment) and logging ([`start`]), then
-//! the metrics server for the consumer's run until SIGTERM/SIGINT
-//! ([`serve`]).
+//! the metrics server for the consumer's run until it is told to stop
+//! ([`serve`]). What each service starts is in `services`.
 
 pub mod replay;
 
@@ -14,7 +14,6 @@ use prometheus::Registry;
 use tokio::sync::watch;
 
 use callstream_runtime::server::MetricsServer;
-use callstream_runtime::shutdown::on_signal;
 
 use crate::config::Settings;
 
@@ -37,11 +36,13 @@ pub fn start(name: &'static str, about: &'static str) -> anyhow::Result<Settings
 }
 
 /// Serves `registry` on `metrics_listen` (with `/healthz`) while `run`
-/// runs, handed a receiver that turns `true` on SIGTERM/SIGINT; then stops
+/// runs, handed `shutdown` (which the binaries turn `true` on
+/// SIGTERM/SIGINT: [`callstream_runtime::shutdown::on_signal`]); then stops
 /// the server. `run`'s error is the process's.
 pub async fn serve<F, Fut, E>(
     metrics_listen: &str,
     registry: Registry,
+    shutdown: watch::Receiver<bool>,
     run: F,
 ) -> anyhow::Result<()>
 where
@@ -53,7 +54,7 @@ where
     let port = metrics_server.port;
     let metrics_handle = metrics_server.spawn();
     tracing::info!(port, "consumer running");
-    let result = run(on_signal()?).await;
+    let result = run(shutdown).await;
     metrics_handle.stop(true).await;
     tracing::info!("consumer stopped");
     result.map_err(Into::into)

@@ -17,7 +17,8 @@
 //! and the PostgreSQL consumers through [`pg_sink`]: rows and Kafka
 //! positions in one transaction) or the per-record, at-least-once
 //! `per_record::PerRecordLoop` (CRM targets, recordings). [`cli`] is the
-//! command line every binary shares.
+//! command line every binary shares; [`services`] what dedup, store and
+//! analytics start, for their binaries and for `callstream-dev`.
 
 pub mod analytics;
 pub mod calls;
@@ -33,5 +34,6 @@ pub mod pg_consumer;
 pub mod pg_sink;
 pub mod recordings;
 pub mod replay;
+pub mod services;
 pub mod store;
 pub(crate) mod unique;

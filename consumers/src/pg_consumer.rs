@@ -1,8 +1,9 @@
 //! The process around a [`PgWriter`], shared by `callstream-store` and
 //! `callstream-analytics`: metrics and health endpoint, PostgreSQL and its
 //! migrations, the Kafka consumer in the configured group, and a graceful
-//! stop (SIGTERM/SIGINT: the batch in progress commits, then the consumer
-//! closes, which leaves the group so the partitions move on at once).
+//! stop (the shutdown flag, SIGTERM/SIGINT in the binaries: the batch in
+//! progress commits, then the consumer closes, which leaves the group so
+//! the partitions move on at once).
 //!
 //! A crash (or SIGKILL) skips all of that and loses nothing: positions live
 //! in PostgreSQL with the rows ([`crate::pg_sink`]), and the group notices
@@ -28,25 +29,26 @@ use callstream_kafka::client::consumer_config;
 use callstream_kafka::consume::TrackingContext;
 use callstream_runtime::error_chain;
 use callstream_runtime::server::MetricsServer;
-use callstream_runtime::shutdown::{on_signal, pause};
+use callstream_runtime::shutdown::pause;
 
-/// Runs `writer` over `callstream.events.unique.v1` until SIGTERM/SIGINT.
-/// `name` prefixes the metrics (`callstream_<name>_...`); `batch` is the
-/// consumer's section of the settings; `registry` is served on
-/// `metrics_listen` and may already hold the writer's own metrics.
+/// Runs `writer` over `callstream.events.unique.v1` until `shutdown` turns
+/// true (the binaries flip it on SIGTERM/SIGINT, `callstream-dev` on its
+/// own stop). `name` prefixes the metrics (`callstream_<name>_...`);
+/// `batch` is the consumer's section of the settings; `registry` is served
+/// on `metrics_listen` and may already hold the writer's own metrics.
 pub async fn run<W: PgWriter>(
     settings: &Settings,
     name: &str,
     batch: &BatchSettings,
     registry: Registry,
     writer: W,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let database_url = settings.require_database_url()?;
     let metrics_server = MetricsServer::bind(&settings.metrics_listen, registry.clone())?;
     let metrics_port = metrics_server.port;
     let metrics_handle = metrics_server.spawn();
 
-    let shutdown = on_signal()?;
     let metrics = SinkMetrics::new(&registry, name);
     let Some(mut clients) = connect_all(
         database_url,

@@ -5,27 +5,16 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use prometheus::Registry;
+use callstream_consumers::{cli, services};
+use callstream_runtime::shutdown::on_signal;
 
-use callstream_consumers::analytics::AnalyticsWriter;
-use callstream_consumers::{cli, pg_consumer};
-
-// The steps every consumer's `main` shares are `cli::start` and
-// `cli::serve` (or `pg_consumer::run`); only what differs is here.
+// What the service starts is `services::analytics`, which `callstream-dev`
+// runs too; only the command line and the signals are here.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = cli::start(
         env!("CARGO_BIN_NAME"),
         "callstream analytics: call-centre KPIs per tenant, interval, agent and number.",
     )?;
-    let registry = Registry::new();
-    let writer = AnalyticsWriter::new(&registry, &settings.analytics.metric_tenants)?;
-    pg_consumer::run(
-        &settings,
-        "analytics",
-        &settings.analytics.batch(),
-        registry,
-        writer,
-    )
-    .await
+    services::analytics(&settings, on_signal()?).await
 }

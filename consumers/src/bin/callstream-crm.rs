@@ -8,9 +8,10 @@ use prometheus::Registry;
 
 use callstream_consumers::cli;
 use callstream_consumers::crm::CrmConsumer;
+use callstream_runtime::shutdown::on_signal;
 
 // The steps every consumer's `main` shares are `cli::start` and
-// `cli::serve` (or `pg_consumer::run`); only what differs is here.
+// `cli::serve`; only what differs is here.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = cli::start(
@@ -28,5 +29,8 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let targets: Vec<_> = settings.crm.targets.keys().collect();
     tracing::info!(?targets, "CRM delivery starting");
-    cli::serve(&settings.metrics_listen, registry, |stop| crm.run(stop)).await
+    cli::serve(&settings.metrics_listen, registry, on_signal()?, |stop| {
+        crm.run(stop)
+    })
+    .await
 }

@@ -9,9 +9,10 @@ use prometheus::Registry;
 
 use callstream_consumers::cli;
 use callstream_consumers::recordings::RecordingsConsumer;
+use callstream_runtime::shutdown::on_signal;
 
 // The steps every consumer's `main` shares are `cli::start` and
-// `cli::serve` (or `pg_consumer::run`); only what differs is here.
+// `cli::serve`; only what differs is here.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = cli::start(
@@ -26,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
         &registry,
     )?;
     tracing::info!(store = %archiver.location(), "archiver starting");
-    cli::serve(&settings.metrics_listen, registry, |stop| {
+    cli::serve(&settings.metrics_listen, registry, on_signal()?, |stop| {
         archiver.run(stop)
     })
     .await
