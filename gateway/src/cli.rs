@@ -1,5 +1,6 @@
 //! The command line of `callstream-gateway` (serve, or `broker`: only the
-//! embedded broker) and what it starts; the binary only calls [`run`].
+//! embedded broker) and what it starts; the binary only calls [`run`],
+//! `callstream-dev` [`serve`].
 
 use std::path::PathBuf;
 
@@ -68,11 +69,17 @@ pub async fn run() -> anyhow::Result<()> {
 
     let app = Application::build(&settings)?;
     if let Some(broker) = embedded.as_mut() {
-        let discarded = app.metrics().embedded_broker_discarded.clone();
-        broker
-            .watch_discards(discarded)
-            .context("could not watch the embedded broker")?;
+        app.watch_embedded_broker(broker)?;
     }
+    serve(&settings, app).await?;
+    drop(embedded);
+    Ok(())
+}
+
+/// Serves a built gateway until it stops: logs the ready line
+/// (`gateway listening`, with its ports, which tests and operators wait
+/// for), then runs it. `callstream-dev` serves its gateway this way too.
+pub async fn serve(settings: &Settings, app: Application) -> anyhow::Result<()> {
     tracing::info!(
         listen = %settings.listen,
         port = app.port(),
@@ -80,9 +87,7 @@ pub async fn run() -> anyhow::Result<()> {
         admin_port = app.admin_port(),
         "gateway listening"
     );
-    app.run_until_stopped().await?;
-    drop(embedded);
-    Ok(())
+    app.run_until_stopped().await
 }
 
 /// SIGINT or SIGTERM (the HTTP server listens for these itself).

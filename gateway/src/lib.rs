@@ -22,10 +22,8 @@ pub(crate) mod sources;
 pub mod spool;
 #[cfg(not(feature = "testkit"))]
 mod spool;
-#[cfg(feature = "testkit")]
+/// Public for `callstream-dev`, which runs the gateway in its own process.
 pub mod startup;
-#[cfg(not(feature = "testkit"))]
-mod startup;
 pub(crate) mod telemetry;
 
 use callstream_schemas::Topic;

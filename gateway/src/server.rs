@@ -20,6 +20,8 @@ use actix_service::{
 };
 use actix_web::dev::{AppConfig, Service};
 use actix_web::rt::net::TcpStream;
+use callstream_runtime::shutdown::wait_for;
+use tokio::sync::watch;
 
 use answers::JsonAnswers;
 use paced::Paced;
@@ -28,8 +30,7 @@ use paced::Paced;
 #[derive(Debug, Clone)]
 pub struct Http {
     pub workers: Option<usize>,
-    /// Stop on SIGTERM/SIGINT.
-    pub signals: bool,
+    pub stop: Stop,
     pub shutdown_timeout_secs: Option<u64>,
     /// The first request's head must be complete within this (else 408).
     pub(crate) client_request_timeout: Duration,
@@ -37,12 +38,25 @@ pub struct Http {
     pub(crate) keep_alive: Duration,
 }
 
+/// What stops a listener's server, besides its handle.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// SIGTERM (gracefully) or SIGINT and SIGQUIT (at once), as
+    /// actix-server handles them: the gateway's own process.
+    Signals,
+    /// Only its handle: a server the caller stops itself.
+    Handle,
+    /// The flag turning true, gracefully: a process that runs the gateway
+    /// beside other services (`callstream-dev`) and owns the signals.
+    When(watch::Receiver<bool>),
+}
+
 impl Default for Http {
     /// `HttpServer`'s defaults.
     fn default() -> Self {
         Http {
             workers: None,
-            signals: true,
+            stop: Stop::Signals,
             shutdown_timeout_secs: None,
             client_request_timeout: Duration::from_secs(5),
             client_disconnect_timeout: Duration::from_secs(1),
@@ -70,8 +84,13 @@ where
     if let Some(workers) = http.workers {
         builder = builder.workers(workers);
     }
-    if !http.signals {
-        builder = builder.disable_signals();
+    match &http.stop {
+        Stop::Signals => {}
+        Stop::Handle => builder = builder.disable_signals(),
+        Stop::When(shutdown) => {
+            let mut shutdown = shutdown.clone();
+            builder = builder.shutdown_signal(async move { wait_for(&mut shutdown).await });
+        }
     }
     if let Some(secs) = http.shutdown_timeout_secs {
         builder = builder.shutdown_timeout(secs);

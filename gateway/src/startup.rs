@@ -15,9 +15,12 @@ use actix_web::http::Method as HttpMethod;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use tracing_actix_web::TracingLogger;
 
+use anyhow::Context;
+use callstream_kafka::embedded::EmbeddedBroker;
 use callstream_kafka::publish::{PublishOptions, Publisher};
 use callstream_schemas::provider::Method;
 use rdkafka::ClientConfig;
+use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::config::Settings;
@@ -26,7 +29,7 @@ use crate::error::ApiError;
 use crate::ingest::CalledUrl;
 use crate::ingest::{self, Ingest, SourceRoute};
 use crate::metrics::Metrics;
-use crate::server::{self, Http};
+use crate::server::{self, Http, Stop};
 use crate::signature::Verifier;
 use crate::sources;
 use crate::spool::Spool;
@@ -67,9 +70,31 @@ impl Application {
         Self::build_with_listener(settings, listener)
     }
 
+    /// As [`Application::build`], on a listener the caller bound (tests
+    /// bind port 0).
     pub fn build_with_listener(
         settings: &Settings,
         listener: TcpListener,
+    ) -> anyhow::Result<Application> {
+        Self::assemble(settings, listener, Stop::Signals)
+    }
+
+    /// As [`Application::build_with_listener`], stopped gracefully when
+    /// `shutdown` turns true instead of by signals: for a process that runs
+    /// the gateway beside other services and stops them all together
+    /// (`callstream-dev`).
+    pub fn build_with_shutdown(
+        settings: &Settings,
+        listener: TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Application> {
+        Self::assemble(settings, listener, Stop::When(shutdown))
+    }
+
+    fn assemble(
+        settings: &Settings,
+        listener: TcpListener,
+        stop: Stop,
     ) -> anyhow::Result<Application> {
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new();
@@ -134,7 +159,7 @@ impl Application {
             let http = Http {
                 workers: Some(1),
                 // Stopped after the webhook server, so scrapes see the drain.
-                signals: false,
+                stop: Stop::Handle,
                 ..Http::default()
             };
             let server = server::serve(listener, &http, move || {
@@ -150,7 +175,7 @@ impl Application {
         let metrics_here = admin.is_none();
         let http = Http {
             workers: (settings.workers > 0).then_some(settings.workers),
-            signals: true,
+            stop,
             shutdown_timeout_secs: Some(settings.shutdown_timeout_secs),
             // Slow clients may not hold a connection: headers must arrive in
             // time, idle keep-alive connections are closed.
@@ -191,10 +216,12 @@ impl Application {
         self.admin.as_ref().map_or(self.port, |(port, _)| *port)
     }
 
-    /// The metrics `/metrics` serves, for parts that run beside the
-    /// application (the embedded broker's watcher).
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+    /// Counts what the embedded broker discards in this application's
+    /// `/metrics` (and warns of it): those records were acknowledged.
+    pub fn watch_embedded_broker(&self, broker: &mut EmbeddedBroker) -> anyhow::Result<()> {
+        broker
+            .watch_discards(self.metrics.embedded_broker_discarded.clone())
+            .context("could not watch the embedded broker")
     }
 
     /// Stops the server gracefully when called (tests; signals do it in production).
@@ -203,14 +230,15 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until SIGTERM/SIGINT (or [`Application::handle`]`.stop`): stops
+    /// Serves until SIGTERM/SIGINT, or the flag of
+    /// [`Application::build_with_shutdown`] (or `handle().stop` in tests): stops
     /// accepting, lets in-flight requests finish, stops the spool drainer at
     /// once (what is still spooled stays on disk for the next start), then
     /// flushes the producer for at most [`STOP_FLUSH`]. Every 200 was
     /// durable before it was sent, so nothing acknowledged is only in
     /// memory at any point.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let (stop_drain, drain_stopped) = tokio::sync::watch::channel(false);
+        let (stop_drain, drain_stopped) = watch::channel(false);
         let drainer = tokio::spawn(self.deliverer.clone().drain(drain_stopped));
         let admin = self.admin.map(|(_, server)| {
             let handle = server.handle();
