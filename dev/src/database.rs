@@ -24,6 +24,10 @@ impl Database {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             return Ok(Database::Given(url));
         }
+        // Said before it happens: initdb takes a few seconds.
+        println!(
+            "DATABASE_URL is not set: starting a throwaway PostgreSQL cluster, deleted on exit"
+        );
         let cluster = tokio::task::spawn_blocking(|| Cluster::start(Durability::Fast))
             .await?
             .with_context(|| {
