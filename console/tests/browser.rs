@@ -266,9 +266,9 @@ async fn an_operator_signs_in_finds_a_call_and_redelivers_a_fixed_letter() {
     let console = tokio::spawn(console.run(stopping));
 
     let mut env = vec![
-        ("CONSOLE_URL", url),
+        ("CONSOLE_URL", url.clone()),
         ("CONSOLE_USER", "ops".to_string()),
-        ("CONSOLE_PASSWORD", password),
+        ("CONSOLE_PASSWORD", password.clone()),
         ("CALL_NUMBER", NUMBER.to_string()),
         ("CALL_TYPED", TYPED.to_string()),
         ("MALFORMED_LETTER", malformed),
@@ -331,6 +331,58 @@ async fn an_operator_signs_in_finds_a_call_and_redelivers_a_fixed_letter() {
         ],
         "console_actions: the dry run, then the redelivery, by ops"
     );
+
+    // A changing POST needs the page's CSRF token and a same-site origin:
+    // the browser resends Basic credentials to any page that asks, so
+    // without them another site's page could redeliver. Neither is done
+    // nor recorded.
+    let http = reqwest::Client::new();
+    let page = http
+        .get(format!("{url}/dead-letters"))
+        .basic_auth("ops", Some(&password))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the dead-letters page carries a CSRF token")
+        .to_string();
+    let form_letter = format!("{}:{mapping_failed}", Topic::Dlq.default_name());
+    for (csrf, origin, what) in [
+        ("", None, "no token"),
+        ("forged", None, "a wrong token"),
+        (
+            token.as_str(),
+            Some("http://evil.example"),
+            "another site's origin",
+        ),
+    ] {
+        let mut req = http
+            .post(format!("{url}/dead-letters/redeliver"))
+            .basic_auth("ops", Some(&password))
+            .form(&[
+                ("letter", form_letter.as_str()),
+                ("mode", "send"),
+                ("csrf", csrf),
+            ]);
+        if let Some(origin) = origin {
+            req = req.header("Origin", origin);
+        }
+        let status = req.send().await.unwrap().status();
+        assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{what}");
+    }
+    let after: i64 = client
+        .query_one("SELECT count(*) FROM console_actions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, 2, "refused POSTs record nothing");
+    assert_eq!(published(ACME_IDENTITY).len(), 1, "and publish nothing");
 
     stop_console.send(true).unwrap();
     console.await.unwrap().expect("console ran");
