@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::{consumers, drain, http, recovery, replay, report, systems};
+use crate::{consumers, drain, http, recovery, replay, report, send, systems};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks callstream against a bare actix-web ceiling and a peer")]
@@ -89,6 +89,9 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         partitions: i32,
     },
+    /// (internal, bench/callgrind) A counted load: `--count` requests,
+    /// then one JSON line (answers, records appended to `--topic`).
+    Send(send::SendArgs),
     /// (internal) The ceiling: a bare actix-web server answering 200.
     Ceiling {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -151,6 +154,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Broker { partitions } => broker(partitions),
         Command::Ceiling { listen } => ceiling(&listen),
+        Command::Send(args) => send::run(&args),
         Command::Http { http, out } => {
             let turns = http::run(&http.options(true)?)?;
             finish(&out, &turns, &[], false)

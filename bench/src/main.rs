@@ -10,6 +10,7 @@ mod load;
 mod recovery;
 mod replay;
 mod report;
+mod send;
 mod systems;
 mod workload;
 
