@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::{consumers, drain, http, recovery, replay, report, send, systems};
+use crate::{catchup, consumers, drain, http, recovery, replay, report, send, systems};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks callstream against a bare actix-web ceiling and a peer")]
@@ -66,6 +66,20 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
         records: Vec<u64>,
         #[arg(long, default_value = "bench/results-replay.md")]
+        out: PathBuf,
+    },
+    /// Catch-up: the store starts on a backlog of `--backlog` events (dedup
+    /// forwarded them first) while live events arrive through dedup at
+    /// `--live-rate` per second; the store's rows/s and each live event's
+    /// delay from produce to row, during and after the catch-up.
+    Catchup {
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        backlog: Vec<u64>,
+        #[arg(long, default_value_t = 1000.0)]
+        live_rate: f64,
+        #[arg(long, default_value_t = 128)]
+        partitions: i32,
+        #[arg(long, default_value = "bench/results-catchup.md")]
         out: PathBuf,
     },
     /// Spool drain: the gateway spools `--gib` while Kafka is down, then
@@ -190,6 +204,29 @@ pub fn run() -> anyhow::Result<()> {
         } => {
             let run = drain::run(gib, live_rate, partitions)?;
             write_report(&out, &report::drain_table(&run), &run)
+        }
+        Command::Catchup {
+            backlog,
+            live_rate,
+            partitions,
+            out,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let mut runs = Vec::new();
+            for &n in &backlog {
+                let run = rt
+                    .block_on(catchup::run(n, live_rate, partitions))
+                    .with_context(|| format!("catch-up of {n} events"))?;
+                eprintln!(
+                    "catch-up {n}: {:.0} rows/s; live delay during p99 {:.2} s, after p99 {:.3} s",
+                    run.rows_per_second, run.during_p99_s, run.after_p99_s
+                );
+                runs.push(run);
+            }
+            write_report(&out, &report::catchup_table(&runs), &runs)
         }
         Command::Replay { records, out } => {
             let runs = replay::runs(&records)?;

@@ -90,7 +90,7 @@ pub fn bulk_producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
 }
 
 /// Produces `events` normalized events (resends included) to the events topic.
-async fn prefill(bootstrap: &str, run: &str, events: u64) -> anyhow::Result<()> {
+pub async fn prefill(bootstrap: &str, run: &str, events: u64) -> anyhow::Result<()> {
     let producer = bulk_producer(bootstrap)?;
     const CHUNK: u64 = 20_000;
     let mut i = 0;
@@ -138,7 +138,7 @@ fn retained(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
 }
 
 /// Reads a counter (or gauge) from a consumer's metrics page.
-fn metric(process: &Process, name: &str) -> anyhow::Result<f64> {
+pub fn metric(process: &Process, name: &str) -> anyhow::Result<f64> {
     let addr = ([127, 0, 0, 1], process.port).into();
     let page = load::get(addr, "/metrics")?;
     Ok(page

@@ -2,6 +2,7 @@
 //! BENCHMARKS.md reports; `callstream-bench smoke` is the few-second run CI
 //! keeps alive. See BENCHMARKS.md for the method.
 
+mod catchup;
 mod cli;
 mod consumers;
 mod drain;

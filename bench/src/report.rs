@@ -351,3 +351,29 @@ pub fn drain_table(r: &crate::drain::DrainRun) -> String {
         r.live_max_ms
     )
 }
+
+pub fn catchup_table(runs: &[crate::catchup::CatchupRun]) -> String {
+    let mut out = String::from(
+        "| backlog | partitions | live/s | backlog rows | catch-up (s) | rows/s | live sent | live delay during, p50 / p99 / max (s) | after, p50 / p99 / max (s) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in runs {
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {:.1} | {:.0} | {} | {:.2} / {:.2} / {:.2} | {:.3} / {:.3} / {:.3} |\n",
+            r.backlog,
+            r.partitions,
+            r.live_rate,
+            r.backlog_rows,
+            r.catchup_seconds,
+            r.rows_per_second,
+            r.live_sent,
+            r.during_p50_s,
+            r.during_p99_s,
+            r.during_max_s,
+            r.after_p50_s,
+            r.after_p99_s,
+            r.after_max_s
+        ));
+    }
+    out
+}
