@@ -248,6 +248,12 @@ pub fn run() -> anyhow::Result<()> {
             recovery::runs(&[20_000])?;
             replay::runs(&[2_000])?;
             drain::run(0.005, 20.0, 8)?;
+            // And a catch-up: every live event behind the backlog is stored.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(catchup::run(5_000, 200.0, 8))?;
             let out = std::env::temp_dir().join("callstream-bench-smoke.md");
             finish(&out, &turns, &runs, true)
         }
