@@ -15,10 +15,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::workload::{self, Kind};
 
@@ -129,23 +126,13 @@ pub fn run(args: &SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
 async fn worker(
     addr: SocketAddr,
     run: &str,
     indices: &[u64],
     next: &AtomicU64,
 ) -> anyhow::Result<(u64, Vec<String>)> {
-    let mut sender = connect(addr).await?;
+    let mut sender = crate::load::connect(addr).await?;
     let (mut ok, mut failed) = (0, Vec::new());
     loop {
         let k = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -165,7 +152,7 @@ async fn worker(
         }
         let http_req = builder.body(Full::new(Bytes::from(req.body)))?;
         if sender.ready().await.is_err() {
-            sender = connect(addr).await?;
+            sender = crate::load::connect(addr).await?;
         }
         match sender.send_request(http_req).await {
             Ok(resp) if resp.status().is_success() => {
@@ -175,7 +162,7 @@ async fn worker(
             Ok(resp) => failed.push(format!("request {i}: {}", resp.status())),
             Err(err) => {
                 failed.push(format!("request {i}: {err}"));
-                sender = connect(addr).await?;
+                sender = crate::load::connect(addr).await?;
             }
         }
     }
