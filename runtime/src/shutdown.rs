@@ -43,17 +43,17 @@ pub async fn pause(duration: Duration, shutdown: &watch::Receiver<bool>) -> bool
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_pause_ends_early_on_shutdown() {
         let (tx, rx) = watch::channel(false);
-        assert!(!pause(Duration::from_secs(1), &rx).await);
+        assert!(!pause(Duration::from_millis(10), &rx).await);
         let stopper = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             tx.send(true).unwrap();
         });
         let started = tokio::time::Instant::now();
         assert!(pause(Duration::from_secs(3600), &rx).await);
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(60));
         stopper.await.unwrap();
     }
 }
