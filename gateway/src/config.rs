@@ -58,7 +58,8 @@ pub struct Settings {
     /// Webhook requests processed at once; more get 503 + `Retry-After`
     /// immediately, so memory stays flat under overload.
     pub(crate) max_in_flight: usize,
-    /// A client must send its request headers within this time.
+    /// A client must send each request's headers within this time, from
+    /// their first byte (`server/head_deadline.rs` for all but the first).
     pub header_read_timeout_ms: u64,
     /// A client must deliver its whole body within this time.
     pub body_read_timeout_ms: u64,

@@ -1,22 +1,63 @@
 //! The HTTP server of both listeners: what actix-web's `HttpServer::listen`
 //! assembles (actix-server accepting, actix-http serving HTTP/1), with each
 //! connection wrapped in [`answers::JsonAnswers`] so the answers actix-http
-//! writes itself have JSON bodies too, and in [`paced::Paced`] so it reads
-//! no further ahead of the handler than one step. `HttpServer` has no way to wrap a
+//! writes itself have JSON bodies too, in [`paced::Paced`] so it reads
+//! no further ahead of the handler than one step, and in
+//! [`head_deadline::HeadDeadline`] so every request's head, not only the
+//! first's, is bounded in time. `HttpServer` has no way to wrap a
 //! connection, hence the assembly here.
 
+/// `AsyncWrite` for a connection wrapper `$wrapper<T>` that changes only
+/// reads: every write goes to its `io` as it is.
+macro_rules! writes_through {
+    ($wrapper:ident) => {
+        impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<T> {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.io.is_write_vectored()
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.get_mut().io).poll_flush(cx)
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+            }
+        }
+    };
+}
+
 mod answers;
+mod head_deadline;
 mod paced;
 
 use std::fmt;
 use std::net::TcpListener;
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix_http::body::MessageBody;
 use actix_http::{HttpService, Protocol, Request, Response};
 use actix_server::Server;
 use actix_service::{
-    fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt as _,
+    apply_fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactory,
+    ServiceFactoryExt as _,
 };
 use actix_web::dev::{AppConfig, Service};
 use actix_web::rt::net::TcpStream;
@@ -24,7 +65,11 @@ use callstream_runtime::shutdown::wait_for;
 use tokio::sync::watch;
 
 use answers::JsonAnswers;
+use head_deadline::{HeadDeadline, Requests};
 use paced::Paced;
+
+/// A connection as the HTTP service gets it.
+type Connection = HeadDeadline<JsonAnswers<Paced<TcpStream>>>;
 
 /// What the gateway sets on a listener's server; `None`: actix's default.
 #[derive(Debug, Clone)]
@@ -32,7 +77,8 @@ pub struct Http {
     pub workers: Option<usize>,
     pub stop: Stop,
     pub shutdown_timeout_secs: Option<u64>,
-    /// The first request's head must be complete within this (else 408).
+    /// Each request's head must be complete within this: else 408 for the
+    /// first request of a connection, a closed connection for later ones.
     pub(crate) client_request_timeout: Duration,
     pub(crate) client_disconnect_timeout: Duration,
     pub(crate) keep_alive: Duration,
@@ -97,13 +143,19 @@ where
     }
     let shutdown = builder.graceful_shutdown_signal();
     let http = http.clone();
-    let head_timeout_ms =
-        u64::try_from(http.client_request_timeout.as_millis()).unwrap_or(u64::MAX);
+    let head_timeout = http.client_request_timeout;
+    let head_timeout_ms = u64::try_from(head_timeout.as_millis()).unwrap_or(u64::MAX);
     let builder = builder.listen(format!("actix-web-service-{addr}"), listener, move || {
         let shutdown = shutdown.clone();
         let app = factory()
             .into_factory()
             .map_err(|err| err.into().error_response());
+        // Each request counted in flight on its connection while the app
+        // serves it (`head_deadline.rs`).
+        let app = apply_fn_factory(app, |req: Request, app: &_| {
+            let requests = req.conn_data::<Rc<Requests>>().cloned();
+            head_deadline::track(requests, app.call(req))
+        });
         let service = HttpService::build()
             // Closes idle keep-alive connections when a graceful stop starts.
             .graceful_shutdown_signal(move || {
@@ -114,6 +166,9 @@ where
             .client_request_timeout(http.client_request_timeout)
             .client_disconnect_timeout(http.client_disconnect_timeout)
             .h1_allow_half_closed(true)
+            .on_connect_ext(|io: &Connection, ext| {
+                ext.insert(io.requests());
+            })
             .local_addr(addr)
             // `HttpServer` passes its host and address; nothing here reads
             // them (no URL generation, no `connection_info`), and actix-web
@@ -121,7 +176,10 @@ where
             .finish(map_config(app, |_| AppConfig::default()));
         fn_service(move |io: TcpStream| {
             let peer = io.peer_addr().ok();
-            let io = JsonAnswers::new(Paced::new(io), head_timeout_ms);
+            let io: Connection = HeadDeadline::new(
+                JsonAnswers::new(Paced::new(io), head_timeout_ms),
+                head_timeout,
+            );
             std::future::ready(Ok((io, Protocol::Http1, peer)))
         })
         .and_then(service)

@@ -340,6 +340,71 @@ async fn a_head_that_never_completes_gets_a_json_408() {
     gw.stop().await;
 }
 
+/// actix-http bounds the head of a connection's first request only; the
+/// gateway bounds every one (`gateway/src/server/head_deadline.rs`). A
+/// client that sent a good request, then trickles the next head a byte at
+/// a time, is cut off once `header_read_timeout_ms` has passed since its
+/// first byte. Bounded: 60 bytes at 200 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_head_on_a_reused_connection_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = spawn_gateway(|f| f.merge(("header_read_timeout_ms", 1000))).await;
+    let addr = gw.address.trim_start_matches("http://");
+    let (mut reader, mut writer) = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap()
+        .into_split();
+    let good = format!(
+        "POST /v1/onoff/sms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{ONOFF_SMS}",
+        ONOFF_SMS.len()
+    );
+    writer.write_all(good.as_bytes()).await.unwrap();
+    // Its whole answer (a JSON body, so it ends with `}`), on a kept connection.
+    let mut first = Vec::new();
+    while !first.ends_with(b"}") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut chunk))
+            .await
+            .expect("no answer to the good request")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&first));
+        first.extend_from_slice(&chunk[..n]);
+    }
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(!first.contains("connection: close"), "{first}");
+    // Whatever else it writes, until it closes.
+    let rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest).await;
+        (
+            String::from_utf8_lossy(&rest).into_owned(),
+            std::time::Instant::now(),
+        )
+    });
+    let trickle = b"POST /v1/onoff/sms HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = std::time::Instant::now();
+    for byte in trickle.iter().take(60) {
+        if rest.is_finished() || writer.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (rest, closed_at) = tokio::time::timeout(Duration::from_secs(5), rest)
+        .await
+        .expect("the slow head's connection was never closed")
+        .unwrap();
+    let took = closed_at - started;
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        rest.is_empty(),
+        "nothing is answered to a head this slow: {rest}"
+    );
+    assert_eq!(gw.count(Topic::Events), 1);
+    gw.stop().await;
+}
+
 /// Pipelined requests: the answers before the server's own stay intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_request_after_good_ones_gets_json_after_their_answers() {
