@@ -36,12 +36,18 @@ use crate::metrics::Metrics;
 use callstream_kafka::publish::OutRecord;
 pub use format::Delivery;
 use segments::{
-    discard_segment, release, reserve, segment_path, unreserve, Segment, State, SEGMENT_SUFFIX,
+    discard_segment, release, remove_segment, reserve, segment_path, unreserve, Segment, State,
+    SEGMENT_SUFFIX,
 };
 use writer::{Append, Cmd};
 
 /// Where deliveries Kafka refuses as records are set aside.
 pub(crate) const REJECTED_DIR: &str = "rejected";
+
+/// Reads of the same sealed segment that may fail in a row before it is
+/// set aside as unreadable (with the drainer's backoff, about 20 s): a segment that stays unreadable would otherwise hold the whole
+/// spool, and every delivery after it, for ever.
+const READ_ATTEMPTS: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -60,6 +66,8 @@ pub struct Spool {
     undeleted: Mutex<Vec<u64>>,
     /// Segments whose damage is already in quarantine and counted.
     quarantined: Mutex<Vec<u64>>,
+    /// The segment whose reads failed last, and how many times in a row.
+    read_failures: Mutex<(u64, u32)>,
     writer: mpsc::UnboundedSender<Cmd>,
     /// Wakes the drainer when something was appended.
     pub appended: Notify,
@@ -115,6 +123,7 @@ impl Spool {
             state,
             undeleted: Mutex::new(Vec::new()),
             quarantined: Mutex::new(quarantined),
+            read_failures: Mutex::new((0, 0)),
             writer: tx,
             appended: Notify::new(),
             metrics,
@@ -199,24 +208,49 @@ impl Spool {
     /// The oldest segment, sealing the active one first if it is the only
     /// one with data. `None` when the spool is empty.
     pub(crate) async fn oldest_sealed(&self) -> io::Result<Option<SealedSegment>> {
-        if self.oldest_inactive().is_none() && !self.is_empty() {
-            let (reply, done) = oneshot::channel();
-            if self.writer.send(Cmd::Seal { reply }).is_err() {
-                return Err(io::Error::other("spool writer stopped"));
+        let (seq, buf) = loop {
+            if self.oldest_inactive().is_none() && !self.is_empty() {
+                let (reply, done) = oneshot::channel();
+                if self.writer.send(Cmd::Seal { reply }).is_err() {
+                    return Err(io::Error::other("spool writer stopped"));
+                }
+                done.await
+                    .map_err(|_| io::Error::other("spool writer stopped"))??;
             }
-            done.await
-                .map_err(|_| io::Error::other("spool writer stopped"))??;
-        }
-        // The oldest, not necessarily the one the seal closed: an append
-        // the writer took first may have rolled to a new segment, which the
-        // seal then closed, while the full one before it still waits.
-        let Some(seq) = self.oldest_inactive() else {
-            return Ok(None);
+            // The oldest, not necessarily the one the seal closed: an append
+            // the writer took first may have rolled to a new segment, which
+            // the seal then closed, while the full one before it still waits.
+            let Some(seq) = self.oldest_inactive() else {
+                return Ok(None);
+            };
+            let path = segment_path(&self.dir, seq);
+            let read = tokio::task::spawn_blocking(move || fs::read(path))
+                .await
+                .map_err(io::Error::other)?;
+            let mut failures = self.read_failures.lock().expect("spool read failures lock");
+            match read {
+                Ok(buf) => {
+                    *failures = (0, 0);
+                    break (seq, buf);
+                }
+                Err(err) => {
+                    let in_a_row = if failures.0 == seq { failures.1 + 1 } else { 1 };
+                    *failures = (seq, in_a_row);
+                    if in_a_row < READ_ATTEMPTS {
+                        return Err(io::Error::new(
+                            err.kind(),
+                            format!(
+                                "{} (attempt {in_a_row} of {READ_ATTEMPTS}): {err}",
+                                segment_path(&self.dir, seq).display()
+                            ),
+                        ));
+                    }
+                    *failures = (0, 0);
+                    drop(failures);
+                    self.set_aside_unreadable(seq, &err);
+                }
+            }
         };
-        let path = segment_path(&self.dir, seq);
-        let buf = tokio::task::spawn_blocking(move || fs::read(path))
-            .await
-            .map_err(io::Error::other)??;
         let scan = format::scan(&buf);
         if !scan.damaged.is_empty() {
             let mut quarantined = self.quarantined.lock().expect("spool quarantine lock");
@@ -237,6 +271,26 @@ impl Spool {
     fn oldest_inactive(&self) -> Option<u64> {
         let st = self.state.lock().expect("spool state lock");
         (st.segments.len() > 1).then(|| st.segments[0].seq)
+    }
+
+    /// Sealed segment `seq` cannot be read, after [`READ_ATTEMPTS`]: it is
+    /// moved to quarantine (if it can be) and leaves the spool, its
+    /// deliveries counted lost, so the rest drains. Their keys stay held
+    /// (which ones is in the unreadable file): deliveries for them keep
+    /// going through the spool, in order, until it is empty.
+    fn set_aside_unreadable(&self, seq: u64, err: &io::Error) {
+        recover::set_aside_unreadable(&self.dir, &segment_path(&self.dir, seq), err, &self.metrics);
+        let mut st = self.state.lock().expect("spool state lock");
+        if let Some(seg) = remove_segment(&mut st, seq) {
+            self.metrics.spool_lost.inc_by(seg.deliveries);
+            tracing::error!(
+                seq,
+                lost_deliveries = seg.deliveries,
+                "a spool segment stayed unreadable: draining the rest without it"
+            );
+        }
+        drop(st);
+        self.update_gauges();
     }
 
     /// One delivery of a segment was acknowledged by Kafka.
@@ -284,11 +338,7 @@ impl Spool {
     pub fn finish(&self, seq: u64) -> io::Result<()> {
         {
             let mut st = self.state.lock().expect("spool state lock");
-            if let Some(pos) = st.segments.iter().position(|s| s.seq == seq) {
-                let seg = st.segments.remove(pos).expect("position is valid");
-                st.bytes -= seg.bytes;
-                st.deliveries -= seg.deliveries;
-            }
+            remove_segment(&mut st, seq);
         }
         self.quarantined
             .lock()
@@ -562,6 +612,58 @@ mod tests {
         assert!(!path.exists());
         assert_eq!(metrics.spool_undeleted.get(), 0);
         assert!(!spool.holds("k"));
+    }
+
+    #[tokio::test]
+    async fn a_segment_that_stays_unreadable_is_set_aside_and_the_rest_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let spool = open(dir.path(), &metrics);
+        spool.append(&records("k", 0)).await.unwrap();
+        spool.append(&records("gone", 1)).await.unwrap();
+        let first = spool.oldest_sealed().await.unwrap().unwrap();
+        spool.append(&records("k", 2)).await.unwrap();
+        // The sealed segment becomes unreadable under the running gateway
+        // (a failing disk; here a directory in its place, EISDIR).
+        let path = segment_path(dir.path(), first.seq);
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+
+        for attempt in 1..READ_ATTEMPTS {
+            let err = spool.oldest_sealed().await.err().expect("unreadable");
+            let said = err.to_string();
+            assert!(
+                said.contains(&format!("attempt {attempt} of {READ_ATTEMPTS}")),
+                "{said}"
+            );
+            assert!(said.contains(&*path.to_string_lossy()), "{said}");
+            assert_eq!(spool.len(), 3, "nothing given up before the last attempt");
+        }
+        let next = spool
+            .oldest_sealed()
+            .await
+            .unwrap()
+            .expect("the rest drains");
+        assert_ne!(next.seq, first.seq);
+        assert_eq!(next.deliveries[0].records[0].payload, b"body-2");
+        assert_eq!(metrics.spool_unreadable.get(), 1);
+        assert_eq!(metrics.spool_lost.get(), 2);
+        assert_eq!(spool.len(), 1);
+        assert!(!path.exists(), "moved to quarantine");
+        assert_eq!(
+            fs::read_dir(dir.path().join(recover::QUARANTINE_DIR))
+                .unwrap()
+                .count(),
+            1
+        );
+        // Its keys stay held (which they are is in the lost file) until the
+        // spool is empty.
+        assert!(spool.holds("gone"));
+        spool.delivered(&next.deliveries[0].records);
+        spool.finish(next.seq).unwrap();
+        assert!(spool.is_empty());
+        assert!(!spool.holds("gone") && !spool.holds("k"));
+        assert!(spool.oldest_sealed().await.unwrap().is_none());
     }
 
     #[tokio::test]

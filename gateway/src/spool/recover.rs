@@ -129,7 +129,7 @@ pub(super) fn quarantine(dir: &Path, seq: u64, buf: &[u8], scan: &Scan, metrics:
 /// An entry named like a segment that cannot be read: moved whole to
 /// `quarantine/` if it can be, left where it is otherwise; either way
 /// skipped, so the gateway serves.
-fn set_aside_unreadable(dir: &Path, path: &Path, err: &io::Error, metrics: &Metrics) {
+pub(super) fn set_aside_unreadable(dir: &Path, path: &Path, err: &io::Error, metrics: &Metrics) {
     metrics.spool_unreadable.inc();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let moved = quarantine_dir(dir).and_then(|folder| {

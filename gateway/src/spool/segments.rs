@@ -56,6 +56,20 @@ pub(super) fn release(keys: &mut HashMap<u64, u32>, hash: u64) {
     }
 }
 
+/// Segment `seq` leaves the spool's state, if it is there.
+pub(super) fn remove_segment(st: &mut State, seq: u64) -> Option<Segment> {
+    let pos = st.segments.iter().position(|s| s.seq == seq)?;
+    let seg = st.segments.remove(pos)?;
+    st.bytes -= seg.bytes;
+    st.deliveries -= seg.deliveries;
+    if st.bytes == 0 {
+        // Nothing stored or reserved holds a key now. Only the keys of an
+        // unreadable segment set aside can be left over; they end here.
+        st.keys.clear();
+    }
+    Some(seg)
+}
+
 pub(super) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.{SEGMENT_SUFFIX}"))
 }
