@@ -91,7 +91,12 @@ pub(crate) fn connect_error_is_transient(error: &tokio_postgres::Error) -> bool 
 /// together on an empty database both created refinery's history table and
 /// the first tables at once, and one died on a duplicate key in PostgreSQL's
 /// catalog (`pg_type_typname_nsp_index`).
-pub(crate) const MIGRATION_LOCK_KEY: i64 = 0x6361_6c6c_7374_726d;
+pub const MIGRATION_LOCK_KEY: i64 = 0x6361_6c6c_7374_726d;
+
+/// How often a process waiting for the migration lock tries it again, and
+/// how often it says who holds it.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+const LOCK_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -117,17 +122,16 @@ pub async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
 /// by PostgreSQL when the connection ends: a process that dies mid-migration
 /// does not leave it held (refinery applies each migration in a
 /// transaction, so the next holder starts from the last one committed).
+///
+/// A holder that neither finishes nor dies (a hung process, a session left
+/// open by hand) would be waited for without end: there is no timeout,
+/// because a long migration on a large table is legitimate. Instead the
+/// waiting process logs, at once and every 30 s, a WARN naming the
+/// holder's backend (pid, application, client, state), which
+/// `pg_terminate_backend(pid)` ends; and a caller that must stop drops
+/// this future (the binaries do on SIGTERM).
 pub async fn migrate_up_to(client: &mut Client, version: Option<i32>) -> Result<(), MigrateError> {
-    let free: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .await?
-        .get(0);
-    if !free {
-        tracing::info!("another process is migrating the database; waiting for it");
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
-            .await?;
-    }
+    take_migration_lock(client).await?;
     let mut runner = embedded::migrations::runner();
     if let Some(version) = version {
         runner = runner.set_target(refinery::Target::Version(version));
@@ -142,6 +146,81 @@ pub async fn migrate_up_to(client: &mut Client, version: Option<i32>) -> Result<
         tracing::info!(migration = %m, "applied migration");
     }
     Ok(())
+}
+
+/// Takes the migration lock, waiting for its holder (see [`migrate_up_to`]).
+async fn take_migration_lock(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let started = std::time::Instant::now();
+    let mut next_report = started;
+    loop {
+        let free: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?
+            .get(0);
+        if free {
+            if next_report > started {
+                tracing::info!(
+                    waited_secs = started.elapsed().as_secs(),
+                    "took the migration lock"
+                );
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() >= next_report {
+            next_report = std::time::Instant::now() + LOCK_REPORT_EVERY;
+            match migration_lock_holder(client).await? {
+                Some(holder) => tracing::warn!(
+                    waited_secs = started.elapsed().as_secs(),
+                    holder_pid = holder.pid,
+                    holder_application = %holder.application,
+                    holder_client = %holder.client,
+                    holder_state = %holder.state,
+                    "another session holds the database's migration lock: waiting for it \
+                     (if that session is stuck, SELECT pg_terminate_backend(holder_pid) ends it)"
+                ),
+                // Released in between: the next try takes it.
+                None => continue,
+            }
+        }
+        tokio::time::sleep(LOCK_RETRY).await;
+    }
+}
+
+/// The PostgreSQL session holding the migration lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: i32,
+    pub application: String,
+    /// Its address, or `local` (a Unix socket).
+    pub client: String,
+    /// `pg_stat_activity.state`: `idle`, `active`, `idle in transaction`...
+    pub state: String,
+}
+
+/// Who holds the migration lock, if anyone does.
+pub async fn migration_lock_holder(
+    client: &Client,
+) -> Result<Option<LockHolder>, tokio_postgres::Error> {
+    // A bigint advisory key is stored as its high half in `classid` and its
+    // low half in `objid`, with `objsubid` 1.
+    let row = client
+        .query_opt(
+            "SELECT a.pid, coalesce(a.application_name, ''),
+                    coalesce(host(a.client_addr), 'local'), coalesce(a.state, '')
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = $1
+             LIMIT 1",
+            &[&MIGRATION_LOCK_KEY],
+        )
+        .await?;
+    Ok(row.map(|row| LockHolder {
+        pid: row.get(0),
+        application: row.get(1),
+        client: row.get(2),
+        state: row.get(3),
+    }))
 }
 
 /// The next offset to process for a partition, if this group stored one.

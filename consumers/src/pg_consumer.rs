@@ -29,7 +29,7 @@ use callstream_kafka::client::consumer_config;
 use callstream_kafka::consume::TrackingContext;
 use callstream_runtime::error_chain;
 use callstream_runtime::server::MetricsServer;
-use callstream_runtime::shutdown::pause;
+use callstream_runtime::shutdown::{pause, wait_for};
 
 /// Runs `writer` over `callstream.events.unique.v1` until `shutdown` turns
 /// true (the binaries flip it on SIGTERM/SIGINT, `callstream-dev` on its
@@ -62,9 +62,19 @@ pub async fn run<W: PgWriter>(
         tracing::info!("stopped before PostgreSQL could be reached");
         return Ok(());
     };
-    pg::migrate(&mut clients[0])
-        .await
-        .context("cannot apply the database migrations")?;
+    // Waiting for another process's migrations may take long (or for
+    // ever, if it hangs): a stop must not wait for them.
+    let mut stopping = shutdown.clone();
+    tokio::select! {
+        migrated = pg::migrate(&mut clients[0]) => {
+            migrated.context("cannot apply the database migrations")?;
+        }
+        () = wait_for(&mut stopping) => {
+            metrics_handle.stop(true).await;
+            tracing::info!("stopped before the database migrations could run");
+            return Ok(());
+        }
+    }
 
     let consumer: StreamConsumer<TrackingContext> =
         consumer_config(&settings.kafka, &batch.group_id)

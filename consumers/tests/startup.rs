@@ -223,6 +223,114 @@ async fn a_store_waiting_for_its_database_stops_on_sigterm() {
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }
 
+/// Whether the `events` table exists (0 or 1): the migrations ran.
+async fn events_tables(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'events'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Another session holds the migration lock and never lets go (a hung
+/// process, a psql left open): the store says who holds it, keeps waiting
+/// (a long migration is legitimate), and still stops at once on SIGTERM.
+/// Once the holder is gone, a second store migrates and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_waiting_for_the_migration_lock_names_the_holder_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let broker = broker();
+    let database = TestDatabase::create().await;
+    let holder = database.connect().await;
+    holder
+        .batch_execute("SET application_name = 'stuck-by-hand'")
+        .await
+        .unwrap();
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&callstream_consumers::pg::MIGRATION_LOCK_KEY],
+        )
+        .await
+        .unwrap();
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let observer = database.connect().await;
+    let named = callstream_consumers::pg::migration_lock_holder(&observer)
+        .await
+        .unwrap()
+        .expect("the lock is held");
+    assert_eq!(
+        (named.pid, named.application.as_str()),
+        (holder_pid, "stuck-by-hand")
+    );
+
+    let mut child = std::process::Command::new(STORE)
+        .env_clear()
+        .env("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers())
+        .env("DATABASE_URL", &database.url)
+        .env("METRICS_LISTEN", "127.0.0.1:0")
+        .env("CALLSTREAM_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("store starts");
+    let (lines, logged) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let warning = loop {
+        let line = logged
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("no line naming the lock's holder");
+        if line.contains("migration lock") {
+            break line;
+        }
+    };
+    assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
+    assert!(
+        warning.contains(&format!("\"holder_pid\":{holder_pid}")),
+        "{warning}"
+    );
+    assert!(warning.contains("stuck-by-hand"), "{warning}");
+    assert!(child.try_wait().unwrap().is_none(), "it waits");
+    let tables = events_tables(&observer).await;
+    assert_eq!(tables, 0, "nothing migrated while the lock is held");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = wait_with_deadline(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+
+    // The holder ends (as pg_terminate_backend would end it): a store now
+    // takes the lock and migrates.
+    drop(holder);
+    let env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("DATABASE_URL", database.url.clone()),
+        ("METRICS_LISTEN", "127.0.0.1:0".to_string()),
+    ];
+    let store = tokio::task::spawn_blocking(move || ServiceProcess::consumer(STORE, &env))
+        .await
+        .unwrap();
+    let tables = events_tables(&observer).await;
+    assert_eq!(tables, 1, "migrated once the holder was gone");
+    drop(store);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_pointed_at_a_missing_database_exits_with_the_error() {
     let broker = broker();
