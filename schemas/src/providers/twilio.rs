@@ -17,9 +17,10 @@
 //!   links a child leg to the call it was dialled from (the
 //!   correlation's conversation).
 //! - `CallDuration` (seconds) and `RecordingUrl` are carried over;
-//!   `Timestamp` (RFC 2822) dates a step or the end of a call. An
-//!   unreadable `Timestamp` is left out rather than refused: it only dates
-//!   the callback, and Twilio has sent non-standard zones (`Etc/UTC`).
+//!   `Timestamp` (RFC 2822) dates a step or the end of a call. Twilio has
+//!   sent non-standard zones: `Etc/UTC` and its aliases are read as UTC;
+//!   any other unreadable `Timestamp` is left out rather than refused, as
+//!   it only dates the callback (the raw record keeps it).
 //!
 //! Identity: a final status is the call (`<CallSid>`), so a resent
 //! `completed` is a duplicate; each step is its own
@@ -66,8 +67,20 @@ fn progress_status(call_status: &str) -> Status {
 
 fn rfc2822(value: Option<&Value>) -> Option<DateTime<Utc>> {
     let text = lenient::string(value)?;
-    DateTime::parse_from_rfc2822(text.trim())
+    let text = text.trim();
+    DateTime::parse_from_rfc2822(text)
         .ok()
+        .or_else(|| {
+            // A zone RFC 2822 does not name but that says UTC, as Twilio
+            // has sent (`Etc/UTC`): read as `+0000`.
+            let (rest, zone) = text.rsplit_once(' ')?;
+            let utc = [
+                "UTC", "Etc/UTC", "Etc/GMT", "Etc/UCT", "Etc/Zulu", "UCT", "Zulu",
+            ];
+            utc.iter()
+                .any(|name| zone.eq_ignore_ascii_case(name))
+                .then(|| DateTime::parse_from_rfc2822(&format!("{rest} +0000")).ok())?
+        })
         .map(|t| t.with_timezone(&Utc))
 }
 
@@ -308,8 +321,19 @@ mod tests {
             normalize("CallSid=CA1").unwrap_err(),
             NormalizeError::MissingField("CallStatus")
         );
-        // A zone Twilio has sent that RFC 2822 does not know: no time, no error.
+        // A zone Twilio has sent that RFC 2822 does not know, but that
+        // says UTC: read as UTC.
         let odd = COMPLETED.replace("%2B0000", "Etc%2FUTC");
+        assert_eq!(
+            normalize(&odd)
+                .unwrap()
+                .ended_at
+                .map(|t| t.to_rfc3339())
+                .as_deref(),
+            Some("2018-03-25T09:53:19+00:00")
+        );
+        // Any other zone it cannot place: no time, no error.
+        let odd = COMPLETED.replace("%2B0000", "America%2FNew_York");
         assert_eq!(normalize(&odd).unwrap().ended_at, None);
     }
 }
