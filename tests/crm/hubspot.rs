@@ -170,13 +170,23 @@ async fn one_engagement_per_call_through_a_lost_answer_an_update_and_a_replay() 
 
 /// A number no contact has: created with `create_contacts`, left alone
 /// without; an agent with no owner leaves the owner empty. Two targets,
-/// one state database.
+/// one state database. The contact's create is answered 502 after HubSpot
+/// stored it, while its search lags: the next create is refused by the
+/// unique `callstream_phone`, and there is still one contact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_contact_is_created_only_when_asked_and_a_missing_owner_stays_empty() {
     let kafka = Kafka::start();
     let db = TestDatabase::create().await;
     let (creating, plain) = (HubSpotStandIn::start().await, HubSpotStandIn::start().await);
     creating.add_owner("someone.else@acme.example");
+    creating.set_search_lag(Duration::from_millis(1500));
+    // The first POST under the prefix is the contact search, the second
+    // the create.
+    creating.fault_next(
+        "POST",
+        "/crm/v3/objects/contacts",
+        vec![Fault::Pass, Fault::LoseAnswer],
+    );
     let settings = hubspot_settings(
         &kafka.bootstrap(),
         &db,
@@ -200,7 +210,12 @@ async fn a_missing_contact_is_created_only_when_asked_and_a_missing_owner_stays_
 
     let contacts = creating.objects("contacts");
     assert_eq!(contacts.len(), 1, "{contacts:#?}");
+    assert!(
+        creates(&creating, "contacts") >= 2,
+        "the lost answer was followed by a second create, refused as a duplicate"
+    );
     assert_eq!(property(&contacts[0], "phone"), "+33612345678");
+    assert_eq!(property(&contacts[0], "callstream_phone"), "+33612345678");
     assert_eq!(property(&contacts[0], "firstname"), "Jane");
     assert_eq!(property(&contacts[0], "lastname"), "Client");
     for key in ["onoff:acme:c-7", "onoff:acme:c-8"] {

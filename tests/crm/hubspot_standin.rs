@@ -65,6 +65,9 @@ pub struct Request {
 /// A misbehaviour for one request (see [`HubSpotStandIn::fault_next`]).
 #[derive(Clone, Copy, Debug)]
 pub enum Fault {
+    /// Answer as usual: lets a request through to fault a later one of
+    /// the same prefix (a search before a create).
+    Pass,
     /// Apply the request, then answer 502 instead of the real answer.
     LoseAnswer,
     /// Answer this status without applying the request.

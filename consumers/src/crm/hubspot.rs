@@ -28,7 +28,10 @@
 //! without a country code in `default_region`), is looked up in
 //! `crm_contacts`, then searched: `hs_searchable_calculated_phone_number`
 //! (the national number), `phone`, `mobilephone`. Not found: created when
-//! `create_contacts`, else the engagement stays unassociated. The
+//! `create_contacts`, else the engagement stays unassociated. A created
+//! contact carries the unique property `callstream_phone` (its E.164
+//! number; the search includes it), so a create whose answer was lost is
+//! refused (`409`) and the contact is looked up by it instead. The
 //! association is HubSpot-defined type 194 (call → contact; 81 for a
 //! communication), and with `associate_companies` also the contact's
 //! company (182; 87).
@@ -83,6 +86,29 @@ use super::{AttemptError, Mapping, Session, Work};
 pub const KEY_PROPERTY: &str = "callstream_call_key";
 /// The property group it is created in.
 const GROUP: &str = "callstream";
+/// The unique property of a contact callstream created: its number in
+/// E.164 (as normalized), so a create whose answer was lost is refused
+/// (`409`) rather than repeated.
+pub const CONTACT_KEY_PROPERTY: &str = "callstream_phone";
+
+/// A property callstream creates on first use, with unique values.
+struct Unique {
+    name: &'static str,
+    label: &'static str,
+    description: &'static str,
+}
+
+const CALL_KEY: Unique = Unique {
+    name: KEY_PROPERTY,
+    label: "callstream call key",
+    description: "The call (or SMS) this object records, set by callstream: one object per call.",
+};
+
+const CONTACT_KEY: Unique = Unique {
+    name: CONTACT_KEY_PROPERTY,
+    label: "callstream phone",
+    description: "The number (E.164) callstream created this contact for: one contact per number.",
+};
 
 /// The HubSpot object a call or an SMS becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,8 +157,9 @@ pub struct HubSpot {
     archived: Option<ArchivedRecordings>,
     /// Owner id (or none) by lower-case e-mail, and when it was looked up.
     owners: std::sync::Mutex<HashMap<String, (Option<String>, Instant)>>,
-    /// Objects whose `callstream_call_key` property is known to exist.
-    ready: tokio::sync::Mutex<HashSet<Object>>,
+    /// Object types whose unique property (`callstream_call_key`, or
+    /// `callstream_phone` for contacts) is known to exist.
+    ready: tokio::sync::Mutex<HashSet<&'static str>>,
 }
 
 #[derive(Deserialize)]

@@ -43,7 +43,7 @@ impl State {
         match fault {
             Some(Fault::Status(status)) => return error(status, "INJECTED", "Injected fault"),
             Some(Fault::TooMany(after)) => return too_many(after),
-            Some(Fault::LoseAnswer) | None => {}
+            Some(Fault::LoseAnswer | Fault::Pass) | None => {}
         }
         if let Some(limit) = self.limit {
             let now = Instant::now();

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::{Created, Engagement, Found, HubSpot, Object, Properties, GROUP, KEY_PROPERTY};
+use super::{
+    Created, Engagement, Found, HubSpot, Object, Properties, Unique, CALL_KEY, GROUP, KEY_PROPERTY,
+};
 use crate::crm::state::ContactRow;
 use crate::crm::{AttemptError, Session};
 
@@ -17,15 +19,25 @@ impl HubSpot {
         s: &Session<'_>,
         object: Object,
     ) -> Result<(), AttemptError> {
+        self.ensure_unique(s, object.as_str(), &CALL_KEY).await
+    }
+
+    /// Makes sure objects of `kind` have `property`, with unique values.
+    pub(super) async fn ensure_unique(
+        &self,
+        s: &Session<'_>,
+        kind: &'static str,
+        property: &Unique,
+    ) -> Result<(), AttemptError> {
         let mut ready = self.ready.lock().await;
-        if ready.contains(&object) {
+        if ready.contains(&kind) {
             return Ok(());
         }
-        let kind = object.as_str();
+        let name = property.name;
         let found = s
             .send(
                 Method::GET,
-                &self.url(&format!("/crm/v3/properties/{kind}/{KEY_PROPERTY}")),
+                &self.url(&format!("/crm/v3/properties/{kind}/{name}")),
                 None,
                 &[StatusCode::NOT_FOUND],
             )
@@ -42,9 +54,9 @@ impl HubSpot {
                 Method::POST,
                 &self.url(&format!("/crm/v3/properties/{kind}")),
                 &json!({
-                    "name": KEY_PROPERTY,
-                    "label": "callstream call key",
-                    "description": "The call (or SMS) this object records, set by callstream: one object per call.",
+                    "name": name,
+                    "label": property.label,
+                    "description": property.description,
                     "groupName": GROUP,
                     "type": "string",
                     "fieldType": "text",
@@ -53,17 +65,17 @@ impl HubSpot {
                 &[StatusCode::CONFLICT],
             )
             .await?;
-            tracing::info!(crm_target = %self.target, object = kind, property = KEY_PROPERTY, "created the unique key property in HubSpot");
+            tracing::info!(crm_target = %self.target, object = kind, property = name, "created a unique property in HubSpot");
         } else if found.json::<Value>()?["hasUniqueValue"] != Value::Bool(true) {
             tracing::warn!(
                 crm_target = %self.target,
                 object = kind,
-                property = KEY_PROPERTY,
-                "the key property exists without unique values: a create whose answer is lost \
+                property = name,
+                "the property exists without unique values: a create whose answer is lost \
                  can then leave a second object while HubSpot's search lags"
             );
         }
-        ready.insert(object);
+        ready.insert(kind);
         Ok(())
     }
 
@@ -150,15 +162,26 @@ impl HubSpot {
         object: Object,
         key: &str,
     ) -> Result<Option<String>, AttemptError> {
+        self.find_by(s, object.as_str(), KEY_PROPERTY, key).await
+    }
+
+    /// The object of `kind` HubSpot's search finds with `property` = `value`.
+    pub(super) async fn find_by(
+        &self,
+        s: &Session<'_>,
+        kind: &str,
+        property: &str,
+        value: &str,
+    ) -> Result<Option<String>, AttemptError> {
         let found: Found = s
             .send_json(
                 Method::POST,
-                &self.url(&format!("/crm/v3/objects/{}/search", object.as_str())),
+                &self.url(&format!("/crm/v3/objects/{kind}/search")),
                 &json!({
                     "filterGroups": [{"filters": [{
-                        "propertyName": KEY_PROPERTY, "operator": "EQ", "value": key,
+                        "propertyName": property, "operator": "EQ", "value": value,
                     }]}],
-                    "properties": [KEY_PROPERTY],
+                    "properties": [property],
                     "limit": 1,
                 }),
                 &[],

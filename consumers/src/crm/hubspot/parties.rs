@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use reqwest::{Method, Url};
+use reqwest::{Method, StatusCode, Url};
 use serde_json::json;
 
 use callstream_schemas::Party;
 
-use super::{Created, Found, HubSpot, Properties};
+use super::{Created, Found, HubSpot, Properties, CONTACT_KEY, CONTACT_KEY_PROPERTY};
 use crate::crm::state::ContactRow;
 use crate::crm::{AttemptError, Session};
 
@@ -69,6 +69,11 @@ impl HubSpot {
         if let Some(row) = self.db.contact(&self.target, number).await? {
             return Ok(Some(row));
         }
+        if self.create_contacts {
+            // Before the search, which may name it: a contact this target
+            // created is found by it even where HubSpot rewrote `phone`.
+            self.ensure_unique(s, "contacts", &CONTACT_KEY).await?;
+        }
         let mut values = vec![number.to_string()];
         if raw != number {
             values.push(raw.to_string());
@@ -86,6 +91,13 @@ impl HubSpot {
                 "propertyName": property,
                 "operator": "IN",
                 "values": values,
+            }]}));
+        }
+        if self.create_contacts {
+            groups.push(json!({"filters": [{
+                "propertyName": CONTACT_KEY_PROPERTY,
+                "operator": "EQ",
+                "value": number,
             }]}));
         }
         let found: Found = s
@@ -112,7 +124,10 @@ impl HubSpot {
                 contact_id: contact.id,
             },
             None if self.create_contacts => {
-                let mut properties = BTreeMap::from([("phone", number.to_string())]);
+                let mut properties = BTreeMap::from([
+                    ("phone", number.to_string()),
+                    (CONTACT_KEY_PROPERTY, number.to_string()),
+                ]);
                 if let Some(name) = external
                     .name
                     .as_deref()
@@ -125,19 +140,32 @@ impl HubSpot {
                         properties.insert("lastname", last.trim().to_string());
                     }
                 }
-                let created: Created = s
+                let answer = s
                     .send_json(
                         Method::POST,
                         &self.url("/crm/v3/objects/contacts"),
                         &Properties {
                             properties: &properties,
                         },
-                        &[],
+                        &[StatusCode::CONFLICT],
                     )
-                    .await?
-                    .json()?;
+                    .await?;
+                let contact_id = if answer.status == StatusCode::CONFLICT {
+                    // An earlier create's answer was lost after HubSpot
+                    // stored it, and its search did not find it yet.
+                    self.find_by(s, "contacts", CONTACT_KEY_PROPERTY, number)
+                        .await?
+                        .ok_or_else(|| {
+                            AttemptError::NotYet(format!(
+                                "HubSpot holds a contact with {CONTACT_KEY_PROPERTY} {number} \
+                                 (409) that its search does not find yet"
+                            ))
+                        })?
+                } else {
+                    answer.json::<Created>()?.id
+                };
                 ContactRow {
-                    contact_id: created.id,
+                    contact_id,
                     company_id: None,
                 }
             }
