@@ -301,23 +301,29 @@ pub(crate) fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// An event's row: (identity, received_at, started_at, call_key, event).
-async fn load(
-    shared: &Shared,
-    id: &str,
-) -> Result<
-    Option<(
-        String,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-        Option<String>,
-        serde_json::Value,
-        i32,
-    )>,
-    String,
-> {
+/// An event's row in the store.
+struct Stored {
+    identity: String,
+    received_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    call_key: Option<String>,
+    event: serde_json::Value,
+    revision: i32,
+}
+
+/// The stored event `id`, or the page to answer instead: 404 when there
+/// is none, 503 when PostgreSQL cannot say. `title` names that page.
+async fn load(shared: &Shared, id: &str, user: &str, title: &str) -> Result<Stored, HttpResponse> {
+    let not_found = || {
+        super::error_page(
+            StatusCode::NOT_FOUND,
+            user,
+            title,
+            "No such event in the store.",
+        )
+    };
     let Ok(id) = id.parse::<uuid::Uuid>() else {
-        return Ok(None);
+        return Err(not_found());
     };
     let row = shared
         .db
@@ -327,17 +333,19 @@ async fn load(
             &[&id],
         )
         .await
-        .map_err(|e| format!("PostgreSQL: {e}"))?;
-    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
-}
-
-fn not_found(user: &str) -> HttpResponse {
-    super::error_page(
-        StatusCode::NOT_FOUND,
-        user,
-        "Event",
-        "No such event in the store.",
-    )
+        .map_err(|e| {
+            let e = format!("PostgreSQL: {e}");
+            super::error_page(StatusCode::SERVICE_UNAVAILABLE, user, title, &e)
+        })?
+        .ok_or_else(not_found)?;
+    Ok(Stored {
+        identity: row.get(0),
+        received_at: row.get(1),
+        started_at: row.get(2),
+        call_key: row.get(3),
+        event: row.get(4),
+        revision: row.get(5),
+    })
 }
 
 pub async fn detail(
@@ -346,10 +354,16 @@ pub async fn detail(
     id: web::Path<String>,
 ) -> HttpResponse {
     let user = super::user(&req);
-    let (identity, received_at, _, call_key, event, revision) = match load(&shared, &id).await {
-        Ok(Some(row)) => row,
-        Ok(None) => return not_found(&user),
-        Err(e) => return super::error_page(StatusCode::SERVICE_UNAVAILABLE, &user, "Event", &e),
+    let Stored {
+        identity,
+        received_at,
+        call_key,
+        event,
+        revision,
+        ..
+    } = match load(&shared, &id, &user, "Event").await {
+        Ok(stored) => stored,
+        Err(page) => return page,
     };
     let body = html! {
         dl {
@@ -374,12 +388,11 @@ pub async fn raw(
     id: web::Path<String>,
 ) -> HttpResponse {
     let user = super::user(&req);
-    let (_, received_at, _, _, event, _) = match load(&shared, &id).await {
-        Ok(Some(row)) => row,
-        Ok(None) => return not_found(&user),
-        Err(e) => {
-            return super::error_page(StatusCode::SERVICE_UNAVAILABLE, &user, "Raw delivery", &e)
-        }
+    let Stored {
+        received_at, event, ..
+    } = match load(&shared, &id, &user, "Raw delivery").await {
+        Ok(stored) => stored,
+        Err(page) => return page,
     };
     let Some(request_id) = event["raw"]["request_id"].as_str().map(str::to_string) else {
         return super::error_page(
@@ -430,12 +443,14 @@ pub async fn revisions(
     id: web::Path<String>,
 ) -> HttpResponse {
     let user = super::user(&req);
-    let (identity, received_at, started_at, _, _, _) = match load(&shared, &id).await {
-        Ok(Some(row)) => row,
-        Ok(None) => return not_found(&user),
-        Err(e) => {
-            return super::error_page(StatusCode::SERVICE_UNAVAILABLE, &user, "Revisions", &e)
-        }
+    let Stored {
+        identity,
+        received_at,
+        started_at,
+        ..
+    } = match load(&shared, &id, &user, "Revisions").await {
+        Ok(stored) => stored,
+        Err(page) => return page,
     };
     // The first revision came after the call started (or, without a start,
     // up to a day before this one); updates can come any time after.
