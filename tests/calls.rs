@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use prometheus::Registry;
-use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -28,7 +27,7 @@ use callstream_schemas::{Status, Topic};
 use callstream_testkit::expected::{actual, totals};
 use callstream_testkit::postgres::TestDatabase;
 use callstream_testkit::sinks::{start_sink, wait_calls_settled, wait_caught_up, RunningSink};
-use callstream_testkit::{eventually, read_all, read_committed_to_end, spawn_gateway, TestGateway};
+use callstream_testkit::{eventually, read_all, read_committed_to_end, spawn_gateway};
 
 /// Dedup's window here: short, so one update can arrive after it.
 const WINDOW_SECS: u64 = 2;
@@ -41,18 +40,6 @@ fn fixture(path: &str) -> Value {
     );
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture exists"))
         .expect("fixture is JSON")
-}
-
-async fn post(gw: &TestGateway, path: &str, body: &Value) {
-    let resp = gw
-        .client
-        .post(format!("{}{path}", gw.address))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("gateway answers");
-    assert_eq!(resp.status(), StatusCode::OK, "{path}: {body}");
 }
 
 fn consumer_settings(bootstrap: &str, database_url: &str) -> ConsumerSettings {
@@ -171,30 +158,39 @@ async fn four_calls_are_four_calls_counted_once_stored_and_published() {
     let mut trigger = fixture("xarios/answered-outbound.json");
     for id in ["trigger-a", "trigger-b"] {
         trigger["triggerID"] = id.into();
-        post(&gw, "/v1/xarios/postcall", &trigger).await;
+        gw.deliver("/v1/xarios/postcall", None, &trigger.to_string())
+            .await;
     }
     // 2. Onoff: a missed call, then the same id to voicemail.
     let missed = json!({"id": "c-vm-1", "eventName": "CDR", "callStatus": "MISSED_CALL",
         "callDirection": "INBOUND", "externalNumber": "+33612345678",
         "onoffUserEmail": "agent@acme.example", "onoffUserNumber": "+33100000001",
         "callStarted": "2024-06-03T10:00:00Z", "callEnded": "2024-06-03T10:00:20Z"});
-    post(&gw, "/v1/onoff/cdr", &missed).await;
+    gw.deliver("/v1/onoff/cdr", None, &missed.to_string()).await;
     let mut to_voicemail = missed.clone();
     to_voicemail["callStatus"] = "VMS".into();
     to_voicemail["voicemailUrl"] = "https://onoff.example/vm/c-vm-1.mp3".into();
-    post(&gw, "/v1/onoff/cdr", &to_voicemail).await;
+    gw.deliver("/v1/onoff/cdr", None, &to_voicemail.to_string())
+        .await;
     // 3. TeleCMI: a live step, then the call's CDR (missed).
     let live = fixture("telecmi/event-started.json");
-    post(&gw, "/v1/telecmi/event", &live).await;
+    gw.deliver("/v1/telecmi/event", None, &live.to_string())
+        .await;
     let mut cdr = fixture("telecmi/incoming-missed.json");
     cdr["cmiuuid"] = live["cmiuuid"].clone();
     cdr["conversation_uuid"] = live["conversation_uuid"].clone();
-    post(&gw, "/v1/telecmi/cdr", &cdr).await;
+    gw.deliver("/v1/telecmi/cdr", None, &cdr.to_string()).await;
     // An SMS: counted as an SMS, no call.
-    post(&gw, "/v1/onoff/sms", &fixture("onoff/sms-received.json")).await;
+    gw.deliver(
+        "/v1/onoff/sms",
+        None,
+        &fixture("onoff/sms-received.json").to_string(),
+    )
+    .await;
     // 4. Onoff: an answered call, and its notes after dedup's window.
     let answered = fixture("onoff/cdr-answered.json");
-    post(&gw, "/v1/onoff/cdr", &answered).await;
+    gw.deliver("/v1/onoff/cdr", None, &answered.to_string())
+        .await;
     let unique = Topic::EventsUnique.default_name();
     let forwarded = |n: usize| {
         let bootstrap = bootstrap.clone();
@@ -227,7 +223,7 @@ async fn four_calls_are_four_calls_counted_once_stored_and_published() {
     for i in 0..60 {
         let id = format!("sms-after-window-{i}");
         sms["id"] = id.clone().into();
-        post(&gw, "/v1/onoff/sms", &sms).await;
+        gw.deliver("/v1/onoff/sms", None, &sms.to_string()).await;
         sms_count += 1;
         assert!(forwarded(8 + i + 1).await, "the SMS forwarded");
         let records = read_committed_to_end(&bootstrap, unique);
@@ -244,7 +240,7 @@ async fn four_calls_are_four_calls_counted_once_stored_and_published() {
     let before_notes = read_committed_to_end(&bootstrap, unique).len();
     let mut noted = answered.clone();
     noted["callNotes"] = "Asked for a quote. Sent it on the 6th; call back Friday.".into();
-    post(&gw, "/v1/onoff/cdr", &noted).await;
+    gw.deliver("/v1/onoff/cdr", None, &noted.to_string()).await;
     assert!(
         forwarded(before_notes + 1).await,
         "the late notes were forwarded"

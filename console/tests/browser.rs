@@ -38,7 +38,7 @@ use callstream_consumers::store::StoreWriter;
 use callstream_schemas::Topic;
 use callstream_testkit::postgres::TestDatabase;
 use callstream_testkit::sinks::start_sink;
-use callstream_testkit::{read_all, spawn_gateway, Record, TestGateway};
+use callstream_testkit::{read_all, spawn_gateway, Record};
 
 const KEY: &str = "k-console-browser";
 /// The call's customer number as Onoff posts it, and as an operator types it.
@@ -123,20 +123,6 @@ fn screenshots_dir() -> Option<PathBuf> {
     Some(dir)
 }
 
-async fn post(gw: &TestGateway, path: &str, body: &str) {
-    let resp = gw
-        .client
-        .post(gw.url(path))
-        .header("authorization", format!("x-api-key {KEY}"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("gateway answers");
-    // A dead letter is answered 200 too, once durable.
-    assert_eq!(resp.status(), reqwest::StatusCode::OK, "{path}: {body}");
-}
-
 fn consumer_settings(bootstrap: &str, database_url: &str) -> ConsumerSettings {
     let figment = ConsumerSettings::defaults()
         .merge(("kafka.bootstrap_servers", bootstrap))
@@ -204,9 +190,9 @@ async fn an_operator_signs_in_finds_a_call_and_redelivers_a_fixed_letter() {
             "onoffUserNumber": "+33100000001", "callStarted": "2026-01-05T08:30:00Z",
             "callEnded": "2026-01-05T08:34:00Z", "callDuration": 240}}"#
     );
-    post(&gw, "/v1/onoff/cdr", &call).await;
-    post(&gw, "/v1/onoff/cdr", "{not json").await;
-    post(&gw, "/v1/acme/calls", ACME_CALL).await;
+    gw.deliver("/v1/onoff/cdr", Some(KEY), &call).await;
+    gw.deliver("/v1/onoff/cdr", Some(KEY), "{not json").await;
+    gw.deliver("/v1/acme/calls", Some(KEY), ACME_CALL).await;
     let dlq = gw.read(Topic::Dlq, 2);
     let malformed = letter(&dlq, "onoff", "malformed");
     let mapping_failed = letter(&dlq, "acme_pbx", "mapping_failed");

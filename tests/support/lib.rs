@@ -101,6 +101,21 @@ impl TestGateway {
         format!("{}{}", self.address, path)
     }
 
+    /// Posts a JSON delivery as a provider would (with its API key, if
+    /// any) and requires a 200: durable, published or dead-lettered.
+    pub async fn deliver(&self, path: &str, api_key: Option<&str>, body: &str) {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(key) = api_key {
+            request = request.header("authorization", format!("x-api-key {key}"));
+        }
+        let resp = request.send().await.expect("gateway answers");
+        assert_eq!(resp.status(), reqwest::StatusCode::OK, "{path}: {body}");
+    }
+
     /// `path` on the admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub fn admin_url(&self, path: &str) -> String {
         format!("{}{}", self.admin_address, path)
