@@ -31,6 +31,9 @@ pub use crate::spool::SpoolSettings;
 const MAX_PUBLISH_TIMEOUT_MS: u64 = 7_000;
 /// Longest producer batching delay accepted: every request waits on it.
 const MAX_LINGER_MS: f64 = 1_000.0;
+/// actix-http's deadline for a connection's first head is its cached clock
+/// (refreshed every 500 ms) plus the timeout: up to 500 ms early.
+const MIN_HEADER_READ_TIMEOUT_MS: u64 = 1_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,8 +228,15 @@ impl Settings {
         if self.body_read_timeout_ms == 0 {
             return Err(invalid("body_read_timeout_ms", "must be greater than 0"));
         }
-        if self.header_read_timeout_ms == 0 {
-            return Err(invalid("header_read_timeout_ms", "must be greater than 0"));
+        if self.header_read_timeout_ms < MIN_HEADER_READ_TIMEOUT_MS {
+            return Err(invalid(
+                "header_read_timeout_ms",
+                format!(
+                    "must be at least {MIN_HEADER_READ_TIMEOUT_MS}: actix-http dates a first \
+                     request's deadline by a clock it refreshes every 500 ms, so a shorter \
+                     timeout can cut a client off at once"
+                ),
+            ));
         }
         self.spool.validate(self.max_body_bytes)?;
         if k.embedded_partitions < 1 {
@@ -400,6 +410,10 @@ mod tests {
             (
                 Box::new(|f: Figment| f.merge(("max_body_bytes", 0))),
                 "`max_body_bytes`",
+            ),
+            (
+                Box::new(|f: Figment| f.merge(("header_read_timeout_ms", 300))),
+                "`header_read_timeout_ms`",
             ),
             (
                 Box::new(|f: Figment| f.merge(("kafka.linger_ms", -1.0))),

@@ -189,7 +189,7 @@ async fn raw_exchange(gw: &TestGateway, head: &str, wait: Duration) -> (String, 
 async fn slow_clients_are_cut_off() {
     let gw = spawn_gateway(|f| {
         f.merge(("body_read_timeout_ms", 300))
-            .merge(("header_read_timeout_ms", 300))
+            .merge(("header_read_timeout_ms", 1000))
     })
     .await;
     // Headers promise a body that never comes.
