@@ -16,7 +16,9 @@
 //! `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `CONSOLE_LISTEN`,
 //! `DEDUP_METRICS_LISTEN`, `STORE_METRICS_LISTEN`,
 //! `ANALYTICS_METRICS_LISTEN`), `DATABASE_URL`, `PG_BIN`,
-//! `CALLSTREAM_DEV_PASSWORD` (`login.rs`) and `RUST_LOG`.
+//! `CALLSTREAM_DEV_PASSWORD` (`login.rs`) and `RUST_LOG`. Any other
+//! `CALLSTREAM_*` and `KAFKA_BOOTSTRAP_SERVERS` are named in a warning at
+//! start, as ignored.
 
 mod addresses;
 mod database;
@@ -89,6 +91,14 @@ pub fn environment_help() -> String {
 /// service fails, then stops the services, the broker and PostgreSQL, in
 /// that order (each needs the ones after it to stop cleanly).
 pub async fn run() -> anyhow::Result<()> {
+    let ignored = settings::ignored(std::env::vars());
+    if !ignored.is_empty() {
+        tracing::warn!(
+            variables = ignored.join(", "),
+            "callstream-dev ignores these: its services run on their defaults and the embedded \
+             broker (see --help); run the binaries themselves to configure them"
+        );
+    }
     let addresses = Addresses::bind_from_env()?;
     let login = Login::from_env();
     let mut services = Services::new()?;

@@ -64,3 +64,52 @@ pub fn consumer(shared: &Figment, metrics_listen: SocketAddr) -> anyhow::Result<
         .merge(("metrics_listen", metrics_listen.to_string()));
     Ok(ConsumerSettings::from_figment(figment)?)
 }
+
+/// Of `variables` (the environment), those a user may expect to configure
+/// a service, which `callstream-dev` does not read: every `CALLSTREAM_*`
+/// but its own password, and the services' own addresses of Kafka and
+/// their metrics. Said at start, so a setting is not ignored silently.
+pub fn ignored(variables: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    let mut ignored: Vec<String> = variables
+        .map(|(name, _)| name)
+        .filter(|name| {
+            (name.starts_with("CALLSTREAM_") && name != crate::login::PASSWORD_VARIABLE)
+                || [
+                    "KAFKA_BOOTSTRAP_SERVERS",
+                    "METRICS_LISTEN",
+                    "LISTEN",
+                    "ADMIN_LISTEN",
+                ]
+                .contains(&name.as_str())
+        })
+        .collect();
+    ignored.sort();
+    ignored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_services_variables_are_named_as_ignored() {
+        let env = [
+            ("CALLSTREAM_SOURCES__ONOFF__API_KEYS", "k"),
+            ("CALLSTREAM_DEV_PASSWORD", "secret"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092"),
+            ("DATABASE_URL", "postgres://db"),
+            ("GATEWAY_LISTEN", "127.0.0.1:8080"),
+            ("CALLSTREAM_CONFIG", "gateway.toml"),
+            ("PATH", "/usr/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(
+            ignored(env.into_iter()),
+            [
+                "CALLSTREAM_CONFIG",
+                "CALLSTREAM_SOURCES__ONOFF__API_KEYS",
+                "KAFKA_BOOTSTRAP_SERVERS"
+            ]
+        );
+    }
+}
