@@ -74,10 +74,15 @@ pub(crate) struct HeadDeadline<T> {
     io: T,
     requests: Rc<Requests>,
     timeout: Duration,
-    /// Allocated at the connection's second request, then reset.
+    /// The head being read: its deadline, and the `finished` count when it
+    /// started. `None` while no head is being timed.
+    head: Option<(Instant, u64)>,
+    /// What wakes the connection for a deadline; allocated at its second
+    /// request. Set to a head's deadline and left there while later heads
+    /// come in time: it may ring early (then it is set again), never late.
+    /// Setting it for every request cost a syscall per request (the timer
+    /// driver's wake-up).
     clock: Option<Pin<Box<Sleep>>>,
-    /// The `finished` count when the clock was started; `None`: stopped.
-    armed_at: Option<u64>,
 }
 
 impl<T> HeadDeadline<T> {
@@ -86,8 +91,8 @@ impl<T> HeadDeadline<T> {
             io,
             requests: Rc::default(),
             timeout,
+            head: None,
             clock: None,
-            armed_at: None,
         }
     }
 
@@ -96,11 +101,15 @@ impl<T> HeadDeadline<T> {
         self.requests.clone()
     }
 
-    /// Starts the clock for the head whose first byte just came in.
-    fn arm(&mut self, cx: &mut Context<'_>) {
-        let deadline = Instant::now() + self.timeout;
+    /// Makes sure the connection is woken by `deadline`: the clock, if it
+    /// has not rung, rings before it (it was set for an earlier head); if
+    /// it rang, it is set to `deadline`.
+    fn wake_by(&mut self, deadline: Instant, cx: &mut Context<'_>) {
         let clock = match &mut self.clock {
             Some(clock) => {
+                if clock.as_mut().poll(cx).is_pending() {
+                    return;
+                }
                 clock.as_mut().reset(deadline);
                 clock
             }
@@ -108,9 +117,8 @@ impl<T> HeadDeadline<T> {
                 .clock
                 .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        // Registers the waker: a client that stops sending is woken for too.
+        // Registers the waker for the new deadline.
         let _ = clock.as_mut().poll(cx);
-        self.armed_at = Some(self.requests.finished.get());
     }
 }
 
@@ -122,25 +130,33 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let between = this.requests.between();
-        // A request reached the handler (or was served) since the clock
-        // started: its head was in time.
-        if !between || this.armed_at != Some(this.requests.finished.get()) {
-            this.armed_at = None;
+        // A request reached the handler (or was served) since the head
+        // started: it was in time.
+        if !between
+            || this
+                .head
+                .is_some_and(|(_, at)| at != this.requests.finished.get())
+        {
+            this.head = None;
         }
-        if this.armed_at.is_some() {
-            if let Some(clock) = &mut this.clock {
-                if clock.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "request head not complete in time",
-                    )));
-                }
+        if let Some((deadline, _)) = this.head {
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head not complete in time",
+                )));
             }
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if between && this.armed_at.is_none() && buf.filled().len() > before {
-            this.arm(cx);
+        if between && this.head.is_none() && buf.filled().len() > before {
+            let deadline = Instant::now() + this.timeout;
+            this.head = Some((deadline, this.requests.finished.get()));
+        }
+        if let (Some((deadline, _)), Poll::Pending) = (this.head, &polled) {
+            // Waiting for more of the head: a client that stops sending is
+            // woken for too.
+            this.wake_by(deadline, cx);
         }
         polled
     }
@@ -211,6 +227,28 @@ mod tests {
         assert_eq!(read_within(&mut conn, TIMEOUT).await.unwrap(), Some(4));
         let err = read_within(&mut conn, TIMEOUT * 5).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// The clock set for one head rings early for the next (it is left as
+    /// it was while heads come in time): the later head still gets its
+    /// whole time, and is cut off when that is up.
+    #[tokio::test]
+    async fn a_head_gets_its_whole_time_when_the_clock_rings_early() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut conn = HeadDeadline::new(server, TIMEOUT);
+        let requests = conn.requests();
+        drop(requests.start());
+        client.write_all(b"POST / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(read_within(&mut conn, TIMEOUT / 4).await.unwrap().is_some());
+        // Waiting for more: the clock is set for this head.
+        assert_eq!(read_within(&mut conn, TIMEOUT / 4).await.unwrap(), None);
+        drop(requests.start());
+        client.write_all(b"G").await.unwrap();
+        let second = Instant::now();
+        assert_eq!(read_within(&mut conn, TIMEOUT / 4).await.unwrap(), Some(1));
+        let err = read_within(&mut conn, TIMEOUT * 5).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(second.elapsed() >= TIMEOUT, "{:?}", second.elapsed());
     }
 
     #[tokio::test]
