@@ -370,6 +370,41 @@ async fn an_operator_signs_in_finds_a_call_and_redelivers_a_fixed_letter() {
     assert_eq!(after, 2, "refused POSTs record nothing");
     assert_eq!(published(ACME_IDENTITY).len(), 1, "and publish nothing");
 
+    // Guessing passwords: each guess costs a bcrypt check, so an address
+    // gets a minute's pause after its failures. Last in this test: every
+    // request here comes from 127.0.0.1.
+    let get = |password: &str| {
+        http.get(format!("{url}/"))
+            .basic_auth("ops", Some(password))
+            .send()
+    };
+    // The browser's wrong password above counted already (chromium may
+    // have sent it more than once).
+    let allowed = callstream_console::auth::FAILURES_PER_MINUTE;
+    let mut unauthorized = 0;
+    let refused = loop {
+        let answer = get("guess").await.unwrap();
+        match answer.status() {
+            reqwest::StatusCode::UNAUTHORIZED if unauthorized < allowed => unauthorized += 1,
+            reqwest::StatusCode::TOO_MANY_REQUESTS => break answer,
+            other => panic!("guess {}: {other}", unauthorized + 1),
+        }
+    };
+    assert!(
+        unauthorized + 3 >= allowed,
+        "429 after {unauthorized} guesses"
+    );
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("60")
+    );
+    // Ops, signed in before, are not locked out with the guesser.
+    let status = get(&password).await.unwrap().status();
+    assert_eq!(status, reqwest::StatusCode::OK, "a remembered sign-in");
+
     stop_console.send(true).unwrap();
     console.await.unwrap().expect("console ran");
     store.stop().await;
