@@ -126,10 +126,11 @@ pub async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
 /// A holder that neither finishes nor dies (a hung process, a session left
 /// open by hand) would be waited for without end: there is no timeout,
 /// because a long migration on a large table is legitimate. Instead the
-/// waiting process logs, at once and every 30 s, a WARN naming the
-/// holder's backend (pid, application, client, state), which
-/// `pg_terminate_backend(pid)` ends; and a caller that must stop drops
-/// this future (the binaries do on SIGTERM).
+/// waiting process names the holder's backend (pid, application, client,
+/// state) at once (INFO: processes started together wait for each other),
+/// then every 30 s in a WARN saying how to end it
+/// (`pg_terminate_backend(pid)`); and a caller that must stop drops this
+/// future (the binaries do on SIGTERM).
 pub async fn migrate_up_to(client: &mut Client, version: Option<i32>) -> Result<(), MigrateError> {
     take_migration_lock(client).await?;
     let mut runner = embedded::migrations::runner();
@@ -167,19 +168,32 @@ async fn take_migration_lock(client: &Client) -> Result<(), tokio_postgres::Erro
             return Ok(());
         }
         if std::time::Instant::now() >= next_report {
+            // Processes started together wait for each other's migrations
+            // (an INFO line); still waiting 30 s on, the holder may be stuck.
+            let first = next_report == started;
             next_report = std::time::Instant::now() + LOCK_REPORT_EVERY;
-            match migration_lock_holder(client).await? {
-                Some(holder) => tracing::warn!(
-                    waited_secs = started.elapsed().as_secs(),
+            let Some(holder) = migration_lock_holder(client).await? else {
+                continue; // released in between: the next try takes it
+            };
+            let waited_secs = started.elapsed().as_secs();
+            if first {
+                tracing::info!(
                     holder_pid = holder.pid,
                     holder_application = %holder.application,
                     holder_client = %holder.client,
                     holder_state = %holder.state,
-                    "another session holds the database's migration lock: waiting for it \
-                     (if that session is stuck, SELECT pg_terminate_backend(holder_pid) ends it)"
-                ),
-                // Released in between: the next try takes it.
-                None => continue,
+                    "another session holds the database's migration lock (migrating it): waiting"
+                );
+            } else {
+                tracing::warn!(
+                    waited_secs,
+                    holder_pid = holder.pid,
+                    holder_application = %holder.application,
+                    holder_client = %holder.client,
+                    holder_state = %holder.state,
+                    "still waiting for the database's migration lock; if the session holding it \
+                     is stuck, SELECT pg_terminate_backend(holder_pid) ends it"
+                );
             }
         }
         tokio::time::sleep(LOCK_RETRY).await;
