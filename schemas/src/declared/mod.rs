@@ -251,10 +251,14 @@ impl DeclaredSource {
         // A JSON object body is read straight into the program's values
         // (half the cost of going through a `serde_json::Value`); any
         // other body, and every refusal's wording, as the built-in
-        // providers read them.
+        // providers read them. jaq's reader recurses once per level with
+        // no limit, so a body nested deeper than serde_json reads (a
+        // hostile one: it overflowed the stack) goes that other way too,
+        // and is refused there.
+        let body = lenient::without_bom(req.body.trim_ascii());
         let direct = match format {
-            BodyFormat::Json => {
-                jaq_json::read::parse_single(lenient::without_bom(req.body.trim_ascii()))
+            BodyFormat::Json if nests_at_most(body, MAX_JSON_DEPTH) => {
+                jaq_json::read::parse_single(body)
                     .ok()
                     .filter(|v| matches!(v, jaq_json::Val::Obj(_)))
             }
@@ -330,6 +334,46 @@ fn refusal(reason: &str, detail: String) -> NormalizeError {
             program::REFUSALS.join(", ")
         )),
     }
+}
+
+/// The deepest nesting read into a program's values: serde_json's own
+/// limit, which the built-in providers' reading has.
+const MAX_JSON_DEPTH: usize = 128;
+
+/// Whether the arrays and objects of `json` nest at most `max` deep
+/// (brackets inside strings skipped). Not a validation: a malformed body
+/// that passes is refused by the reader.
+fn nests_at_most(json: &[u8], max: usize) -> bool {
+    // Nothing can nest deeper than it has brackets: a webhook has a few
+    // dozen, counted in a vectorised pass; only a body with more is read
+    // byte by byte.
+    if memchr::memchr2_iter(b'[', b'{', json).count() <= max {
+        return true;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 pub(super) fn to_val(value: &Value) -> jaq_json::Val {

@@ -391,3 +391,38 @@ fn the_documentation_holds_its_examples() {
     );
     assert_eq!(e.external.number.as_deref(), Some("+447000000000"));
 }
+
+/// A body nested deeper than any webhook, as an attacker sends it: jaq's
+/// JSON reader recurses once per level without a limit, so 100,000 levels
+/// overflowed the gateway's stack and killed the process. It is refused
+/// as malformed, as a built-in provider refuses it (serde_json stops at
+/// 128 levels).
+#[test]
+fn a_body_nested_too_deep_is_refused_not_a_crash() {
+    let source = example();
+    for body in [
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        format!(r#"{{"a":{}1{}}}"#, "[".repeat(100_000), "]".repeat(100_000)),
+        // Unclosed, and brackets inside strings do not count.
+        format!(
+            r#"{{"s":"{}","a":{}"#,
+            "[".repeat(1_000),
+            "{\"b\":".repeat(50_000)
+        ),
+    ] {
+        let req = RawRequest {
+            method: "POST",
+            route: "webhook",
+            query: "",
+            content_type: JSON,
+            body: body.as_bytes(),
+        };
+        let refused = source.normalize(&req, &ctx()).unwrap_err();
+        assert_eq!(refused.code(), "malformed", "{refused}");
+    }
+    // A body as deep as a real one still maps (the strings' brackets are
+    // text, not depth).
+    let mut body = built_in_ended(true);
+    body["data"]["tags"] = json!([{"name": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}]);
+    assert!(deliver(&source, "webhook", &body).is_ok());
+}
