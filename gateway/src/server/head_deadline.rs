@@ -80,8 +80,8 @@ pub(crate) struct HeadDeadline<T> {
     /// What wakes the connection for a deadline; allocated at its second
     /// request. Set to a head's deadline and left there while later heads
     /// come in time: it may ring early (then it is set again), never late.
-    /// Setting it for every request cost a syscall per request (the timer
-    /// driver's wake-up).
+    /// Resetting it for every request cost ~230 instructions a request
+    /// (BENCHMARKS.md, "Every request's head bounded").
     clock: Option<Pin<Box<Sleep>>>,
 }
 
