@@ -20,6 +20,10 @@
 //!
 //! A request's body has its own bound, `body_read_timeout_ms`, in the
 //! handler; the keep-alive timer bounds the idle time between requests.
+//! Bytes of a next request read while one is in the handler (pipelining)
+//! start no clock: if the client then falls silent, actix-http's
+//! keep-alive timer (armed after the answer) ends the connection; if it
+//! trickles on, its first byte after the answer starts the clock.
 
 use std::cell::Cell;
 use std::future::Future;
