@@ -281,7 +281,8 @@ async fn worker(
     Ok(tally)
 }
 
-fn http_request(req: workload::Request) -> anyhow::Result<Request<Full<Bytes>>> {
+/// A workload request as hyper sends it.
+pub fn http_request(req: workload::Request) -> anyhow::Result<Request<Full<Bytes>>> {
     let mut builder = Request::builder()
         .method(req.method)
         .uri(&req.target)

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
+use http_body_util::BodyExt;
 
 use crate::workload::{self, Kind};
 
@@ -139,18 +137,7 @@ async fn worker(
         let Some(&i) = indices.get(k) else {
             return Ok((ok, failed));
         };
-        let req = workload::request(run, i);
-        let mut builder = Request::builder()
-            .method(req.method)
-            .uri(&req.target)
-            .header(hyper::header::HOST, "127.0.0.1");
-        if let Some(ct) = req.content_type {
-            builder = builder.header(hyper::header::CONTENT_TYPE, ct);
-        }
-        if let Some(auth) = req.authorization {
-            builder = builder.header(hyper::header::AUTHORIZATION, auth);
-        }
-        let http_req = builder.body(Full::new(Bytes::from(req.body)))?;
+        let http_req = crate::load::http_request(workload::request(run, i))?;
         if sender.ready().await.is_err() {
             sender = crate::load::connect(addr).await?;
         }
