@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{ensure, Context};
 use callstream_schemas::Topic;
 use callstream_testkit::postgres::{Durability, TestCluster};
 use chrono::{DateTime, Utc};
@@ -52,7 +52,24 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-pub async fn run(backlog: u64, live_rate: f64, partitions: i32) -> anyhow::Result<CatchupRun> {
+/// One catch-up per backlog size, each on a broker and a database of its own.
+pub fn runs(backlogs: &[u64], live_rate: f64, partitions: i32) -> anyhow::Result<Vec<CatchupRun>> {
+    let rt = crate::cli::two_worker_runtime()?;
+    let mut runs = Vec::new();
+    for &n in backlogs {
+        let run = rt
+            .block_on(run(n, live_rate, partitions))
+            .with_context(|| format!("catch-up of {n} events"))?;
+        eprintln!(
+            "catch-up {n}: {:.0} rows/s; live delay during p99 {:.2} s, after p99 {:.3} s",
+            run.rows_per_second, run.during_p99_s, run.after_p99_s
+        );
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+async fn run(backlog: u64, live_rate: f64, partitions: i32) -> anyhow::Result<CatchupRun> {
     let broker = Broker::start(partitions)?;
     let bootstrap = broker.bootstrap();
     let run_id = format!("k{backlog}");

@@ -211,21 +211,7 @@ pub fn run() -> anyhow::Result<()> {
             partitions,
             out,
         } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let mut runs = Vec::new();
-            for &n in &backlog {
-                let run = rt
-                    .block_on(catchup::run(n, live_rate, partitions))
-                    .with_context(|| format!("catch-up of {n} events"))?;
-                eprintln!(
-                    "catch-up {n}: {:.0} rows/s; live delay during p99 {:.2} s, after p99 {:.3} s",
-                    run.rows_per_second, run.during_p99_s, run.after_p99_s
-                );
-                runs.push(run);
-            }
+            let runs = catchup::runs(&backlog, live_rate, partitions)?;
             write_report(&out, &report::catchup_table(&runs), &runs)
         }
         Command::Replay { records, out } => {
@@ -249,11 +235,7 @@ pub fn run() -> anyhow::Result<()> {
             replay::runs(&[2_000])?;
             drain::run(0.005, 20.0, 8)?;
             // And a catch-up: every live event behind the backlog is stored.
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?
-                .block_on(catchup::run(5_000, 200.0, 8))?;
+            catchup::runs(&[5_000], 200.0, 8)?;
             let out = std::env::temp_dir().join("callstream-bench-smoke.md");
             finish(&out, &turns, &runs, true)
         }
@@ -283,15 +265,21 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected NAME=value, got {s:?}"))
 }
 
+/// The runtime the consumer-side benchmarks run on: two workers, as the
+/// machine has two cores.
+pub fn two_worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 fn consumer_runs(
     sizes: &[u64],
     partitions: i32,
     env: &[(String, String)],
 ) -> anyhow::Result<Vec<consumers::ConsumerRun>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = two_worker_runtime()?;
     let mut runs = Vec::new();
     for &events in sizes {
         let run = rt
