@@ -45,8 +45,9 @@ use writer::{Append, Cmd};
 pub(crate) const REJECTED_DIR: &str = "rejected";
 
 /// Reads of the same sealed segment that may fail in a row before it is
-/// set aside as unreadable (with the drainer's backoff, about 20 s): a segment that stays unreadable would otherwise hold the whole
-/// spool, and every delivery after it, for ever.
+/// set aside as unreadable (with the drainer's backoff, about 20 s): a
+/// segment that stays unreadable would otherwise hold the whole spool, and
+/// every delivery after it, for ever.
 const READ_ATTEMPTS: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +225,8 @@ impl Spool {
                 return Ok(None);
             };
             let path = segment_path(&self.dir, seq);
-            let read = tokio::task::spawn_blocking(move || fs::read(path))
+            let reading = path.clone();
+            let read = tokio::task::spawn_blocking(move || fs::read(reading))
                 .await
                 .map_err(io::Error::other)?;
             let mut failures = self.read_failures.lock().expect("spool read failures lock");
@@ -241,13 +243,13 @@ impl Spool {
                             err.kind(),
                             format!(
                                 "{} (attempt {in_a_row} of {READ_ATTEMPTS}): {err}",
-                                segment_path(&self.dir, seq).display()
+                                path.display()
                             ),
                         ));
                     }
                     *failures = (0, 0);
                     drop(failures);
-                    self.set_aside_unreadable(seq, &err);
+                    self.set_aside_unreadable(seq, &path, &err);
                 }
             }
         };
@@ -278,8 +280,8 @@ impl Spool {
     /// deliveries counted lost, so the rest drains. Their keys stay held
     /// (which ones is in the unreadable file): deliveries for them keep
     /// going through the spool, in order, until it is empty.
-    fn set_aside_unreadable(&self, seq: u64, err: &io::Error) {
-        recover::set_aside_unreadable(&self.dir, &segment_path(&self.dir, seq), err, &self.metrics);
+    fn set_aside_unreadable(&self, seq: u64, path: &Path, err: &io::Error) {
+        recover::set_aside_unreadable(&self.dir, path, err, &self.metrics);
         let mut st = self.state.lock().expect("spool state lock");
         if let Some(seg) = remove_segment(&mut st, seq) {
             self.metrics.spool_lost.inc_by(seg.deliveries);
