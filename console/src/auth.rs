@@ -11,7 +11,7 @@
 //!
 //! Wrong passwords are the console's cheapest attack: each one costs a
 //! bcrypt check, and the console has two HTTP workers. So checks run on
-//! blocking threads, at most [`CHECKS_AT_ONCE`] at a time; a client
+//! blocking threads, at most two at a time; a client
 //! address with [`FAILURES_PER_MINUTE`] failed sign-ins in the last minute
 //! gets 429 without a check until the minute is up (a remembered password
 //! still passes); and an unknown user costs a check like a known one, so
@@ -42,7 +42,7 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// not (they still wait for a check like everyone else).
 const TRACKED_ADDRESSES: usize = 10_000;
 /// bcrypt checks running at once.
-pub const CHECKS_AT_ONCE: usize = 2;
+const CHECKS_AT_ONCE: usize = 2;
 
 /// What a sign-in attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub struct User(pub String);
 
 pub struct Users {
     hashes: BTreeMap<String, String>,
-    /// Checked for an unknown user, at the first user's cost.
+    /// Checked for an unknown user, at the highest cost of the users.
     decoy: String,
     /// (user, SHA-256 of the password) → when it last passed bcrypt.
     passed: Mutex<HashMap<(String, Vec<u8>), Instant>>,
