@@ -74,13 +74,7 @@ pub fn ignored(variables: impl Iterator<Item = (String, String)>) -> Vec<String>
         .map(|(name, _)| name)
         .filter(|name| {
             (name.starts_with("CALLSTREAM_") && name != crate::login::PASSWORD_VARIABLE)
-                || [
-                    "KAFKA_BOOTSTRAP_SERVERS",
-                    "METRICS_LISTEN",
-                    "LISTEN",
-                    "ADMIN_LISTEN",
-                ]
-                .contains(&name.as_str())
+                || ["KAFKA_BOOTSTRAP_SERVERS", "METRICS_LISTEN"].contains(&name.as_str())
         })
         .collect();
     ignored.sort();
