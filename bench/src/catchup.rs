@@ -54,7 +54,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// One catch-up per backlog size, each on a broker and a database of its own.
 pub fn runs(backlogs: &[u64], live_rate: f64, partitions: i32) -> anyhow::Result<Vec<CatchupRun>> {
-    let rt = crate::cli::two_worker_runtime()?;
+    let rt = crate::consumers::two_worker_runtime()?;
     let mut runs = Vec::new();
     for &n in backlogs {
         let run = rt

@@ -265,21 +265,12 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected NAME=value, got {s:?}"))
 }
 
-/// The runtime the consumer-side benchmarks run on: two workers, as the
-/// machine has two cores.
-pub fn two_worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-}
-
 fn consumer_runs(
     sizes: &[u64],
     partitions: i32,
     env: &[(String, String)],
 ) -> anyhow::Result<Vec<consumers::ConsumerRun>> {
-    let rt = two_worker_runtime()?;
+    let rt = consumers::two_worker_runtime()?;
     let mut runs = Vec::new();
     for &events in sizes {
         let run = rt

@@ -89,6 +89,15 @@ pub fn bulk_producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
+/// The runtime the consumer-side benchmarks run on: two workers, as the
+/// machine has two cores.
+pub fn two_worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 /// Produces `events` normalized events (resends included) to the events topic.
 pub async fn prefill(bootstrap: &str, run: &str, events: u64) -> anyhow::Result<()> {
     let producer = bulk_producer(bootstrap)?;
